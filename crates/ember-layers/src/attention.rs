@@ -1,0 +1,151 @@
+//! Causal softmax attention with RoPE, grouped-query heads and an optional sliding window
+//! (the baseline mixer, and BASED's sliding-window layer, LAYERS.md §1.2).
+use crate::init::{linear, INIT_STD};
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{backend::Backend, Tensor};
+use ember_ops::softmax_attention::{self, KvCache};
+use ember_ops::rope;
+use serde::{Deserialize, Serialize};
+
+/// `kind = "attention"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttentionConfig {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to `heads`.
+    pub kv_heads: Option<usize>,
+    /// Per-head width; defaults to `d_model / heads`.
+    pub head_dim: Option<usize>,
+    /// Sliding window `w_left`: each query sees itself and the `window` previous tokens.
+    /// Absent means full causal attention.
+    pub window: Option<usize>,
+    /// RoPE base (rotate-half convention on the full head dimension).
+    pub rope_base: f64,
+    /// Bias on the q/k/v projections (Qwen2 has one).
+    pub qkv_bias: bool,
+}
+
+impl Default for AttentionConfig {
+    fn default() -> Self {
+        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope_base: 10_000.0, qkv_bias: false }
+    }
+}
+
+impl AttentionConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+
+    pub fn head_dim(&self, d_model: usize) -> usize {
+        self.head_dim.unwrap_or(d_model / self.heads.max(1))
+    }
+
+    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+        if self.heads == 0 || self.kv_heads() == 0 {
+            return Err("heads and kv_heads must be positive".into());
+        }
+        if self.heads % self.kv_heads() != 0 {
+            return Err(format!("heads ({}) must be a multiple of kv_heads ({})", self.heads, self.kv_heads()));
+        }
+        if self.head_dim.is_none() && d_model % self.heads != 0 {
+            return Err(format!("d_model ({d_model}) is not divisible by heads ({}); set head_dim", self.heads));
+        }
+        if self.head_dim(d_model) % 2 != 0 {
+            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim(d_model)));
+        }
+        if self.rope_base <= 1.0 {
+            return Err(format!("rope_base must be > 1, got {}", self.rope_base));
+        }
+        Ok(())
+    }
+
+    fn widths(&self, d_model: usize) -> (usize, usize) {
+        let dh = self.head_dim(d_model);
+        (self.heads * dh, self.kv_heads() * dh)
+    }
+
+    pub fn params(&self, d_model: usize) -> usize {
+        let (q, kv) = self.widths(d_model);
+        let bias = if self.qkv_bias { q + 2 * kv } else { 0 };
+        d_model * (q + 2 * kv) + bias + q * d_model
+    }
+
+    /// Forward FLOPs per token at sequence length `seq_len` (projections + scores + mixing).
+    pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
+        let (q, _) = self.widths(d_model);
+        2.0 * self.params(d_model) as f64 + 4.0 * q as f64 * self.visible_keys(seq_len)
+    }
+
+    /// Mean number of keys a query sees over a sequence of `seq_len` tokens.
+    fn visible_keys(&self, seq_len: usize) -> f64 {
+        let full = (seq_len as f64 + 1.0) / 2.0;
+        self.window.map_or(full, |w| full.min((w + 1) as f64))
+    }
+
+    /// Floats held per sequence for generation after `seq_len` tokens (the KV cache).
+    pub fn state_size(&self, d_model: usize, seq_len: usize) -> usize {
+        let (_, kv) = self.widths(d_model);
+        2 * kv * self.window.map_or(seq_len, |w| seq_len.min(w + 1))
+    }
+
+    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> Attention<B> {
+        let (q, kv) = self.widths(d_model);
+        Attention {
+            qkv: linear(d_model, q + 2 * kv, self.qkv_bias, INIT_STD, device),
+            out: linear(q, d_model, false, out_std, device),
+            heads: self.heads,
+            kv_heads: self.kv_heads(),
+            head_dim: self.head_dim(d_model),
+            window: self.window,
+            rope_base: self.rope_base,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub qkv: Linear<B>,
+    pub out: Linear<B>,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub window: Option<usize>,
+    pub rope_base: f64,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Projects to `q, k, v: [B, T, H, Dh]` with RoPE applied from absolute position `offset`.
+    fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, t, _] = x.dims();
+        let (hq, hkv, dh) = (self.heads, self.kv_heads, self.head_dim);
+        let qkv = self.qkv.forward(x);
+        let q = qkv.clone().narrow(2, 0, hq * dh).reshape([b, t, hq, dh]);
+        let k = qkv.clone().narrow(2, hq * dh, hkv * dh).reshape([b, t, hkv, dh]);
+        let v = qkv.narrow(2, (hq + hkv) * dh, hkv * dh).reshape([b, t, hkv, dh]);
+        (rope::apply(q, offset, self.rope_base), rope::apply(k, offset, self.rope_base), v)
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    fn merge(&self, o: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, t, h, d] = o.dims();
+        self.out.forward(o.reshape([b, t, h * d]))
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let (q, k, v) = self.project(x, 0);
+        self.merge(softmax_attention::parallel(q, k, v, self.scale(), self.window, 0))
+    }
+
+    /// Consumes `x: [B, T, D]` after the tokens in `cache`.
+    pub fn step(&self, x: Tensor<B, 3>, cache: Option<KvCache<B>>) -> (Tensor<B, 3>, KvCache<B>) {
+        let offset = cache.as_ref().map_or(0, |c| c.position);
+        let (q, k, v) = self.project(x, offset);
+        let (o, cache) = softmax_attention::step(q, k, v, cache, self.scale(), self.window);
+        (self.merge(o), cache)
+    }
+}

@@ -1,0 +1,133 @@
+//! The registry of token mixers: a recipe's `kind = "..."` → config, module and state.
+use crate::attention::{Attention, AttentionConfig};
+use crate::based::{TaylorAttention, TaylorAttentionConfig};
+use crate::conv::{BaseConv, BaseConvConfig};
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+use ember_ops::softmax_attention::KvCache;
+use ember_ops::taylor::TaylorState;
+use serde::{Deserialize, Serialize};
+
+/// One `[model.mixers.NAME]` table of a recipe, selected by its `kind` key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MixerConfig {
+    /// Causal softmax attention (RoPE, GQA, optional sliding window).
+    Attention(AttentionConfig),
+    /// BASED's Taylor linear attention.
+    BasedLinear(TaylorAttentionConfig),
+    /// BASED's gated short convolution.
+    BaseConv(BaseConvConfig),
+}
+
+/// The mixer kinds a recipe may name.
+pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv"];
+
+impl MixerConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MixerConfig::Attention(_) => "attention",
+            MixerConfig::BasedLinear(_) => "based_linear",
+            MixerConfig::BaseConv(_) => "base_conv",
+        }
+    }
+
+    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+        match self {
+            MixerConfig::Attention(c) => c.validate(d_model),
+            MixerConfig::BasedLinear(c) => c.validate(d_model),
+            MixerConfig::BaseConv(c) => c.validate(),
+        }
+    }
+
+    pub fn params(&self, d_model: usize) -> usize {
+        match self {
+            MixerConfig::Attention(c) => c.params(d_model),
+            MixerConfig::BasedLinear(c) => c.params(d_model),
+            MixerConfig::BaseConv(c) => c.params(d_model),
+        }
+    }
+
+    /// Forward FLOPs per token at `seq_len`, sequence mixing included.
+    pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
+        match self {
+            MixerConfig::Attention(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::BasedLinear(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::BaseConv(c) => c.flops_per_token(d_model),
+        }
+    }
+
+    /// Floats of generation state per sequence after `seq_len` tokens.
+    pub fn state_size(&self, d_model: usize, seq_len: usize) -> usize {
+        match self {
+            MixerConfig::Attention(c) => c.state_size(d_model, seq_len),
+            MixerConfig::BasedLinear(c) => c.state_size(d_model),
+            MixerConfig::BaseConv(c) => c.state_size(d_model),
+        }
+    }
+
+    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> Mixer<B> {
+        match self {
+            MixerConfig::Attention(c) => Mixer::Attention(c.init(d_model, out_std, device)),
+            MixerConfig::BasedLinear(c) => Mixer::BasedLinear(c.init(d_model, out_std, device)),
+            MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(d_model, out_std, device)),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub enum Mixer<B: Backend> {
+    Attention(Attention<B>),
+    BasedLinear(TaylorAttention<B>),
+    BaseConv(BaseConv<B>),
+}
+
+/// A mixer's generation state.
+#[derive(Clone, Debug)]
+pub enum MixerState<B: Backend> {
+    KvCache(KvCache<B>),
+    Taylor(TaylorState<B>),
+    Conv(Tensor<B, 3>),
+}
+
+impl<B: Backend> MixerState<B> {
+    /// Number of scalars held.
+    pub fn numel(&self) -> usize {
+        match self {
+            MixerState::KvCache(c) => c.numel(),
+            MixerState::Taylor(s) => s.numel(),
+            MixerState::Conv(h) => h.shape().num_elements(),
+        }
+    }
+}
+
+impl<B: Backend> Mixer<B> {
+    /// Training forward: `[B, T, D] -> [B, T, D]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self {
+            Mixer::Attention(m) => m.forward(x),
+            Mixer::BasedLinear(m) => m.forward(x),
+            Mixer::BaseConv(m) => m.forward(x),
+        }
+    }
+
+    /// Recurrent form: consumes `x: [B, T, D]` (a prompt or one token) after `state`.
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<MixerState<B>>) -> (Tensor<B, 3>, MixerState<B>) {
+        match (self, state) {
+            (Mixer::Attention(m), None) => wrap(m.step(x, None), MixerState::KvCache),
+            (Mixer::Attention(m), Some(MixerState::KvCache(c))) => wrap(m.step(x, Some(c)), MixerState::KvCache),
+            (Mixer::BasedLinear(m), None) => wrap(m.step(x, None), MixerState::Taylor),
+            (Mixer::BasedLinear(m), Some(MixerState::Taylor(s))) => wrap(m.step(x, Some(s)), MixerState::Taylor),
+            (Mixer::BaseConv(m), None) => wrap(m.step(x, None), MixerState::Conv),
+            (Mixer::BaseConv(m), Some(MixerState::Conv(h))) => wrap(m.step(x, Some(h)), MixerState::Conv),
+            _ => panic!("mixer state does not match the mixer kind"),
+        }
+    }
+}
+
+fn wrap<B: Backend, S>(
+    (y, s): (Tensor<B, 3>, S),
+    into: impl FnOnce(S) -> MixerState<B>,
+) -> (Tensor<B, 3>, MixerState<B>) {
+    (y, into(s))
+}

@@ -1,0 +1,160 @@
+//! Every mixer's forms compute the same function, and every mixer is causal.
+use burn::backend::NdArray;
+use burn::tensor::{Distribution, Tensor};
+use ember_layers::attention::AttentionConfig;
+use ember_layers::based::TaylorAttentionConfig;
+use ember_layers::conv::BaseConvConfig;
+use ember_layers::{Mixer, MixerConfig};
+use ember_ops::taylor::FeatureMap;
+use ember_ops::Form;
+
+type B = NdArray<f32>;
+const D: usize = 32;
+
+fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
+    let diff = (a - b.clone()).powi_scalar(2).sum().sqrt().into_scalar();
+    diff / b.powi_scalar(2).sum().sqrt().into_scalar()
+}
+
+fn mixers() -> Vec<(&'static str, MixerConfig)> {
+    vec![
+        ("attention", MixerConfig::Attention(AttentionConfig { heads: 4, ..Default::default() })),
+        ("gqa_window", MixerConfig::Attention(AttentionConfig { heads: 4, kv_heads: Some(2), window: Some(5), ..Default::default() })),
+        ("taylor_compact", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 4, feature_dim: 8, chunk_size: 16, ..Default::default() })),
+        ("taylor_full", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 2, feature_dim: 4, feature_map: FeatureMap::Full, chunk_size: 8, ..Default::default() })),
+        ("base_conv", MixerConfig::BaseConv(BaseConvConfig::default())),
+    ]
+}
+
+fn input(t: usize, seed: u64) -> Tensor<B, 3> {
+    <B as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
+    Tensor::random([2, t, D], Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+/// Token-by-token generation through `step` reproduces the training forward.
+fn recurrent(mixer: &Mixer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let t = x.dims()[1];
+    let mut state = None;
+    let mut ys = Vec::new();
+    for i in 0..t {
+        let (y, s) = mixer.step(x.clone().narrow(1, i, 1), state);
+        ys.push(y);
+        state = Some(s);
+    }
+    Tensor::cat(ys, 1)
+}
+
+#[test]
+fn recurrent_equals_parallel_for_every_mixer() {
+    let device = Default::default();
+    for (name, config) in mixers() {
+        let mixer = config.init::<B>(D, 0.1, &device);
+        for t in [1, 7, 64, 65] {
+            let x = input(t, 7 + t as u64);
+            let parallel = mixer.forward(x.clone());
+            let err = rel_err(recurrent(&mixer, x.clone()), parallel.clone());
+            assert!(err <= 1e-4, "{name} T={t}: recurrent vs forward rel err {err}");
+            // Prefill of a prompt then one more token equals the forward too.
+            if t > 1 {
+                let (head, s) = mixer.step(x.clone().narrow(1, 0, t - 1), None);
+                let (tail, _) = mixer.step(x.clone().narrow(1, t - 1, 1), Some(s));
+                let err = rel_err(Tensor::cat(vec![head, tail], 1), parallel);
+                assert!(err <= 1e-4, "{name} T={t}: prefill+step vs forward rel err {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn taylor_chunked_equals_parallel_equals_recurrent() {
+    let device = Default::default();
+    for map in [FeatureMap::Compact, FeatureMap::Full] {
+        for chunk in [1, 5, 16, 64] {
+            let config = TaylorAttentionConfig { heads: 4, feature_dim: 8, feature_map: map, chunk_size: chunk, ..Default::default() };
+            let layer = config.init::<B>(D, 0.1, &device);
+            for t in [1, 7, 64, 65] {
+                let x = input(t, 100 + t as u64);
+                let p = layer.forward_with(x.clone(), Form::Parallel);
+                let c = layer.forward_with(x.clone(), Form::Chunked);
+                let r = layer.forward_with(x, Form::Recurrent);
+                assert!(rel_err(c, p.clone()) <= 1e-4, "{map:?} chunk={chunk} T={t}: chunked");
+                assert!(rel_err(r, p) <= 1e-4, "{map:?} chunk={chunk} T={t}: recurrent");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_mixer_is_causal() {
+    let device = Default::default();
+    let t = 40;
+    for (name, config) in mixers() {
+        let mixer = config.init::<B>(D, 0.1, &device);
+        let x = input(t, 3);
+        let y = mixer.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+        for changed in [0, 17, 33, 39] {
+            let bump = Tensor::<B, 3>::ones([2, 1, D], &device) * 3.0;
+            let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], x.clone().narrow(1, changed, 1) + bump);
+            let y2 = mixer.forward(x2).into_data().to_vec::<f32>().unwrap();
+            for b in 0..2 {
+                let before = |v: &Vec<f32>| v[b * t * D..(b * t + changed) * D].to_vec();
+                assert!(before(&y) == before(&y2), "{name}: token {changed} changed earlier outputs");
+                let at = |v: &Vec<f32>| v[(b * t + changed) * D..(b * t + changed + 1) * D].to_vec();
+                assert!(at(&y) != at(&y2), "{name}: token {changed} did not change its own output");
+            }
+        }
+    }
+}
+
+#[test]
+fn sliding_window_ignores_tokens_outside_the_window() {
+    let device = Default::default();
+    let w_left = 5;
+    let config = AttentionConfig { heads: 4, window: Some(w_left), ..Default::default() };
+    let layer = config.init::<B>(D, 0.1, &device);
+    let x = input(30, 11);
+    let y = layer.forward(x.clone());
+    let x2 = x.clone().slice_assign([0..2, 10..11, 0..D], Tensor::zeros([2, 1, D], &device));
+    let y2 = layer.forward(x2);
+    // Query 16 sees keys 11..=16: token 10 is out of its window. Query 15 sees token 10.
+    let q = |y: &Tensor<B, 3>, i: usize| y.clone().narrow(1, i, 1).into_data().to_vec::<f32>().unwrap();
+    assert_eq!(q(&y, 16), q(&y2, 16));
+    assert_eq!(q(&y, 29), q(&y2, 29));
+    assert_ne!(q(&y, 15), q(&y2, 15));
+}
+
+#[test]
+fn base_conv_sees_only_the_last_three_tokens() {
+    let device = Default::default();
+    let layer = BaseConvConfig::default().init::<B>(D, 0.1, &device);
+    let x = input(20, 5);
+    let y = layer.forward(x.clone());
+    let x2 = x.clone().slice_assign([0..2, 8..9, 0..D], Tensor::zeros([2, 1, D], &device));
+    let y2 = layer.forward(x2);
+    let q = |y: &Tensor<B, 3>, i: usize| y.clone().narrow(1, i, 1).into_data().to_vec::<f32>().unwrap();
+    for i in 8..=10 {
+        assert_ne!(q(&y, i), q(&y2, i), "token {i} should see token 8");
+    }
+    assert_eq!(q(&y, 11), q(&y2, 11), "token 11 must not see token 8 (kernel 3)");
+}
+
+#[test]
+fn taylor_kernel_matches_feature_map_dot_product() {
+    // φ(q)·φ(k) = 1 + s + s²/2 with s = q·k/√d' (LAYERS.md §1.5.1), for both maps.
+    use ember_ops::taylor::feature_map;
+    let device = Default::default();
+    let d = 16;
+    let q = Tensor::<B, 4>::random([1, 5, 1, d], Distribution::Normal(0.0, 1.0), &device);
+    let k = Tensor::<B, 4>::random([1, 5, 1, d], Distribution::Normal(0.0, 1.0), &device);
+    let s = (q.clone() * k.clone()).sum_dim(3) / (d as f64).sqrt();
+    let expected = s.clone() + s.powi_scalar(2) / 2.0 + 1.0;
+    for map in [FeatureMap::Compact, FeatureMap::Full] {
+        let phi_q = feature_map(q.clone(), map);
+        assert_eq!(phi_q.dims()[3], map.dim(d));
+        let got = (phi_q * feature_map(k.clone(), map)).sum_dim(3);
+        let err = (got - expected.clone()).abs().max().into_scalar();
+        assert!(err < 1e-4, "{map:?}: {err}");
+    }
+    assert_eq!(FeatureMap::Compact.dim(16), 153);
+    assert_eq!(FeatureMap::Full.dim(16), 273);
+}

@@ -1,0 +1,275 @@
+//! A pre-norm decoder language model whose layers each take a token mixer from a schedule.
+//!
+//! Block: `r = x + Mixer(RMSNorm(x)); x = r + MLP(RMSNorm(r))` (BASED §1.4, Llama-style).
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
+use burn::tensor::{backend::Backend, Int, Tensor};
+use ember_layers::init::{linear, INIT_STD};
+use ember_layers::mlp::{MlpConfig, SwiGlu};
+use ember_layers::norm::rms_norm;
+use ember_layers::{Mixer, MixerConfig, MixerState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `[model.schedule]`: which named mixer each layer uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Mixer used by every layer not listed in `at`.
+    pub default: String,
+    /// Mixer name → 0-based layer indices that use it.
+    #[serde(default)]
+    pub at: BTreeMap<String, Vec<usize>>,
+}
+
+/// `[model]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmConfig {
+    /// Tokenizer vocabulary; the embedding is padded up to a multiple of `pad_vocab_to`.
+    pub vocab_size: usize,
+    #[serde(default = "default_pad_vocab")]
+    pub pad_vocab_to: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    /// Named mixer definitions, each a table with a `kind` key.
+    pub mixers: BTreeMap<String, MixerConfig>,
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub mlp: MlpConfig,
+    /// Only "rmsnorm" for now.
+    #[serde(default = "default_norm")]
+    pub norm: String,
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Share the embedding matrix with the output head.
+    #[serde(default = "default_true")]
+    pub tie_embeddings: bool,
+}
+
+fn default_pad_vocab() -> usize {
+    8
+}
+fn default_norm() -> String {
+    "rmsnorm".into()
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One line of `ember recipe check`'s per-layer table.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerSummary {
+    pub layer: usize,
+    pub mixer: String,
+    pub kind: &'static str,
+    pub params: usize,
+    pub flops_per_token: f64,
+    pub state_floats: usize,
+}
+
+impl LmConfig {
+    pub fn padded_vocab(&self) -> usize {
+        let m = self.pad_vocab_to.max(1);
+        self.vocab_size.div_ceil(m) * m
+    }
+
+    /// The mixer name of every layer. Call after `validate`.
+    pub fn layer_mixers(&self) -> Vec<&str> {
+        let mut names = vec![self.schedule.default.as_str(); self.n_layers];
+        for (name, layers) in &self.schedule.at {
+            for &l in layers {
+                if l < self.n_layers {
+                    names[l] = name.as_str();
+                }
+            }
+        }
+        names
+    }
+
+    /// Checks everything that serde's types cannot; the error names the offending key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.vocab_size == 0 {
+            return err("model.vocab_size", "must be positive".into());
+        }
+        if self.d_model == 0 {
+            return err("model.d_model", "must be positive".into());
+        }
+        if self.n_layers == 0 {
+            return err("model.n_layers", "must be positive".into());
+        }
+        if self.norm != "rmsnorm" {
+            return err("model.norm", format!("unknown norm {:?} (known: \"rmsnorm\")", self.norm));
+        }
+        if !(self.norm_eps > 0.0) {
+            return err("model.norm_eps", "must be positive".into());
+        }
+        if let Err(e) = self.mlp.validate() {
+            return err("model.mlp", e);
+        }
+        for (name, mixer) in &self.mixers {
+            if let Err(e) = mixer.validate(self.d_model) {
+                return err(&format!("model.mixers.{name}"), e);
+            }
+        }
+        let known = |name: &str| self.mixers.contains_key(name);
+        let names = || self.mixers.keys().cloned().collect::<Vec<_>>().join(", ");
+        if !known(&self.schedule.default) {
+            return err(
+                "model.schedule.default",
+                format!("no mixer named {:?} in [model.mixers] (defined: {})", self.schedule.default, names()),
+            );
+        }
+        let mut seen = BTreeMap::new();
+        for (name, layers) in &self.schedule.at {
+            let key = format!("model.schedule.at.{name}");
+            if !known(name) {
+                return err(&key, format!("no mixer named {name:?} in [model.mixers] (defined: {})", names()));
+            }
+            for &l in layers {
+                if l >= self.n_layers {
+                    return err(&key, format!("layer {l} is out of range (n_layers = {})", self.n_layers));
+                }
+                if let Some(other) = seen.insert(l, name.clone()) {
+                    return err(&key, format!("layer {l} is also assigned to {other:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-layer parameters, FLOPs per token (forward) and generation state at `seq_len`.
+    pub fn layer_summaries(&self, seq_len: usize) -> Vec<LayerSummary> {
+        let d = self.d_model;
+        let mlp = self.mlp.params(d);
+        self.layer_mixers()
+            .into_iter()
+            .enumerate()
+            .map(|(layer, name)| {
+                let m = &self.mixers[name];
+                LayerSummary {
+                    layer,
+                    mixer: name.to_string(),
+                    kind: m.kind(),
+                    params: m.params(d) + mlp + 2 * d,
+                    flops_per_token: m.flops_per_token(d, seq_len) + 2.0 * mlp as f64,
+                    state_floats: m.state_size(d, seq_len),
+                }
+            })
+            .collect()
+    }
+
+    /// Embedding parameters (counted once when tied).
+    pub fn embedding_params(&self) -> usize {
+        let e = self.padded_vocab() * self.d_model;
+        if self.tie_embeddings { e } else { 2 * e }
+    }
+
+    pub fn num_params(&self) -> usize {
+        let layers: usize = self.layer_summaries(1).iter().map(|l| l.params).sum();
+        layers + self.embedding_params() + self.d_model
+    }
+
+    /// Parameters excluding the embedding table (the `N` of scaling laws).
+    pub fn non_embedding_params(&self) -> usize {
+        self.num_params() - self.padded_vocab() * self.d_model
+    }
+
+    /// Forward FLOPs per token, the output head included.
+    pub fn flops_per_token(&self, seq_len: usize) -> f64 {
+        let layers: f64 = self.layer_summaries(seq_len).iter().map(|l| l.flops_per_token).sum();
+        layers + 2.0 * (self.padded_vocab() * self.d_model) as f64
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Lm<B> {
+        let vocab = self.padded_vocab();
+        // Residual-branch outputs are scaled down with depth (GPT-2) so the stream stays O(1).
+        let out_std = INIT_STD / (2.0 * self.n_layers as f64).sqrt();
+        let blocks = self
+            .layer_mixers()
+            .into_iter()
+            .map(|name| Block {
+                mixer_norm: rms_norm(self.d_model, self.norm_eps, device),
+                mixer: self.mixers[name].init(self.d_model, out_std, device),
+                mlp_norm: rms_norm(self.d_model, self.norm_eps, device),
+                mlp: self.mlp.init(self.d_model, out_std, device),
+            })
+            .collect();
+        Lm {
+            embed: EmbeddingConfig::new(vocab, self.d_model)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD })
+                .init(device),
+            blocks,
+            final_norm: rms_norm(self.d_model, self.norm_eps, device),
+            head: (!self.tie_embeddings).then(|| linear(self.d_model, vocab, false, INIT_STD, device)),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub mixer_norm: RmsNorm<B>,
+    pub mixer: Mixer<B>,
+    pub mlp_norm: RmsNorm<B>,
+    pub mlp: SwiGlu<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Lm<B: Backend> {
+    pub embed: Embedding<B>,
+    pub blocks: Vec<Block<B>>,
+    pub final_norm: RmsNorm<B>,
+    /// Untied output head; `None` when tied to `embed`.
+    pub head: Option<Linear<B>>,
+}
+
+/// Generation state of every layer.
+#[derive(Clone, Debug)]
+pub struct LmState<B: Backend> {
+    pub layers: Vec<MixerState<B>>,
+}
+
+impl<B: Backend> LmState<B> {
+    pub fn numel(&self) -> usize {
+        self.layers.iter().map(|s| s.numel()).sum()
+    }
+}
+
+impl<B: Backend> Lm<B> {
+    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.final_norm.forward(x);
+        match &self.head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.embed.weight.val().transpose().unsqueeze::<3>()),
+        }
+    }
+
+    /// Training forward: token ids `[B, T]` → logits `[B, T, vocab]`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let mut x = self.embed.forward(tokens);
+        for block in &self.blocks {
+            let r = x.clone() + block.mixer.forward(block.mixer_norm.forward(x));
+            x = r.clone() + block.mlp.forward(block.mlp_norm.forward(r));
+        }
+        self.logits(x)
+    }
+
+    /// Recurrent forward: consumes `tokens: [B, T]` (a prompt, or one token) after `state`.
+    pub fn step(&self, tokens: Tensor<B, 2, Int>, state: Option<LmState<B>>) -> (Tensor<B, 3>, LmState<B>) {
+        let mut previous = state.map(|s| s.layers.into_iter().map(Some).collect::<Vec<_>>());
+        let mut x = self.embed.forward(tokens);
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let s = previous.as_mut().and_then(|p| p[i].take());
+            let (h, s) = block.mixer.step(block.mixer_norm.forward(x.clone()), s);
+            let r = x + h;
+            x = r.clone() + block.mlp.forward(block.mlp_norm.forward(r));
+            layers.push(s);
+        }
+        (self.logits(x), LmState { layers })
+    }
+}

@@ -1,0 +1,36 @@
+//! Sequence-mixing primitives, generic over the Burn backend.
+//!
+//! Every op takes tensors in the `[batch, time, heads, head_dim]` layout (the layout of the
+//! reference fixtures and of flash-linear-attention) and comes in several interchangeable
+//! forms: a `parallel` (quadratic, masked) form for training, a `chunked` form where one
+//! exists, and a `recurrent` form over an explicit state for generation. The forms compute the
+//! same function; the tests and `ember conformance` hold them to each other and to the fixtures.
+
+pub mod conv;
+pub mod linear_attention;
+pub mod mask;
+pub mod rope;
+pub mod softmax_attention;
+pub mod taylor;
+
+/// Which algorithm computes a sequence op during training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    /// Masked quadratic form: `O(T²)` memory, simplest, the reference.
+    Parallel,
+    /// Intra-chunk quadratic, inter-chunk state passing: `O(T·C)` memory.
+    Chunked,
+    /// Token-by-token loop over the recurrent state (slow; for tests and generation).
+    Recurrent,
+}
+
+impl std::fmt::Display for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Form::Parallel => "parallel",
+            Form::Chunked => "chunked",
+            Form::Recurrent => "recurrent",
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! Causal softmax attention with grouped-query heads and an optional sliding window.
+//!
+//! `q: [B, T, Hq, D]`, `k, v: [B, S, Hkv, D]`; query head `h` uses key/value head
+//! `h / (Hq / Hkv)`. With `window = Some(w_left)` query `t` sees keys `t - w_left ..= t`
+//! (`w_left + 1` keys, itself included; LAYERS.md P6).
+use crate::mask::hidden_keys;
+use burn::tensor::{activation::softmax, backend::Backend, Tensor};
+
+/// Repeats each key/value head `groups` times: `[B, S, Hkv, D] -> [B, Hkv·groups, S, D]`
+/// (head-major, so query head `h` meets kv head `h / groups`).
+fn expand_heads<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    let [b, s, hkv, d] = x.dims();
+    let x = x.swap_dims(1, 2);
+    if groups == 1 {
+        return x;
+    }
+    x.unsqueeze_dim::<5>(2).expand([b, hkv, groups, s, d]).reshape([b, hkv * groups, s, d])
+}
+
+/// Materialised masked softmax attention. The queries sit at absolute positions
+/// `q_offset..q_offset+T` and the keys at `0..S` (so a KV cache can be attended to).
+pub fn parallel<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+    window: Option<usize>,
+    q_offset: usize,
+) -> Tensor<B, 4> {
+    let [_, t, hq, _] = q.dims();
+    let [_, s, hkv, _] = k.dims();
+    assert!(hq % hkv == 0, "query heads ({hq}) must be a multiple of key/value heads ({hkv})");
+    let groups = hq / hkv;
+    let (k, v) = (expand_heads(k, groups), expand_heads(v, groups));
+    let q = q.swap_dims(1, 2);
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let hidden = hidden_keys::<B>(t, s, q_offset, window, &scores.device()).unsqueeze::<4>();
+    let probs = softmax(scores.mask_fill(hidden, f32::NEG_INFINITY), 3);
+    probs.matmul(v).swap_dims(1, 2)
+}
+
+/// Keys and values seen so far, bounded by the window when there is one.
+#[derive(Clone, Debug)]
+pub struct KvCache<B: Backend> {
+    /// `[B, L, Hkv, D]`, the last `L` keys (L ≤ w_left + 1 with a window).
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+    /// Absolute position of the next token.
+    pub position: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn numel(&self) -> usize {
+        self.k.shape().num_elements() + self.v.shape().num_elements()
+    }
+}
+
+/// Attends `q, k, v: [B, T, *, D]` (a prompt, or one token) after the tokens in `cache`,
+/// returning the output and the cache extended (and trimmed to the window).
+pub fn step<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    cache: Option<KvCache<B>>,
+    scale: f64,
+    window: Option<usize>,
+) -> (Tensor<B, 4>, KvCache<B>) {
+    let t = q.dims()[1];
+    let (k_all, v_all, start) = match cache {
+        None => (k, v, 0),
+        Some(c) => (Tensor::cat(vec![c.k, k], 1), Tensor::cat(vec![c.v, v], 1), c.position),
+    };
+    let cached = k_all.dims()[1];
+    // Keys in the buffer start at absolute position `start + t - cached`.
+    let first_key = start + t - cached;
+    let output = parallel(q, k_all.clone(), v_all.clone(), scale, window, start - first_key);
+    let keep = window.map_or(cached, |w| cached.min(w + 1));
+    let cache = KvCache {
+        k: k_all.narrow(1, cached - keep, keep),
+        v: v_all.narrow(1, cached - keep, keep),
+        position: start + t,
+    };
+    (output, cache)
+}
+
+/// Token-by-token form (for tests): each token attends to the cache built so far.
+pub fn recurrent<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+    window: Option<usize>,
+) -> Tensor<B, 4> {
+    let t = q.dims()[1];
+    let mut cache = None;
+    let mut outputs = Vec::with_capacity(t);
+    for i in 0..t {
+        let (o, c) = step(q.clone().narrow(1, i, 1), k.clone().narrow(1, i, 1), v.clone().narrow(1, i, 1), cache, scale, window);
+        outputs.push(o);
+        cache = Some(c);
+    }
+    Tensor::cat(outputs, 1)
+}
