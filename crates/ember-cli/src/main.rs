@@ -1,1 +1,312 @@
-fn main(){}
+//! `ember`: train, sample, check and benchmark efficient sequence models from TOML recipes.
+mod backend;
+
+// Training allocates and frees tensors of tens of MB every step; glibc hands those back to the
+// OS and page-faults them in again each time, which mimalloc avoids (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ember_train::generate::{self, SampleOptions};
+use ember_train::recipe::Recipe;
+use ember_train::trainer::{self, TrainOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Pretrain, compare and sample efficient sequence models on Burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a recipe (or resume a run).
+    Train(TrainArgs),
+    /// Recipe utilities.
+    #[command(subcommand)]
+    Recipe(RecipeCommand),
+    /// Turn text, JSONL or Parquet into token shards.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Tokenizer utilities.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Sample from a checkpoint with the recurrent forms.
+    Generate(GenerateArgs),
+    /// Check every form of every op against reference fixtures.
+    Conformance(ConformanceArgs),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct RecipeArgs {
+    /// Recipe file; a bare name not found in the working directory is looked up in recipes/.
+    #[arg(long)]
+    recipe: PathBuf,
+    /// Override any recipe key, e.g. --set optim.lr=3e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Recipe file (optional with --resume: the checkpoint's own recipe is used).
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue from a checkpoint directory, or a run directory's newest checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Backend and device (overrides train.device): cpu, ndarray, flex, wgpu, cuda[:i], tch-cpu, tch-cuda[:i].
+    #[arg(long)]
+    device: Option<String>,
+    /// Stop after this many steps (checkpointing there), as if interrupted.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum RecipeCommand {
+    /// Validate a recipe and print parameters, FLOPs per token and state size per layer.
+    Check {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Tokenize sources (.txt, .jsonl, .parquet, or directories of them) into shards + manifest.
+    Prepare {
+        /// Input files or directories.
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Field (JSONL) or column (Parquet) holding the text.
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        /// Treat every non-empty line of a .txt file as its own document.
+        #[arg(long)]
+        split_lines: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a byte-level BPE tokenizer (tokenizer.json) on text, JSONL or Parquet files.
+    Train {
+        #[arg(required = true)]
+        sources: Vec<PathBuf>,
+        #[arg(long, default_value_t = 8192)]
+        vocab_size: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    #[arg(long, default_value_t = 100)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// 0 = no top-k cut.
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of samples.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct ConformanceArgs {
+    /// Directory of fixtures in the format of shared/fixtures/README.md.
+    #[arg(long)]
+    fixtures: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time real training steps of a recipe: tokens/s, ms per step, model FLOP/s and MFU.
+    Train {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long)]
+        device: Option<String>,
+        /// Peak FLOP/s of the device in TFLOP/s, for MFU (CPU peaks vary too much to guess).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_recipe(path: &std::path::Path, overrides: &[String]) -> Result<Recipe> {
+    Recipe::load(path, overrides).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Train(args) => train(args)?,
+        Command::Recipe(RecipeCommand::Check { file, overrides }) => {
+            let recipe = load_recipe(&file, &overrides)?;
+            print!("{}", recipe.check_report());
+        }
+        Command::Data(DataCommand::Prepare { sources, tokenizer, out, text_field, split_lines }) => {
+            let opts = ember_data::PrepareOptions { text_field, split_lines, ..Default::default() };
+            let manifest = ember_data::prepare(&sources, &tokenizer, &out, &opts)?;
+            println!(
+                "prepared {} documents, {} tokens into {} ({} shards)",
+                manifest.documents,
+                manifest.total_tokens,
+                out.display(),
+                manifest.shards.len()
+            );
+        }
+        Command::Tokenizer(TokenizerCommand::Train { sources, vocab_size, out }) => {
+            ember_data::train_tokenizer(&sources, vocab_size, &out)?;
+            let tok = ember_data::Tokenizer::from_file(&out)?;
+            println!("trained a byte-level BPE with {} tokens: {}", tok.vocab_size(), out.display());
+        }
+        Command::Generate(args) => {
+            backend::with_backend!(&args.device, |B, device| generate_cmd::<B>(&args, &device))?
+        }
+        Command::Conformance(args) => {
+            let report = backend::with_backend!(&args.device, |B, device| {
+                ember_train::conformance::run::<B>(&args.fixtures, &device)
+            })?;
+            print!("{}", report.table());
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Bench(BenchCommand::Train { recipe, steps, warmup, device, peak_tflops }) => {
+            let r = load_recipe(&recipe.recipe, &recipe.overrides)?;
+            let device = device.unwrap_or_else(|| r.train.device.clone());
+            let b = backend::with_backend!(&device, |B, dev| ember_train::bench::train_steps::<B>(&r, steps, warmup, &dev))?;
+            println!("recipe        {}", r.source.path.display());
+            println!("backend       {device}");
+            println!("parameters    {}", b.params);
+            println!("tokens/step   {}", b.tokens_per_step);
+            println!("step          {:.1} ms", b.step_ms);
+            println!("throughput    {:.0} tokens/s", b.tokens_per_sec);
+            println!("model FLOP/s  {:.3} TFLOP/s (6·N·tokens/s)", b.model_flops_per_sec / 1e12);
+            match peak_tflops {
+                Some(p) => println!("MFU           {:.2}%", 100.0 * b.model_flops_per_sec / (p * 1e12)),
+                None => println!("MFU           n/a (pass --peak-tflops)"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let recipe = match (&args.recipe, &args.resume) {
+        (Some(path), _) => load_recipe(path, &args.overrides)?,
+        (None, Some(resume)) => {
+            let ckpt = ember_train::checkpoint::resolve(resume)?;
+            load_recipe(&ckpt.join(ember_train::checkpoint::RECIPE_FILE), &args.overrides)?
+        }
+        (None, None) => bail!("give --recipe FILE, or --resume DIR to continue a run"),
+    };
+    let device = args.device.clone().unwrap_or_else(|| recipe.train.device.clone());
+    let opts = TrainOptions { resume: args.resume.clone(), stop_after: args.stop_after, quiet: args.quiet };
+    println!(
+        "training {} ({} parameters) for {} steps on {device}; run directory {}",
+        recipe.train.name,
+        recipe.model.num_params(),
+        recipe.steps(),
+        recipe.train.out_dir.display()
+    );
+    backend::with_backend!(&device, |B, dev| train_cmd::<B>(&recipe, &opts, &dev))
+}
+
+fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<()> {
+    let report = trainer::train::<B>(recipe, opts, device)?;
+    let last_loss = report.losses.last().map_or(f64::NAN, |l| l.1);
+    println!("step {}/{}: train loss {last_loss:.4}", report.final_step, report.total_steps);
+    if let Some((step, val)) = report.val_losses.last() {
+        println!(
+            "validation loss {val:.4} (perplexity {:.1}) at step {step}; unigram entropy of the corpus {:.4}",
+            val.exp(),
+            report.unigram_entropy
+        );
+    }
+    println!("{:.0} tokens/s", report.tokens_per_sec);
+    if let Some(ckpt) = &report.last_checkpoint {
+        println!("checkpoint {}", ckpt.display());
+        if report.final_step == report.total_steps && recipe.log.samples > 0 {
+            let loaded = generate::load::<B::InnerBackend>(ckpt, device)?;
+            for i in 0..recipe.log.samples {
+                let opts = SampleOptions { max_tokens: recipe.log.sample_tokens, seed: i as u64, ..Default::default() };
+                let g = generate::generate(&loaded.model, &loaded.tokenizer, &recipe.log.prompt, &opts, device)?;
+                println!("--- sample {} ---\n{}{}", i + 1, recipe.log.prompt, g.text);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn generate_cmd<B: burn::tensor::backend::AutodiffBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
+    let loaded = generate::load::<B::InnerBackend>(&args.checkpoint, device)
+        .with_context(|| format!("loading {}", args.checkpoint.display()))?;
+    for i in 0..args.samples {
+        let opts = SampleOptions {
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed + i as u64,
+        };
+        let g = generate::generate(&loaded.model, &loaded.tokenizer, &args.prompt, &opts, device)?;
+        println!("{}{}", args.prompt, g.text);
+        eprintln!(
+            "[{} prompt tokens, prefill {:.1} ms; {} new tokens at {:.1} tokens/s; recurrent state {:.1} KiB]",
+            g.prompt_tokens,
+            g.prefill_ms,
+            g.new_tokens.len(),
+            g.tokens_per_sec,
+            g.state_bytes as f64 / 1024.0
+        );
+    }
+    Ok(())
+}

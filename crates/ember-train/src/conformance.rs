@@ -1,0 +1,294 @@
+//! `ember conformance`: runs every form of every op that has a reference fixture and compares
+//! outputs, final states and gradients (through Burn's autodiff) with the fixture's.
+//!
+//! Fixture format: `../shared/fixtures/README.md` — safetensors files holding inputs, outputs,
+//! upstream gradients `dX` for each output `X`, and `grad_Y` for each input `Y`.
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use ember_ops::{linear_attention, softmax_attention, taylor, Form};
+use safetensors::SafeTensors;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Relative RMS error a correct float32 implementation meets (fixtures README).
+pub const TOLERANCE: f64 = 1e-4;
+
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub fixture: String,
+    pub form: String,
+    /// Worst relative RMS error over the outputs (and final state).
+    pub output_err: f64,
+    /// Worst relative RMS error over the input gradients.
+    pub grad_err: f64,
+    pub pass: bool,
+}
+
+/// All rows, plus the files that were skipped and why.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        !self.rows.is_empty() && self.rows.iter().all(|r| r.pass)
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<28} {:<24} {:>12} {:>12}  {}\n",
+            "fixture", "form", "output err", "grad err", "pass"
+        );
+        for r in &self.rows {
+            s += &format!(
+                "{:<28} {:<24} {:>12.3e} {:>12.3e}  {}\n",
+                r.fixture, r.form, r.output_err, r.grad_err, if r.pass { "ok" } else { "FAIL" }
+            );
+        }
+        for (name, why) in &self.skipped {
+            s += &format!("skipped {name}: {why}\n");
+        }
+        let failed = self.rows.iter().filter(|r| !r.pass).count();
+        s += &format!(
+            "{} passed, {} failed ({} fixtures skipped; tolerance {:.0e} relative RMS)\n",
+            self.rows.len() - failed,
+            failed,
+            self.skipped.len(),
+            TOLERANCE
+        );
+        s
+    }
+}
+
+/// A fixture file: named f32 tensors and the parsed `meta` JSON.
+struct Fixture {
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    meta: serde_json::Value,
+    path: PathBuf,
+}
+
+impl Fixture {
+    fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (_, metadata) = SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+        let meta = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("meta"))
+            .map(|m| serde_json::from_str(m))
+            .transpose()
+            .with_context(|| format!("{}: __metadata__.meta is not JSON", path.display()))?
+            .unwrap_or(serde_json::Value::Null);
+        let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt safetensors", path.display()))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != safetensors::Dtype::F32 {
+                bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
+            }
+            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            tensors.insert(name, (view.shape().to_vec(), data));
+        }
+        Ok(Self { tensors, meta, path: path.to_path_buf() })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn tensor<B: AutodiffBackend, const D: usize>(&self, name: &str, device: &B::Device) -> Result<Tensor<B, D>> {
+        let (shape, data) = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("{}: missing tensor {name}", self.path.display()))?;
+        if shape.len() != D {
+            bail!("{}: tensor {name} has rank {}, expected {D}", self.path.display(), shape.len());
+        }
+        Ok(Tensor::from_data(TensorData::new(data.clone(), shape.clone()), device))
+    }
+
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        self.meta.get(key).and_then(|v| v.as_f64())
+    }
+}
+
+fn rel_rms<B: AutodiffBackend, const D: usize>(got: Tensor<B::InnerBackend, D>, want: Tensor<B::InnerBackend, D>) -> f64 {
+    let got = got.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+    let want = want.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+    let (mut num, mut den) = (0.0, 0.0);
+    for (g, w) in got.iter().zip(&want) {
+        num += (g - w) * (g - w);
+        den += w * w;
+    }
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// What a form returns: outputs paired with the fixture names of their reference and upstream
+/// gradient (`o`/`do`, `ht`/`dht`).
+type Outputs<B> = Vec<(&'static str, Tensor<B, 4>)>;
+
+/// The fixture's inputs, by name, as tensors that require gradients.
+type Vars<B> = BTreeMap<&'static str, Tensor<B, 4>>;
+
+/// Runs one form: builds inputs that require gradients, computes `Σ <X, dX>`, backpropagates,
+/// and compares outputs and `grad_Y` with the fixture.
+fn check<B: AutodiffBackend>(
+    fx: &Fixture,
+    name: &str,
+    form: &str,
+    inputs: &[&'static str],
+    device: &B::Device,
+    run: impl Fn(&Vars<B>) -> Outputs<B>,
+) -> Result<Row> {
+    let mut vars = BTreeMap::new();
+    for &input in inputs {
+        vars.insert(input, fx.tensor::<B, 4>(input, device)?.require_grad());
+    }
+    let outputs = run(&vars);
+    let mut output_err: f64 = 0.0;
+    let mut objective: Option<Tensor<B, 1>> = None;
+    for (out, value) in outputs {
+        output_err = output_err.max(rel_rms::<B, 4>(value.clone().inner(), fx.tensor::<B, 4>(out, device)?.inner()));
+        let upstream = format!("d{out}");
+        if fx.has(&upstream) {
+            let term = (value * fx.tensor::<B, 4>(&upstream, device)?).sum();
+            objective = Some(match objective {
+                None => term,
+                Some(acc) => acc + term,
+            });
+        }
+    }
+    let mut grad_err: f64 = 0.0;
+    if let Some(objective) = objective {
+        let grads = objective.backward();
+        for (input, var) in &vars {
+            let reference = format!("grad_{input}");
+            if !fx.has(&reference) {
+                continue;
+            }
+            let want = fx.tensor::<B, 4>(&reference, device)?.inner();
+            grad_err = grad_err.max(match var.grad(&grads) {
+                Some(got) => rel_rms::<B, 4>(got, want),
+                None => f64::INFINITY,
+            });
+        }
+    }
+    let pass = output_err <= TOLERANCE && grad_err <= TOLERANCE;
+    Ok(Row { fixture: name.to_string(), form: form.to_string(), output_err, grad_err, pass })
+}
+
+/// Chunk sizes exercised by chunked forms: one that divides nothing and one larger than most T.
+const CHUNKS: [usize; 2] = [16, 64];
+
+fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, device: &B::Device) -> Result<Option<Vec<Row>>> {
+    let op = fx.meta.get("op").and_then(|v| v.as_str()).unwrap_or(name).to_string();
+    let scale = fx.meta_f64("scale");
+    let mut rows = Vec::new();
+    match op.as_str() {
+        "linear_attn" => {
+            let scale = scale.context("linear_attn fixture has no scale")?;
+            let inputs = if fx.has("h0") { vec!["q", "k", "v", "h0"] } else { vec!["q", "k", "v"] };
+            let outs = |r: linear_attention::LinearAttnOutput<B>| vec![("o", r.output), ("ht", r.state)];
+            let h0 = |v: &Vars<B>| v.get("h0").cloned();
+            rows.push(check(fx, name, "parallel", &inputs, device, |v: &Vars<B>| {
+                outs(linear_attention::parallel(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
+            })?);
+            for chunk in CHUNKS {
+                rows.push(check(fx, name, &format!("chunked(C={chunk})"), &inputs, device, |v: &Vars<B>| {
+                    outs(linear_attention::chunked(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale, chunk))
+                })?);
+            }
+            rows.push(check(fx, name, "recurrent", &inputs, device, |v: &Vars<B>| {
+                outs(linear_attention::recurrent(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
+            })?);
+        }
+        "based_taylor" => {
+            let inputs = ["q", "k", "v"];
+            let eps = 1e-6;
+            for map in [taylor::FeatureMap::Compact, taylor::FeatureMap::Full] {
+                let tag = format!("{map:?}").to_lowercase();
+                for form in [Form::Parallel, Form::Chunked, Form::Recurrent] {
+                    let chunks: &[usize] = if form == Form::Chunked { &CHUNKS } else { &[0] };
+                    for &chunk in chunks {
+                        let label = match form {
+                            Form::Chunked => format!("chunked(C={chunk}) {tag}"),
+                            _ => format!("{form} {tag}"),
+                        };
+                        rows.push(check(fx, name, &label, &inputs, device, |v: &Vars<B>| {
+                            let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
+                            let out = match form {
+                                Form::Parallel => taylor::parallel(q, k, vv, None, map, eps),
+                                Form::Chunked => taylor::chunked(q, k, vv, None, map, eps, chunk),
+                                Form::Recurrent => taylor::recurrent(q, k, vv, None, map, eps),
+                            };
+                            vec![("o", out.output)]
+                        })?);
+                    }
+                }
+            }
+        }
+        "softmax_attn_gqa" | "sliding_window_attn_gqa" => {
+            let inputs = ["q", "k", "v"];
+            let d = fx.tensors.get("q").context("missing q")?.0[3] as f64;
+            let scale = scale.unwrap_or(1.0 / d.sqrt());
+            // Fixture window W means `t - s < W`, i.e. w_left = W - 1; 0 means no window.
+            let window = fx.meta_f64("window").filter(|&w| w > 0.0).map(|w| w as usize - 1);
+            rows.push(check(fx, name, "parallel", &inputs, device, |v: &Vars<B>| {
+                vec![("o", softmax_attention::parallel(v["q"].clone(), v["k"].clone(), v["v"].clone(), scale, window, 0))]
+            })?);
+            rows.push(check(fx, name, "recurrent (kv cache)", &inputs, device, |v: &Vars<B>| {
+                vec![("o", softmax_attention::recurrent(v["q"].clone(), v["k"].clone(), v["v"].clone(), scale, window))]
+            })?);
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(rows))
+}
+
+/// Runs every fixture in `dir` that ember knows; unknown files are skipped with a note.
+pub fn run<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Report> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("fixture directory {} cannot be read", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut report = Report::default();
+    for path in paths {
+        let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        if path.is_dir() {
+            report.skipped.push((file, "directory (HF teacher fixtures are checked by the teacher loader)".into()));
+            continue;
+        }
+        let Some(name) = file.strip_suffix(".safetensors") else {
+            if file != "README.md" {
+                report.skipped.push((file, "not a .safetensors file".into()));
+            }
+            continue;
+        };
+        let fx = Fixture::load(&path)?;
+        match run_fixture::<B>(name, &fx, device)? {
+            Some(rows) => report.rows.extend(rows),
+            None => {
+                let op = fx.meta.get("op").and_then(|v| v.as_str()).unwrap_or("?");
+                report.skipped.push((file, format!("no implementation of op {op:?} in this build yet")));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Where the tests find the fixtures: `$EMBER_FIXTURES`, else `../shared/fixtures` beside the
+/// repository. `None` means absent (callers skip visibly, or fail under `CI=true`).
+pub fn default_fixture_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("EMBER_FIXTURES") {
+        return Some(PathBuf::from(dir));
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = repo.join("../shared/fixtures");
+    dir.is_dir().then_some(dir)
+}
