@@ -1,7 +1,7 @@
 //! A pre-norm decoder language model whose layers each take a token mixer from a schedule.
 //!
 //! Block: `r = x + Mixer(RMSNorm(x)); x = r + MLP(RMSNorm(r))` (BASED §1.4, Llama-style).
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
 use burn::tensor::{backend::Backend, Int, Tensor};
 use ember_layers::init::{linear, INIT_STD};
@@ -185,6 +185,23 @@ impl LmConfig {
         layers + 2.0 * (self.padded_vocab() * self.d_model) as f64
     }
 
+    /// Initialises the model reproducibly from `seed`.
+    ///
+    /// Burn initialises parameters lazily, on first use, from the backend's process-wide RNG:
+    /// left alone, the weights would depend on whatever else drew from that RNG in between.
+    /// So every parameter is materialised right after seeding, under one lock, and two models
+    /// built on different threads at once still get exactly the weights their seeds give.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Lm<B> {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        B::seed(device, seed);
+        let model = self.init(device);
+        model.visit(&mut Materialize);
+        model
+    }
+
+    /// Builds the model with lazily initialised parameters; prefer [`LmConfig::init_seeded`],
+    /// which makes the weights a function of the seed alone.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Lm<B> {
         let vocab = self.padded_vocab();
         // Residual-branch outputs are scaled down with depth (GPT-2) so the stream stays O(1).
@@ -207,6 +224,15 @@ impl LmConfig {
             final_norm: rms_norm(self.d_model, self.norm_eps, device),
             head: (!self.tie_embeddings).then(|| linear(self.d_model, vocab, false, INIT_STD, device)),
         }
+    }
+}
+
+/// Forces lazily initialised parameters to draw their values now, in module order.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 

@@ -52,7 +52,7 @@ fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
 
 #[test]
 fn token_by_token_generation_equals_the_training_forward() {
-    let model = config().init::<B>(&Default::default());
+    let model = config().init_seeded::<B>(0, &Default::default());
     for t in [1, 7, 20] {
         let ids = ids(t);
         let full = model.forward(tokens(&ids));
@@ -77,7 +77,7 @@ fn token_by_token_generation_equals_the_training_forward() {
 
 #[test]
 fn the_model_is_causal() {
-    let model = config().init::<B>(&Default::default());
+    let model = config().init_seeded::<B>(0, &Default::default());
     let a = ids(24);
     let mut b = a.clone();
     b[15] = (b[15] + 1) % 50;
@@ -91,11 +91,11 @@ fn the_model_is_causal() {
 #[test]
 fn parameter_count_matches_the_module() {
     let config = config();
-    let model = config.init::<B>(&Default::default());
+    let model = config.init_seeded::<B>(0, &Default::default());
     assert_eq!(config.num_params(), model.num_params());
     let mut tied = config.clone();
     tied.tie_embeddings = true;
-    assert_eq!(tied.num_params(), tied.init::<B>(&Default::default()).num_params());
+    assert_eq!(tied.num_params(), tied.init_seeded::<B>(0, &Default::default()).num_params());
 }
 
 #[test]
@@ -107,4 +107,19 @@ fn schedule_places_each_mixer() {
     let (key, msg) = bad.validate().unwrap_err();
     assert_eq!(key, "model.schedule.at.missing");
     assert!(msg.contains("no mixer named"), "{msg}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_weights() {
+    let config = config();
+    let weights = |m: &ember_models::Lm<B>| -> Vec<f32> {
+        let mut all = m.embed.weight.val().into_data().to_vec::<f32>().unwrap();
+        all.extend(m.blocks[1].mlp.fc_in.weight.val().into_data().to_vec::<f32>().unwrap());
+        all
+    };
+    let a = config.init_seeded::<B>(7, &Default::default());
+    let b = config.init_seeded::<B>(7, &Default::default());
+    let c = config.init_seeded::<B>(8, &Default::default());
+    assert!(weights(&a) == weights(&b));
+    assert!(weights(&a) != weights(&c));
 }

@@ -23,8 +23,7 @@ pub struct TrainBench {
 pub fn train_steps<B: AutodiffBackend>(recipe: &Recipe, steps: usize, warmup: usize, device: &B::Device) -> Result<TrainBench> {
     let data = open_data(recipe, &recipe.data.train)?;
     let mut loader = PackedLoader::new(data, recipe.data.seq_len, recipe.train.batch_size, recipe.train.seed)?;
-    B::seed(device, recipe.train.seed);
-    let mut model: Lm<B> = recipe.model.init(device);
+    let mut model: Lm<B> = recipe.model.init_seeded(recipe.train.seed, device);
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.optim.clone());
     let mut started = Instant::now();
     for i in 0..warmup + steps {

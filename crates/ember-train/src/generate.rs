@@ -57,7 +57,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
     let text = std::fs::read_to_string(&recipe_path).with_context(|| format!("cannot read {}", recipe_path.display()))?;
     let recipe = Recipe::from_str(&text, &recipe_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tokenizer = Tokenizer::from_file(ckpt.join(TOKENIZER_FILE))?;
-    let model = checkpoint::load_model(&ckpt, recipe.model.init::<B>(device))?;
+    let model = checkpoint::load_model(&ckpt, recipe.model.init_seeded::<B>(recipe.train.seed, device))?;
     Ok(Loaded { model, tokenizer, recipe })
 }
 

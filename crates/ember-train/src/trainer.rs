@@ -10,7 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, Tokenizer};
+use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards};
 use ember_models::Lm;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -68,24 +68,24 @@ pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device
     total / tokens.max(1) as f64
 }
 
-/// Opens a recipe data source, preparing raw files into the cache on first use.
+/// Opens a recipe data source, preparing raw files into the cache on first use, and checks
+/// that the model's embedding can hold every token id in it.
 pub fn open_data(recipe: &Recipe, source: &Path) -> Result<TokenShards> {
     let opts = PrepareOptions { text_field: recipe.data.text_field.clone(), ..Default::default() };
-    open_source_with(source, &recipe.data.tokenizer, &recipe.data.cache_dir, &opts)
-        .with_context(|| format!("preparing data source {}", source.display()))
+    let data = open_source_with(source, &recipe.data.tokenizer, &recipe.data.cache_dir, &opts)
+        .with_context(|| format!("preparing data source {}", source.display()))?;
+    if data.vocab_size() > recipe.model.vocab_size {
+        let msg = format!(
+            "smaller than the vocabulary of the tokenizer the data was made with ({} tokens, {})",
+            data.vocab_size(),
+            recipe.data.tokenizer.display()
+        );
+        bail!("{}", recipe.error_at("model.vocab_size", msg));
+    }
+    Ok(data)
 }
 
 pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<TrainReport> {
-    let tokenizer = Tokenizer::from_file(&recipe.data.tokenizer)?;
-    if tokenizer.vocab_size() > recipe.model.vocab_size {
-        bail!(
-            "{}: model.vocab_size ({}) is smaller than the tokenizer's vocabulary ({}, {})",
-            recipe.source.path.display(),
-            recipe.model.vocab_size,
-            tokenizer.vocab_size(),
-            recipe.data.tokenizer.display()
-        );
-    }
     let train_data = open_data(recipe, &recipe.data.train)?;
     let entropy = ember_data::unigram_entropy(&train_data);
     let (seq_len, batch_size) = (recipe.data.seq_len, recipe.train.batch_size);
@@ -98,8 +98,7 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
     };
     let mut loader = PackedLoader::new(train_data, seq_len, batch_size, recipe.train.seed)?;
 
-    B::seed(device, recipe.train.seed);
-    let mut model: Lm<B> = recipe.model.init(device);
+    let mut model: Lm<B> = recipe.model.init_seeded(recipe.train.seed, device);
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.optim.clone());
     let mut state = TrainerState { step: 0, tokens: 0, loader: loader.state(), elapsed_secs: 0.0, last_val_loss: None };
     if let Some(resume) = &opts.resume {
