@@ -4,6 +4,9 @@
 //! `optimizer.safetensors` (AdamW moments `m.PATH` / `v.PATH`), `trainer.json` (step, tokens,
 //! loader position, update count), `recipe.toml` (the recipe as run, overrides applied) and
 //! `tokenizer.json`, so a checkpoint directory alone is enough to resume or generate.
+//! The run's only randomness after initialisation is the loader's shuffle, a pure function of
+//! (seed, epoch): its saved position is the whole RNG state (the step itself draws nothing —
+//! there is no dropout), which is why a resumed run repeats the uninterrupted one bit for bit.
 //! A checkpoint is written to `step-N.tmp`, every file fsynced, then renamed into place: a crash
 //! at any moment leaves the previous checkpoints intact and no half-written one that looks whole.
 use crate::optim::{AdamW, Moments};
