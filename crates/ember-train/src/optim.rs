@@ -6,10 +6,10 @@
 //! (Burn clips each tensor on its own), parameter groups chosen by name, and optimizer state
 //! keyed by parameter path so checkpoints are readable safetensors that resume exactly.
 use crate::recipe::OptimConfig;
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{ElementConversion, Tensor};
 use std::collections::BTreeMap;
 
 /// First and second moments of one parameter, flattened.
@@ -60,13 +60,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     }
 }
 
-/// Lists parameter paths (for no-decay groups and for tests).
-struct Names {
+/// Collects every float parameter, flattened, by dotted path.
+struct Named<B: Backend> {
     path: Path,
-    names: Vec<(String, ParamId)>,
+    params: Vec<(String, Tensor<B, 1>)>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Names {
+impl<B: Backend> ModuleVisitor<B> for Named<B> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.enter(name);
     }
@@ -74,15 +74,18 @@ impl<B: Backend> ModuleVisitor<B> for Names {
         self.path.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.names.push((self.path.name(), param.id));
+        let value = param.val();
+        let n = value.shape().num_elements();
+        self.params.push((self.path.name(), value.reshape([n])));
     }
 }
 
-/// Dotted paths of all float parameters of a module, in visiting order.
-pub fn parameter_names<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<String> {
-    let mut v = Names { path: Path::default(), names: Vec::new() };
+/// Every float parameter of a module, flattened, by the dotted path the optimizer and the
+/// checkpoints use (e.g. `blocks.1.mixer.BasedLinear.q.weight`), in module order.
+pub fn named_parameters<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<(String, Tensor<B, 1>)> {
+    let mut v = Named { path: Path::default(), params: Vec::new() };
     module.visit(&mut v);
-    v.names.into_iter().map(|(n, _)| n).collect()
+    v.params
 }
 
 struct Update<'a, B: AutodiffBackend> {
@@ -165,4 +168,3 @@ impl<I: Backend> AdamW<I> {
     }
 }
 
-use burn::tensor::ElementConversion;
