@@ -13,6 +13,29 @@ pub mod rope;
 pub mod softmax_attention;
 pub mod taylor;
 
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Runs a one-token `step` over every position of `q, k, v: [B, T, H, *]` in order, threading
+/// the state through, and concatenates the outputs along time: the shared body of every
+/// op's recurrent form.
+pub fn scan_tokens<B: Backend, S>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mut state: S,
+    mut step: impl FnMut(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, S) -> (Tensor<B, 4>, S),
+) -> (Tensor<B, 4>, S) {
+    let t = q.dims()[1];
+    let mut outputs = Vec::with_capacity(t);
+    for i in 0..t {
+        let at = |x: &Tensor<B, 4>| x.clone().narrow(1, i, 1);
+        let (o, s) = step(at(&q), at(&k), at(&v), state);
+        outputs.push(o);
+        state = s;
+    }
+    (Tensor::cat(outputs, 1), state)
+}
+
 /// Which algorithm computes a sequence op during training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

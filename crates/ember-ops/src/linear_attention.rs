@@ -87,21 +87,12 @@ pub fn recurrent<B: Backend>(
     h0: Option<Tensor<B, 4>>,
     scale: f64,
 ) -> LinearAttnOutput<B> {
-    let mut state = h0.unwrap_or_else(|| zero_state(&q, &v));
-    let t = q.dims()[1];
-    let mut outputs = Vec::with_capacity(t);
-    for i in 0..t {
-        let step = step(
-            q.clone().narrow(1, i, 1),
-            k.clone().narrow(1, i, 1),
-            v.clone().narrow(1, i, 1),
-            state,
-            scale,
-        );
-        outputs.push(step.output);
-        state = step.state;
-    }
-    LinearAttnOutput { output: Tensor::cat(outputs, 1), state }
+    let h0 = h0.unwrap_or_else(|| zero_state(&q, &v));
+    let (output, state) = crate::scan_tokens(q, k, v, h0, |q, k, v, s| {
+        let out = step(q, k, v, s, scale);
+        (out.output, out.state)
+    });
+    LinearAttnOutput { output, state }
 }
 
 /// One recurrent step: `q, k, v: [B, 1, H, *]`, `state: [B, H, K, V]`.

@@ -91,13 +91,9 @@ pub fn recurrent<B: Backend>(
     scale: f64,
     window: Option<usize>,
 ) -> Tensor<B, 4> {
-    let t = q.dims()[1];
-    let mut cache = None;
-    let mut outputs = Vec::with_capacity(t);
-    for i in 0..t {
-        let (o, c) = step(q.clone().narrow(1, i, 1), k.clone().narrow(1, i, 1), v.clone().narrow(1, i, 1), cache, scale, window);
-        outputs.push(o);
-        cache = Some(c);
-    }
-    Tensor::cat(outputs, 1)
+    let (output, _) = crate::scan_tokens(q, k, v, None, |q, k, v, cache| {
+        let (o, c) = step(q, k, v, cache, scale, window);
+        (o, Some(c))
+    });
+    output
 }

@@ -168,15 +168,13 @@ pub fn recurrent<B: Backend>(
     map: FeatureMap,
     eps: f64,
 ) -> TaylorOutput<B> {
-    let [b, t, h, d] = q.dims();
-    let mut state = state.unwrap_or_else(|| TaylorState::zeros(b, h, map.dim(d), v.dims()[3], &q.device()));
-    let mut outputs = Vec::with_capacity(t);
-    for i in 0..t {
-        let out = step(q.clone().narrow(1, i, 1), k.clone().narrow(1, i, 1), v.clone().narrow(1, i, 1), state, map, eps);
-        outputs.push(out.output);
-        state = out.state;
-    }
-    TaylorOutput { output: Tensor::cat(outputs, 1), state }
+    let [b, _, h, d] = q.dims();
+    let state = state.unwrap_or_else(|| TaylorState::zeros(b, h, map.dim(d), v.dims()[3], &q.device()));
+    let (output, state) = crate::scan_tokens(q, k, v, state, |q, k, v, s| {
+        let out = step(q, k, v, s, map, eps);
+        (out.output, out.state)
+    });
+    TaylorOutput { output, state }
 }
 
 /// One recurrent step: `q, k, v: [B, 1, H, *]`.
