@@ -22,6 +22,34 @@ pub fn compiled() -> Vec<&'static str> {
     names
 }
 
+/// The device `auto` stands for, given what this build has and this machine shows: CUDA (Burn's
+/// CubeCL backend, then libtorch) when an NVIDIA driver is loaded, wgpu when a GPU render node
+/// exists, else the CPU (flex for bf16, which ndarray cannot compute in). Other names pass through.
+pub fn resolve(name: &str, precision: ember_ops::precision::Precision) -> String {
+    if name != "auto" {
+        return name.to_string();
+    }
+    let nvidia = std::path::Path::new("/proc/driver/nvidia/version").exists();
+    let render_node = std::fs::read_dir("/dev/dri")
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("renderD")))
+        .unwrap_or(false);
+    let bf16 = precision == ember_ops::precision::Precision::Bf16;
+    let pick = if cfg!(feature = "cuda") && nvidia {
+        "cuda"
+    } else if cfg!(feature = "tch") && nvidia {
+        "tch-cuda"
+    } else if cfg!(feature = "wgpu") && render_node {
+        "wgpu"
+    } else if bf16 && cfg!(feature = "flex") {
+        "flex"
+    } else if bf16 && cfg!(feature = "tch") {
+        "tch-cpu"
+    } else {
+        "cpu"
+    };
+    pick.to_string()
+}
+
 /// Parses `cuda:1` into `1` (`cuda` alone is device 0).
 #[allow(dead_code)]
 pub fn index(device: &str) -> usize {

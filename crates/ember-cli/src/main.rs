@@ -1,15 +1,20 @@
 //! `ember`: train, sample, check and benchmark efficient sequence models from TOML recipes.
 mod backend;
+mod bench;
 
 // Training allocates and frees tensors of tens of MB every step; glibc hands those back to the
 // OS and page-faults them in again each time, which mimalloc avoids (measured in BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, the same in mimalloc 2 and
+/// 3; libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ember_train::generate::{self, SampleOptions};
-use ember_train::recipe::Recipe;
+use ember_train::recipe::{Precision, Recipe};
 use ember_train::trainer::{self, TrainOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,7 +68,7 @@ struct TrainArgs {
     /// Continue from a checkpoint directory, or a run directory's newest checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Backend and device (overrides train.device): cpu, ndarray, flex, wgpu, cuda[:i], tch-cpu, tch-cuda[:i].
+    /// Backend and device (overrides train.device): auto, cpu, ndarray, flex, wgpu, cuda[:i], tch-cpu, tch-cuda[:i].
     #[arg(long)]
     device: Option<String>,
     /// Stop after this many steps (checkpointing there), as if interrupted.
@@ -139,7 +144,8 @@ struct GenerateArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 1)]
     samples: usize,
-    #[arg(long, default_value = "cpu")]
+    /// Backend and device (see `ember train --help`); `auto` picks the best one present.
+    #[arg(long, default_value = "auto")]
     device: String,
 }
 
@@ -148,29 +154,26 @@ struct ConformanceArgs {
     /// Directory of fixtures in the format of shared/fixtures/README.md.
     #[arg(long)]
     fixtures: PathBuf,
-    #[arg(long, default_value = "cpu")]
+    /// Backend and device (see `ember train --help`).
+    #[arg(long, default_value = "auto")]
     device: String,
+    /// Compute dtype: f32 (tolerance 1e-4) or bf16 (2e-2), per the fixtures' README.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Time real training steps of a recipe: tokens/s, ms per step, model FLOP/s and MFU.
-    Train {
-        #[command(flatten)]
-        recipe: RecipeArgs,
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        #[arg(long)]
-        device: Option<String>,
-        /// Peak FLOP/s of the device in TFLOP/s, for MFU (CPU peaks vary too much to guess).
-        #[arg(long)]
-        peak_tflops: Option<f64>,
-    },
+    /// Time real training steps of a recipe: tokens/s, step time, peak memory, FLOP/s and MFU.
+    Train(bench::TrainArgs),
+    /// Time forward and forward+backward of each mixer (or op) over a grid of (B, T, H, D).
+    Ops(bench::OpsArgs),
 }
 
 fn main() -> ExitCode {
+    // Keep freed pages rather than handing them back to the OS 10 ms later: every step
+    // allocates the same large tensors again (8-14% faster steps, see BENCHMARKS.md).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -208,53 +211,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("trained a byte-level BPE with {} tokens: {}", tok.vocab_size(), out.display());
         }
         Command::Generate(args) => {
-            backend::with_backend!(&args.device, |B, device| generate_cmd::<B>(&args, &device))?
+            let device = backend::resolve(&args.device, Default::default());
+            backend::with_backend!(&device, |B, dev| generate_cmd::<B>(&args, &dev))?
         }
         Command::Conformance(args) => {
-            let report = backend::with_backend!(&args.device, |B, device| {
-                ember_train::conformance::run::<B>(&args.fixtures, &device)
+            let device = backend::resolve(&args.device, args.dtype);
+            println!("conformance on {device} in {}", args.dtype);
+            let report = backend::with_backend!(&device, |B, dev| {
+                ember_train::conformance::run::<B>(&args.fixtures, args.dtype, &dev)
             })?;
             print!("{}", report.table());
             if !report.passed() {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Bench(BenchCommand::Train { recipe, steps, warmup, device, peak_tflops }) => {
-            let r = load_recipe(&recipe.recipe, &recipe.overrides)?;
-            let device = device.unwrap_or_else(|| r.train.device.clone());
-            let b = backend::with_backend!(&device, |B, dev| ember_train::bench::train_steps::<B>(&r, steps, warmup, &dev))?;
-            println!("recipe        {}", r.source.path.display());
-            println!("backend       {device}");
-            println!("parameters    {}", b.params);
-            println!("tokens/step   {}", b.tokens_per_step);
-            println!("step          {:.1} ms", b.step_ms);
-            println!("throughput    {:.0} tokens/s", b.tokens_per_sec);
-            println!("model FLOP/s  {:.3} TFLOP/s (6·N·tokens/s)", b.model_flops_per_sec / 1e12);
-            match peak_tflops {
-                Some(p) => println!("MFU           {:.2}%", 100.0 * b.model_flops_per_sec / (p * 1e12)),
-                None => println!("MFU           n/a (pass --peak-tflops)"),
-            }
-        }
+        Command::Bench(BenchCommand::Train(args)) => bench::train(args)?,
+        Command::Bench(BenchCommand::Ops(args)) => bench::ops(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn train(args: TrainArgs) -> Result<()> {
+    // `--device` is an override like any other, so the recipe's checks (e.g. of dtype) see it.
+    let mut overrides = args.overrides.clone();
+    if let Some(device) = &args.device {
+        overrides.push(format!("train.device={device:?}"));
+    }
     let recipe = match (&args.recipe, &args.resume) {
-        (Some(path), _) => load_recipe(path, &args.overrides)?,
+        (Some(path), _) => load_recipe(path, &overrides)?,
         (None, Some(resume)) => {
             let ckpt = ember_train::checkpoint::resolve(resume)?;
-            load_recipe(&ckpt.join(ember_train::checkpoint::RECIPE_FILE), &args.overrides)?
+            load_recipe(&ckpt.join(ember_train::checkpoint::RECIPE_FILE), &overrides)?
         }
         (None, None) => bail!("give --recipe FILE, or --resume DIR to continue a run"),
     };
-    let device = args.device.clone().unwrap_or_else(|| recipe.train.device.clone());
+    let device = backend::resolve(&recipe.train.device, recipe.train.precision());
     let opts = TrainOptions { resume: args.resume.clone(), stop_after: args.stop_after, quiet: args.quiet };
     println!(
-        "training {} ({} parameters) for {} steps on {device}; run directory {}",
+        "training {} ({} parameters) for {} steps on {device} in {}; run directory {}",
         recipe.train.name,
         recipe.model.num_params(),
         recipe.steps(),
+        recipe.train.precision(),
         recipe.train.out_dir.display()
     );
     backend::with_backend!(&device, |B, dev| train_cmd::<B>(&recipe, &opts, &dev))

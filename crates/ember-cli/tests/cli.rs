@@ -1,18 +1,6 @@
 //! The `ember` binary as a user runs it from the repository root.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn ember(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ember")).args(args).current_dir(repo()).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::*;
 
 #[test]
 fn recipe_check_reports_the_based_360m_reference_size() {
@@ -73,7 +61,7 @@ fn recipe_mistakes_name_file_line_and_key_and_write_nothing() {
 #[test]
 fn conformance_exits_non_zero_on_a_wrong_reference() {
     let Some(fixtures) = ember_train::conformance::default_fixture_dir() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if in_ci() {
             panic!("fixtures not found");
         }
         eprintln!("SKIPPED: reference fixtures not found");
@@ -167,4 +155,28 @@ fn train_then_generate_from_the_command_line() {
     let out = ember(&["generate", "--checkpoint", dir.path().join("nothing").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("nothing"), "{}", text(&out));
+}
+
+#[test]
+fn bench_ops_prints_a_row_per_mixer_and_writes_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ops.jsonl");
+    let shape = ["--batch", "1", "--seq", "16", "--heads", "2", "--head-dim", "8", "--warmup", "0", "--reps", "1"];
+    let mut args = vec!["bench", "ops", "--device", "cpu", "--json", json.to_str().unwrap()];
+    args.extend(shape);
+    let out = ember(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = text(&out);
+    assert!(log.contains("fwd+bwd ms") && log.contains("based_linear") && log.contains("chunked"), "{log}");
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&json).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r["fwd_bwd_ms"].as_f64().unwrap() > 0.0 && r["seq_len"] == 16));
+
+    // bf16 on ndarray is refused before anything runs, naming the device.
+    let mut args = vec!["bench", "ops", "--device", "cpu", "--dtype", "bf16", "--level", "op"];
+    args.extend(shape);
+    let out = ember(&args);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("device cpu") && text(&out).contains("cannot compute in bf16"), "{}", text(&out));
 }

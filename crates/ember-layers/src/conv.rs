@@ -86,7 +86,7 @@ impl<B: Backend> BaseConv<B> {
         let (u1, u2) = self.split(x);
         let [b, _, c] = u1.dims();
         let k = self.conv.val().dims()[1];
-        let history = history.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], &u1.device()));
+        let history = history.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], (&u1.device(), u1.dtype())));
         let y = self.out_proj.forward(silu(causal_conv(u1.clone(), self.conv.val(), Some(history.clone()))) * u2);
         (y, next_history(history, u1))
     }

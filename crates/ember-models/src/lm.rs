@@ -1,9 +1,9 @@
 //! A pre-norm decoder language model whose layers each take a token mixer from a schedule.
 //!
 //! Block: `r = x + Mixer(RMSNorm(x)); x = r + MLP(RMSNorm(r))` (BASED §1.4, Llama-style).
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use ember_layers::init::{linear, INIT_STD};
 use ember_layers::mlp::{MlpConfig, SwiGlu};
 use ember_layers::norm::rms_norm;
@@ -185,19 +185,28 @@ impl LmConfig {
         layers + 2.0 * (self.padded_vocab() * self.d_model) as f64
     }
 
-    /// Initialises the model reproducibly from `seed`.
+    /// Initialises the model reproducibly from `seed`, with the same weights on every backend.
     ///
     /// Burn initialises parameters lazily, on first use, from the backend's process-wide RNG:
-    /// left alone, the weights would depend on whatever else drew from that RNG in between.
-    /// So every parameter is materialised right after seeding, under one lock, and two models
-    /// built on different threads at once still get exactly the weights their seeds give.
+    /// left alone, the weights would depend on whatever else drew from that RNG in between, and
+    /// on the backend (each has its own generator). So the weights are drawn on the CPU
+    /// (ndarray's seeded generator), every parameter materialised right after seeding under one
+    /// lock, and then copied onto `device`: a seed means the same model on cpu, wgpu, cuda and
+    /// libtorch, which is what lets their training curves be compared.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Lm<B> {
+        type Host = burn::backend::NdArray<f32>;
         static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        B::seed(device, seed);
-        let model = self.init(device);
-        model.visit(&mut Materialize);
-        model
+        let host_device = Default::default();
+        let host: Lm<Host> = {
+            let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Host::seed(&host_device, seed);
+            let model = self.init(&host_device);
+            model.visit(&mut Materialize);
+            model
+        };
+        let mut values = CollectValues(Vec::new());
+        host.visit(&mut values);
+        self.init::<B>(device).map(&mut ReplaceValues(values.0.into_iter()))
     }
 
     /// Builds the model with lazily initialised parameters; prefer [`LmConfig::init_seeded`],
@@ -233,6 +242,31 @@ struct Materialize;
 impl<B: Backend> ModuleVisitor<B> for Materialize {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let _ = param.val();
+    }
+}
+
+/// The values of every float parameter, in module order.
+struct CollectValues(Vec<TensorData>);
+
+impl<B: Backend> ModuleVisitor<B> for CollectValues {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().into_data());
+    }
+}
+
+/// Replaces every float parameter, in module order, by the next value (same structure assumed).
+struct ReplaceValues(std::vec::IntoIter<TensorData>);
+
+impl<B: Backend> ModuleMapper<B> for ReplaceValues {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, old, mapper) = param.consume();
+        let data = self.0.next().expect("both models come from one config");
+        assert_eq!(data.shape, old.shape(), "both models come from one config");
+        let mut value = Tensor::from_data(data, &old.device());
+        if old.is_require_grad() {
+            value = value.require_grad();
+        }
+        Param::from_mapped_value(id, value, mapper)
     }
 }
 

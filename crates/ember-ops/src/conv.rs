@@ -12,7 +12,7 @@ pub fn causal_conv<B: Backend>(
 ) -> Tensor<B, 3> {
     let [b, t, c] = u.dims();
     let [_, k] = weight.dims();
-    let history = history.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], &u.device()));
+    let history = history.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], (&u.device(), u.dtype())));
     let padded = Tensor::cat(vec![history, u], 1); // [B, T+K-1, C]
     let mut y: Option<Tensor<B, 3>> = None;
     for j in 0..k {

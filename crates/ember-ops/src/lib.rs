@@ -9,6 +9,7 @@
 pub mod conv;
 pub mod linear_attention;
 pub mod mask;
+pub mod precision;
 pub mod rope;
 pub mod softmax_attention;
 pub mod taylor;

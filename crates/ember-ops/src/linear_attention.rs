@@ -2,7 +2,11 @@
 //!
 //! Inputs `q, k: [B, T, H, K]`, `v: [B, T, H, V]`; state `[B, H, K, V]`. Returns the output
 //! `[B, T, H, V]` and the final state. The three forms are interchangeable.
+//!
+//! Under bf16 the op runs in f32 (scores, states and the prefix sums over chunks) and returns
+//! its output in the dtype of `v`; the state is always f32.
 use crate::mask::hidden_keys;
+use crate::precision::{to_dtype, to_f32};
 use burn::tensor::{backend::Backend, Tensor};
 
 /// Output and final state of a linear-attention op.
@@ -24,14 +28,16 @@ pub fn parallel<B: Backend>(
     h0: Option<Tensor<B, 4>>,
     scale: f64,
 ) -> LinearAttnOutput<B> {
-    let h0 = h0.unwrap_or_else(|| zero_state(&q, &v));
+    let dtype = v.dtype();
+    let (q, k, v) = (to_f32(q), to_f32(k), to_f32(v));
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     let t = q.dims()[1];
     let (q, k, v) = (q.swap_dims(1, 2) * scale, k.swap_dims(1, 2), v.swap_dims(1, 2));
     let future = hidden_keys::<B>(t, t, 0, None, &q.device()).unsqueeze::<4>();
     let scores = q.clone().matmul(k.clone().swap_dims(2, 3)).mask_fill(future, 0.0);
     let output = scores.matmul(v.clone()) + q.matmul(h0.clone());
     let state = h0 + k.swap_dims(2, 3).matmul(v);
-    LinearAttnOutput { output: output.swap_dims(1, 2), state }
+    LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
 }
 
 /// Chunked form: quadratic inside chunks of `chunk` tokens, state passed between chunks.
@@ -46,7 +52,9 @@ pub fn chunked<B: Backend>(
     scale: f64,
     chunk: usize,
 ) -> LinearAttnOutput<B> {
-    let h0 = h0.unwrap_or_else(|| zero_state(&q, &v));
+    let dtype = v.dtype();
+    let (q, k, v) = (to_f32(q), to_f32(k), to_f32(v));
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     let [b, t, h, dk] = q.dims();
     let dv = v.dims()[3];
     let n = t.div_ceil(chunk);
@@ -61,7 +69,7 @@ pub fn chunked<B: Backend>(
     let (before, total) = exclusive_cumsum(kv, h0);
     let inter = q.matmul(before);
     let output = (intra + inter).reshape([b, h, n * chunk, dv]).swap_dims(1, 2).narrow(1, 0, t);
-    LinearAttnOutput { output, state: total }
+    LinearAttnOutput { output: to_dtype(output, dtype), state: total }
 }
 
 /// States before each chunk, `h0 + Σ_{m<n} x_m` along dim 2 of `x: [B, H, N, *, *]`, and the
@@ -87,7 +95,7 @@ pub fn recurrent<B: Backend>(
     h0: Option<Tensor<B, 4>>,
     scale: f64,
 ) -> LinearAttnOutput<B> {
-    let h0 = h0.unwrap_or_else(|| zero_state(&q, &v));
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     let (output, state) = crate::scan_tokens(q, k, v, h0, |q, k, v, s| {
         let out = step(q, k, v, s, scale);
         (out.output, out.state)
@@ -103,10 +111,11 @@ pub fn step<B: Backend>(
     state: Tensor<B, 4>,
     scale: f64,
 ) -> LinearAttnOutput<B> {
-    let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2)); // [B, H, 1, *]
-    let state = state + k.swap_dims(2, 3).matmul(v);
+    let dtype = v.dtype();
+    let [q, k, v] = [q, k, v].map(|x| to_f32(x).swap_dims(1, 2)); // [B, H, 1, *]
+    let state = to_f32(state) + k.swap_dims(2, 3).matmul(v);
     let output = (q * scale).matmul(state.clone()).swap_dims(1, 2);
-    LinearAttnOutput { output, state }
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
 }
 
 /// Pads dimension 1 (time) with zeros up to `len`.
@@ -115,6 +124,6 @@ pub(crate) fn pad_time<B: Backend>(x: Tensor<B, 4>, len: usize) -> Tensor<B, 4> 
     if t == len {
         return x;
     }
-    let zeros = Tensor::zeros([b, len - t, h, d], &x.device());
+    let zeros = Tensor::zeros([b, len - t, h, d], (&x.device(), x.dtype()));
     Tensor::cat(vec![x, zeros], 1)
 }

@@ -1,8 +1,12 @@
 //! Rotary position embedding, rotate-half (Llama / Hugging Face) convention (LAYERS.md P4).
+use crate::precision::{to_dtype, to_f32};
 use burn::tensor::{backend::Backend, Tensor};
 
-/// Applies RoPE to `x: [B, T, H, D]` whose first token sits at absolute position `offset`.
+/// Applies RoPE to `x: [B, T, H, D]` whose first token sits at absolute position `offset`
+/// (rotating in f32, so bf16 inputs lose no position information to rounded angles).
 pub fn apply<B: Backend>(x: Tensor<B, 4>, offset: usize, base: f64) -> Tensor<B, 4> {
+    let dtype = x.dtype();
+    let x = to_f32(x);
     let [_, t, _, d] = x.dims();
     assert!(d % 2 == 0, "RoPE needs an even head dimension, got {d}");
     let device = x.device();
@@ -19,5 +23,5 @@ pub fn apply<B: Backend>(x: Tensor<B, 4>, offset: usize, base: f64) -> Tensor<B,
         vec![x.clone().narrow(3, half, half).neg(), x.clone().narrow(3, 0, half)],
         3,
     );
-    x * angles.clone().cos() + rotated * angles.sin()
+    to_dtype(x * angles.clone().cos() + rotated * angles.sin(), dtype)
 }

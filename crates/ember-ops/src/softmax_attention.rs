@@ -4,6 +4,7 @@
 //! `h / (Hq / Hkv)`. With `window = Some(w_left)` query `t` sees keys `t - w_left ..= t`
 //! (`w_left + 1` keys, itself included; LAYERS.md P6).
 use crate::mask::hidden_keys;
+use crate::precision::{to_dtype, to_f32};
 use burn::tensor::{activation::softmax, backend::Backend, Tensor};
 
 /// Repeats each key/value head `groups` times: `[B, S, Hkv, D] -> [B, Hkv·groups, S, D]`
@@ -35,8 +36,9 @@ pub fn parallel<B: Backend>(
     let q = q.swap_dims(1, 2);
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let hidden = hidden_keys::<B>(t, s, q_offset, window, &scores.device()).unsqueeze::<4>();
-    let probs = softmax(scores.mask_fill(hidden, f32::NEG_INFINITY), 3);
-    probs.matmul(v).swap_dims(1, 2)
+    // The softmax runs in f32 whatever the compute dtype; the products with V in that dtype.
+    let probs = softmax(to_f32(scores).mask_fill(hidden, f32::NEG_INFINITY), 3);
+    to_dtype(probs, v.dtype()).matmul(v).swap_dims(1, 2)
 }
 
 /// Keys and values seen so far, bounded by the window when there is one.

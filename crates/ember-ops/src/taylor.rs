@@ -3,10 +3,12 @@
 //! `A_ts = 1 + s + s²/2` with `s = q_t·k_s / √d'` for `s ≤ t`, and
 //! `o_t = Σ_s A_ts v_s / (Σ_s A_ts + ε)`. The kernel equals `φ(q)·φ(k)` for the second-order
 //! Taylor feature map `φ`, which gives the constant-size recurrent state `(Σ φ(k)ᵀv, Σ φ(k))`.
-//! Inputs `q, k: [B, T, H, d']`, `v: [B, T, H, V]`.
+//! Inputs `q, k: [B, T, H, d']`, `v: [B, T, H, V]`. Under bf16 the op runs in f32 (the kernel,
+//! its normaliser and the states) and returns its output in the dtype of `v`.
 use crate::linear_attention::{exclusive_cumsum, pad_time};
 use crate::mask::hidden_keys;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use crate::precision::{to_dtype, to_f32};
+use burn::tensor::{backend::Backend, FloatDType, Int, Tensor};
 
 /// Which Taylor feature map the recurrent state uses; both give the same kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,9 +60,9 @@ pub struct TaylorOutput<B: Backend> {
 /// The Taylor feature map applied to the last dimension: `[.., d'] -> [.., F]`.
 pub fn feature_map<B: Backend>(x: Tensor<B, 4>, map: FeatureMap) -> Tensor<B, 4> {
     let [b, t, h, d] = x.dims();
-    let device = x.device();
+    let (device, x_dtype) = (x.device(), x.dtype());
     let df = d as f64;
-    let constant = Tensor::ones([b, t, h, 1], &device);
+    let constant = Tensor::ones([b, t, h, 1], (&device, x_dtype));
     let linear = x.clone() / df.powf(0.25);
     let outer = (x.clone().unsqueeze_dim::<5>(4) * x.unsqueeze_dim::<5>(3)).reshape([b, t, h, d * d]);
     let quadratic = match map {
@@ -78,7 +80,7 @@ pub fn feature_map<B: Backend>(x: Tensor<B, 4>, map: FeatureMap) -> Tensor<B, 4>
             }
             let n = index.len();
             let index = Tensor::<B, 1, Int>::from_data(index.as_slice(), &device);
-            let weight = Tensor::<B, 1>::from_floats(weight.as_slice(), &device).reshape([1, 1, 1, n]);
+            let weight = Tensor::<B, 1>::from_floats(weight.as_slice(), &device).cast(FloatDType::from(x_dtype)).reshape([1, 1, 1, n]);
             outer.select(3, index) * weight
         }
     };
@@ -99,6 +101,8 @@ pub fn parallel<B: Backend>(
     map: FeatureMap,
     eps: f64,
 ) -> TaylorOutput<B> {
+    let dtype = v.dtype();
+    let (q, k, v) = (to_f32(q), to_f32(k), to_f32(v));
     let [b, t, h, d] = q.dims();
     let dv = v.dims()[3];
     let device = q.device();
@@ -110,7 +114,7 @@ pub fn parallel<B: Backend>(
     let a = taylor_kernel(s).mask_fill(future, 0.0);
     let num = a.clone().matmul(v.clone()) + phi_q.clone().matmul(state.kv.clone());
     let den = a.sum_dim(3) + phi_q.matmul(state.k_sum.clone());
-    let output = (num / (den + eps)).swap_dims(1, 2);
+    let output = to_dtype((num / (den + eps)).swap_dims(1, 2), dtype);
     let phi_kt = phi_k.swap_dims(2, 3);
     let state = TaylorState {
         kv: state.kv + phi_kt.clone().matmul(v),
@@ -129,6 +133,8 @@ pub fn chunked<B: Backend>(
     eps: f64,
     chunk: usize,
 ) -> TaylorOutput<B> {
+    let dtype = v.dtype();
+    let (q, k, v) = (to_f32(q), to_f32(k), to_f32(v));
     let [b, t, h, d] = q.dims();
     let dv = v.dims()[3];
     let f = map.dim(d);
@@ -156,7 +162,7 @@ pub fn chunked<B: Backend>(
     let num = a.clone().matmul(v) + phi_q.clone().matmul(kv_before);
     let den = a.sum_dim(4) + phi_q.matmul(ks_before);
     let output = (num / (den + eps)).reshape([b, h, len, dv]).swap_dims(1, 2).narrow(1, 0, t);
-    TaylorOutput { output, state: TaylorState { kv: kv_total, k_sum: ks_total } }
+    TaylorOutput { output: to_dtype(output, dtype), state: TaylorState { kv: kv_total, k_sum: ks_total } }
 }
 
 /// Token-by-token recurrence.
@@ -186,12 +192,13 @@ pub fn step<B: Backend>(
     map: FeatureMap,
     eps: f64,
 ) -> TaylorOutput<B> {
-    let phi_q = feature_map(q, map).swap_dims(1, 2); // [B, H, 1, F]
-    let phi_kt = feature_map(k, map).swap_dims(1, 2).swap_dims(2, 3); // [B, H, F, 1]
-    let kv = state.kv + phi_kt.clone().matmul(v.swap_dims(1, 2));
+    let dtype = v.dtype();
+    let phi_q = feature_map(to_f32(q), map).swap_dims(1, 2); // [B, H, 1, F]
+    let phi_kt = feature_map(to_f32(k), map).swap_dims(1, 2).swap_dims(2, 3); // [B, H, F, 1]
+    let kv = state.kv + phi_kt.clone().matmul(to_f32(v).swap_dims(1, 2));
     let k_sum = state.k_sum + phi_kt;
     let num = phi_q.clone().matmul(kv.clone());
     let den = phi_q.matmul(k_sum.clone());
-    let output = (num / (den + eps)).swap_dims(1, 2);
+    let output = to_dtype((num / (den + eps)).swap_dims(1, 2), dtype);
     TaylorOutput { output, state: TaylorState { kv, k_sum } }
 }

@@ -6,6 +6,7 @@
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
+use ember_ops::precision::{to_dtype, to_f32, Precision};
 use ember_ops::{linear_attention, softmax_attention, taylor, Form};
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
@@ -13,6 +14,17 @@ use std::path::{Path, PathBuf};
 
 /// Relative RMS error a correct float32 implementation meets (fixtures README).
 pub const TOLERANCE: f64 = 1e-4;
+
+/// Relative RMS error of bf16 compute against the float32 references (fixtures README).
+pub const BF16_TOLERANCE: f64 = 2e-2;
+
+/// The tolerance for a compute precision.
+pub fn tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => TOLERANCE,
+        Precision::Bf16 => BF16_TOLERANCE,
+    }
+}
 
 /// One line of the report.
 #[derive(Clone, Debug)]
@@ -29,6 +41,7 @@ pub struct Row {
 /// All rows, plus the files that were skipped and why.
 #[derive(Debug, Default)]
 pub struct Report {
+    pub precision: Precision,
     pub rows: Vec<Row>,
     pub skipped: Vec<(String, String)>,
 }
@@ -54,11 +67,12 @@ impl Report {
         }
         let failed = self.rows.iter().filter(|r| !r.pass).count();
         s += &format!(
-            "{} passed, {} failed ({} fixtures skipped; tolerance {:.0e} relative RMS)\n",
+            "{} passed, {} failed ({} fixtures skipped; {} compute, tolerance {:.0e} relative RMS)\n",
             self.rows.len() - failed,
             failed,
             self.skipped.len(),
-            TOLERANCE
+            self.precision,
+            tolerance(self.precision)
         );
         s
     }
@@ -137,24 +151,35 @@ type Outputs<B> = Vec<(&'static str, Tensor<B, 4>)>;
 /// The fixture's inputs, by name, as tensors that require gradients.
 type Vars<B> = BTreeMap<&'static str, Tensor<B, 4>>;
 
-/// Runs one form: builds inputs that require gradients, computes `Σ <X, dX>`, backpropagates,
-/// and compares outputs and `grad_Y` with the fixture.
+/// How a fixture is run: where, and in which compute dtype.
+struct Ctx<'a, B: AutodiffBackend> {
+    device: &'a B::Device,
+    precision: Precision,
+}
+
+/// Runs one form: builds f32 inputs that require gradients, hands the op copies cast to the
+/// compute dtype, computes `Σ <X, dX>` in f32, backpropagates, and compares outputs and
+/// `grad_Y` with the fixture.
 fn check<B: AutodiffBackend>(
     fx: &Fixture,
     name: &str,
     form: &str,
     inputs: &[&'static str],
-    device: &B::Device,
+    ctx: &Ctx<B>,
     run: impl Fn(&Vars<B>) -> Outputs<B>,
 ) -> Result<Row> {
+    let device = ctx.device;
     let mut vars = BTreeMap::new();
     for &input in inputs {
         vars.insert(input, fx.tensor::<B, 4>(input, device)?.require_grad());
     }
-    let outputs = run(&vars);
+    let dtype = ctx.precision.float_dtype().into();
+    let cast: Vars<B> = vars.iter().map(|(&k, v)| (k, to_dtype(v.clone(), dtype))).collect();
+    let outputs = run(&cast);
     let mut output_err: f64 = 0.0;
     let mut objective: Option<Tensor<B, 1>> = None;
     for (out, value) in outputs {
+        let value = to_f32(value);
         output_err = output_err.max(rel_rms::<B, 4>(value.clone().inner(), fx.tensor::<B, 4>(out, device)?.inner()));
         let upstream = format!("d{out}");
         if fx.has(&upstream) {
@@ -180,14 +205,15 @@ fn check<B: AutodiffBackend>(
             });
         }
     }
-    let pass = output_err <= TOLERANCE && grad_err <= TOLERANCE;
+    let tol = tolerance(ctx.precision);
+    let pass = output_err <= tol && grad_err <= tol;
     Ok(Row { fixture: name.to_string(), form: form.to_string(), output_err, grad_err, pass })
 }
 
 /// Chunk sizes exercised by chunked forms: one that divides nothing and one larger than most T.
 const CHUNKS: [usize; 2] = [16, 64];
 
-fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, device: &B::Device) -> Result<Option<Vec<Row>>> {
+fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Result<Option<Vec<Row>>> {
     let op = fx.meta.get("op").and_then(|v| v.as_str()).unwrap_or(name).to_string();
     let scale = fx.meta_f64("scale");
     let mut rows = Vec::new();
@@ -197,15 +223,15 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, device: &B::Device)
             let inputs = if fx.has("h0") { vec!["q", "k", "v", "h0"] } else { vec!["q", "k", "v"] };
             let outs = |r: linear_attention::LinearAttnOutput<B>| vec![("o", r.output), ("ht", r.state)];
             let h0 = |v: &Vars<B>| v.get("h0").cloned();
-            rows.push(check(fx, name, "parallel", &inputs, device, |v: &Vars<B>| {
+            rows.push(check(fx, name, "parallel", &inputs, ctx, |v: &Vars<B>| {
                 outs(linear_attention::parallel(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
             })?);
             for chunk in CHUNKS {
-                rows.push(check(fx, name, &format!("chunked(C={chunk})"), &inputs, device, |v: &Vars<B>| {
+                rows.push(check(fx, name, &format!("chunked(C={chunk})"), &inputs, ctx, |v: &Vars<B>| {
                     outs(linear_attention::chunked(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale, chunk))
                 })?);
             }
-            rows.push(check(fx, name, "recurrent", &inputs, device, |v: &Vars<B>| {
+            rows.push(check(fx, name, "recurrent", &inputs, ctx, |v: &Vars<B>| {
                 outs(linear_attention::recurrent(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
             })?);
         }
@@ -221,7 +247,7 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, device: &B::Device)
                             Form::Chunked => format!("chunked(C={chunk}) {tag}"),
                             _ => format!("{form} {tag}"),
                         };
-                        rows.push(check(fx, name, &label, &inputs, device, |v: &Vars<B>| {
+                        rows.push(check(fx, name, &label, &inputs, ctx, |v: &Vars<B>| {
                             let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
                             let out = match form {
                                 Form::Parallel => taylor::parallel(q, k, vv, None, map, eps),
@@ -240,10 +266,10 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, device: &B::Device)
             let scale = scale.unwrap_or(1.0 / d.sqrt());
             // Fixture window W means `t - s < W`, i.e. w_left = W - 1; 0 means no window.
             let window = fx.meta_f64("window").filter(|&w| w > 0.0).map(|w| w as usize - 1);
-            rows.push(check(fx, name, "parallel", &inputs, device, |v: &Vars<B>| {
+            rows.push(check(fx, name, "parallel", &inputs, ctx, |v: &Vars<B>| {
                 vec![("o", softmax_attention::parallel(v["q"].clone(), v["k"].clone(), v["v"].clone(), scale, window, 0))]
             })?);
-            rows.push(check(fx, name, "recurrent (kv cache)", &inputs, device, |v: &Vars<B>| {
+            rows.push(check(fx, name, "recurrent (kv cache)", &inputs, ctx, |v: &Vars<B>| {
                 vec![("o", softmax_attention::recurrent(v["q"].clone(), v["k"].clone(), v["v"].clone(), scale, window))]
             })?);
         }
@@ -252,12 +278,17 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, device: &B::Device)
     Ok(Some(rows))
 }
 
-/// Runs every fixture in `dir` that ember knows; unknown files are skipped with a note.
-pub fn run<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Report> {
+/// Runs every fixture in `dir` that ember knows, computing in `precision`; unknown files are
+/// skipped with a note.
+pub fn run<B: AutodiffBackend>(dir: &Path, precision: Precision, device: &B::Device) -> Result<Report> {
+    if !ember_ops::precision::supported::<B>(precision, device) {
+        bail!("this backend (device {device:?}) cannot compute in {precision} (ndarray and wgpu's WGSL shaders have no bf16; flex, tch and cuda do)");
+    }
+    let ctx = Ctx::<B> { device, precision };
     let entries = std::fs::read_dir(dir).with_context(|| format!("fixture directory {} cannot be read", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
-    let mut report = Report::default();
+    let mut report = Report { precision, ..Default::default() };
     for path in paths {
         let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
         if path.is_dir() {
@@ -271,7 +302,7 @@ pub fn run<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<Report>
             continue;
         };
         let fx = Fixture::load(&path)?;
-        match run_fixture::<B>(name, &fx, device)? {
+        match run_fixture::<B>(name, &fx, &ctx)? {
             Some(rows) => report.rows.extend(rows),
             None => {
                 let op = fx.meta.get("op").and_then(|v| v.as_str()).unwrap_or("?");

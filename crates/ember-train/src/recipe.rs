@@ -20,6 +20,7 @@ pub use error::{ErrorKind, Origin, RecipeError};
 
 use doc::{dotted, parse_dotted, suggest, Locator, Seg};
 use ember_layers::mixer::KINDS;
+pub use ember_ops::precision::Precision;
 use ember_layers::MixerConfig;
 use ember_models::LmConfig;
 use serde::de::DeserializeOwned;
@@ -32,14 +33,12 @@ use toml::{Table, Value};
 pub const RECIPE_DIR: &str = "recipes";
 
 /// Backend names `train.device` accepts (optionally followed by `:INDEX`), as the CLI's
-/// `--device` understands them; which ones work depends on the features the binary was built with.
-pub const DEVICES: &[&str] = &["cpu", "ndarray", "flex", "wgpu", "cuda", "tch-cpu", "tch-cuda"];
+/// `--device` understands them; which ones work depends on the features the binary was built
+/// with. `auto` picks the best one compiled in and present when the run starts.
+pub const DEVICES: &[&str] = &["auto", "cpu", "ndarray", "flex", "wgpu", "cuda", "tch-cpu", "tch-cuda"];
 
-/// The entries of [`DEVICES`] that run on the CPU.
-const CPU_DEVICES: &[&str] = &["cpu", "ndarray", "flex", "tch-cpu"];
-
-/// Values `train.dtype` accepts in a recipe (`bf16` parses but does not validate yet).
-pub const DTYPES: &[&str] = &["f32", "bf16"];
+/// Devices whose kernels compute in f32/f64 only (Burn's ndarray backend).
+const F32_ONLY_DEVICES: &[&str] = &["cpu", "ndarray"];
 
 /// A whole training run: model, data, optimizer, loop and logging.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,11 +196,11 @@ pub struct TrainConfig {
     /// Seed of parameter initialisation and data order. Default `0`.
     #[serde(default)]
     pub seed: u64,
-    /// Backend device: one of [`DEVICES`]. Default `"cpu"`.
+    /// Backend device: one of [`DEVICES`]. Default `"auto"`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// Parameter and activation dtype: `"f32"` (`"bf16"` is parsed but rejected for now).
-    /// Default `"f32"`.
+    /// Compute dtype: `"f32"`, or `"bf16"` (mixed precision: bf16 matmuls and activations,
+    /// f32 master weights, optimizer state, reductions, norms and states). Default `"f32"`.
     #[serde(default = "default_dtype")]
     pub dtype: String,
     /// Output directory for checkpoints and logs, relative to the current directory.
@@ -241,6 +240,13 @@ impl Default for LogConfig {
             sample_tokens: 64,
             prompt: "The".into(),
         }
+    }
+}
+
+impl TrainConfig {
+    /// The compute dtype (`train.dtype`; a validated recipe always parses).
+    pub fn precision(&self) -> Precision {
+        self.dtype.parse().unwrap_or_default()
     }
 }
 
@@ -287,7 +293,7 @@ fn default_keep_last() -> usize {
     3
 }
 fn default_device() -> String {
-    "cpu".into()
+    "auto".into()
 }
 fn default_dtype() -> String {
     "f32".into()
@@ -527,19 +533,16 @@ impl Recipe {
                 format!("unknown device {:?} (known: {}; a GPU index may follow, e.g. \"cuda:1\")", t.device, DEVICES.join(", ")),
             );
         }
-        match t.dtype.as_str() {
-            "f32" => {}
-            "bf16" => {
-                let message = if CPU_DEVICES.contains(&device) {
-                    "bf16 is not supported on the CPU backend yet; use \"f32\""
-                } else {
-                    "bf16 is not supported yet (ember trains in f32 on every backend for now); use \"f32\""
-                };
-                return fail("train.dtype", message.into());
+        match t.dtype.parse::<Precision>() {
+            Err(message) => return fail("train.dtype", message),
+            Ok(Precision::Bf16) if F32_ONLY_DEVICES.contains(&device) => {
+                let message = format!(
+                    "bf16 needs a backend that computes in bf16, and device {device:?} (Burn's ndarray) computes \
+                     in f32/f64 only: use \"flex\" or \"tch-cpu\" on a CPU, a GPU device, or dtype \"f32\""
+                );
+                return fail("train.dtype", message);
             }
-            other => {
-                return fail("train.dtype", format!("unknown dtype {other:?} (known: {})", DTYPES.join(", ")));
-            }
+            Ok(_) => {}
         }
         if t.out_dir.as_os_str().is_empty() {
             return fail("train.out_dir", "must not be empty".into());

@@ -12,6 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards};
 use ember_models::Lm;
+use ember_ops::precision::{cast_params, supported, to_f32};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,9 +50,10 @@ pub fn batch_tensor<B: Backend>(ids: &[u32], batch: &Batch, device: &B::Device) 
     Tensor::from_data(TensorData::new(ids, [batch.batch_size, batch.seq_len]), device)
 }
 
-/// Mean next-token cross-entropy of `model` on `batch`.
+/// Mean next-token cross-entropy of `model` on `batch`, computed in f32 whatever dtype the
+/// model computes in.
 pub fn batch_loss<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
-    let logits = model.forward(batch_tensor::<B>(&batch.inputs, batch, device));
+    let logits = to_f32(model.forward(batch_tensor::<B>(&batch.inputs, batch, device)));
     let [b, t, v] = logits.dims();
     let targets = batch_tensor::<B>(&batch.targets, batch, device).reshape([b * t]);
     CrossEntropyLossConfig::new().init(device).forward(logits.reshape([b * t, v]), targets)
@@ -86,6 +88,10 @@ pub fn open_data(recipe: &Recipe, source: &Path) -> Result<TokenShards> {
 }
 
 pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<TrainReport> {
+    let precision = recipe.train.precision();
+    if !supported::<B>(precision, device) {
+        bail!("{}", recipe.error_at("train.dtype", format!("this backend (device {device:?}) cannot compute in {precision} (ndarray and wgpu's WGSL shaders have no bf16; flex, tch and cuda do): use \"f32\"")));
+    }
     let train_data = open_data(recipe, &recipe.data.train)?;
     let entropy = ember_data::unigram_entropy(&train_data);
     let (seq_len, batch_size) = (recipe.data.seq_len, recipe.train.batch_size);
@@ -137,7 +143,8 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
         let mut loss_sum = 0.0;
         for _ in 0..accum {
             let batch = loader.next_batch();
-            let loss = batch_loss(&model, &batch, device);
+            // Mixed precision: the step runs on a cast copy; gradients reach the f32 master weights.
+            let loss = batch_loss(&cast_params(model.clone(), precision), &batch, device);
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             let grads = GradientsParams::from_grads((loss / accum as f64).backward(), &model);
             accumulator.accumulate(&model, grads);
@@ -168,7 +175,7 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
         }
         let last = state.step == stop;
         if !valid.is_empty() && (state.step % recipe.train.eval_interval == 0 || state.step == total) {
-            let val = evaluate(&model.valid(), &valid, device);
+            let val = evaluate(&cast_params(model.valid(), precision), &valid, device);
             state.last_val_loss = Some(val);
             report.val_losses.push((state.step, val));
             metrics.log(state.step, &[("valid/loss", val), ("valid/perplexity", val.exp())])?;

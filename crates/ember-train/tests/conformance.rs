@@ -1,20 +1,49 @@
 //! `ember conformance` on the shared reference fixtures: every form of every known op matches.
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex, NdArray};
 use ember_train::conformance;
+use ember_train::recipe::Precision;
+use std::path::PathBuf;
 
-#[test]
-fn every_form_matches_the_reference_fixtures() {
-    let Some(dir) = conformance::default_fixture_dir() else {
+fn fixtures() -> Option<PathBuf> {
+    let dir = conformance::default_fixture_dir();
+    if dir.is_none() {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("fixtures not found: set EMBER_FIXTURES or provide ../shared/fixtures");
         }
         eprintln!("SKIPPED: reference fixtures not found (set EMBER_FIXTURES or provide ../shared/fixtures)");
-        return;
-    };
-    let report = conformance::run::<Autodiff<NdArray<f32>>>(&dir, &Default::default()).unwrap();
+    }
+    dir
+}
+
+fn assert_complete(report: &conformance::Report) {
     println!("{}", report.table());
     for required in ["based_taylor", "linear_attn", "softmax_attn_gqa", "sliding_window_attn_gqa"] {
         assert!(report.rows.iter().any(|r| r.fixture == required), "fixture {required} was not checked");
     }
     assert!(report.passed(), "conformance failures:\n{}", report.table());
+}
+
+#[test]
+fn every_form_matches_the_reference_fixtures() {
+    let Some(dir) = fixtures() else { return };
+    assert_complete(&conformance::run::<Autodiff<NdArray<f32>>>(&dir, Precision::F32, &Default::default()).unwrap());
+}
+
+/// bf16 compute (inputs rounded to bf16, f32 inside the linear ops) within the README's bf16
+/// tolerance, on the CPU backend that has bf16 kernels.
+#[test]
+fn bf16_compute_matches_within_the_bf16_tolerance() {
+    let Some(dir) = fixtures() else { return };
+    let report = conformance::run::<Autodiff<Flex>>(&dir, Precision::Bf16, &Default::default()).unwrap();
+    assert_complete(&report);
+    // bf16 inputs must actually have been used: a perfect score would mean the cast was skipped.
+    let worst = report.rows.iter().map(|r| r.output_err).fold(0.0, f64::max);
+    assert!(worst > conformance::TOLERANCE, "bf16 errors all below the f32 tolerance ({worst:e}): no bf16 rounding happened");
+}
+
+#[test]
+fn bf16_on_a_backend_without_it_is_a_clear_error() {
+    let Some(dir) = fixtures() else { return };
+    let err = conformance::run::<Autodiff<NdArray<f32>>>(&dir, Precision::Bf16, &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("cannot compute in bf16"), "{err}");
 }

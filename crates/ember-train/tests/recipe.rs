@@ -93,7 +93,8 @@ fn base_recipe_is_valid_and_fills_defaults() {
     assert_eq!(r.optim.no_decay, ["norm", "bias", "embed"]);
     assert_eq!(r.data.text_field, "text");
     assert_eq!(r.log.prompt, "The");
-    assert_eq!(r.train.device, "cpu");
+    assert_eq!(r.train.device, "auto");
+    assert_eq!(r.train.precision(), ember_train::recipe::Precision::F32);
     assert_eq!(r.source.text, BASE);
     assert_eq!(r.model.layer_mixers(), ["conv", "lin", "conv", "conv"]);
 }
@@ -436,10 +437,18 @@ fn zero_intervals_and_sizes_are_rejected() {
 }
 
 #[test]
-fn bf16_is_parsed_but_rejected() {
-    let e = err(BASE, &["train.dtype=bf16"]);
-    assert_eq!(e.key(), Some("train.dtype"));
-    assert!(e.to_string().contains("bf16 is not supported on the CPU backend yet"), "{e}");
+fn bf16_needs_a_backend_that_has_it() {
+    for device in ["cpu", "ndarray"] {
+        let set = format!("train.device={device}");
+        let e = err(BASE, &[&set, "train.dtype=bf16"]);
+        assert_eq!(e.key(), Some("train.dtype"));
+        assert!(e.to_string().contains("computes in f32/f64 only"), "{e}");
+    }
+    for device in ["auto", "flex", "tch-cpu", "cuda:0", "wgpu"] {
+        let set = format!("train.device={device}");
+        let r = parse(BASE, &[&set, "train.dtype=bf16"]).unwrap();
+        assert_eq!(r.train.precision(), ember_train::recipe::Precision::Bf16);
+    }
     let e = err(BASE, &["train.dtype=f16"]);
     assert!(e.to_string().contains("unknown dtype \"f16\""), "{e}");
 }

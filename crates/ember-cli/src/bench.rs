@@ -1,0 +1,301 @@
+//! `ember bench train` and `ember bench ops`: arguments, the device facts that only the binary
+//! can know (which backend a device name became, its memory statistics, its peak FLOP/s), and
+//! the printed report.
+use crate::backend;
+use anyhow::{Context, Result};
+use clap::Args;
+use ember_train::bench::ops::{self, Grid, Level, OpsOptions};
+use ember_train::bench::peak::{self, Peak};
+use ember_train::bench::{self as b, MemoryProbe, TrainBenchOptions};
+use ember_train::recipe::{Precision, Recipe};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub recipe: crate::RecipeArgs,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Backend and device (overrides train.device; see `ember train --help`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute dtype, overriding train.dtype: f32, or bf16 (f32 master weights).
+    #[arg(long)]
+    pub dtype: Option<Precision>,
+    /// Peak of the device in TFLOP/s for MFU (default: a datasheet figure for known NVIDIA
+    /// GPUs, an estimate from /proc/cpuinfo on a CPU).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Also write the result as one JSON object to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct OpsArgs {
+    /// mixer: each mixer kind of the registry (projections included) on x: [B, T, H·D];
+    /// op: the sequence ops alone on q, k, v: [B, T, H, D].
+    #[arg(long, default_value = "mixer")]
+    pub level: Level,
+    /// Mixer kinds (level mixer) or ops (level op: softmax_attention, linear_attention,
+    /// based_taylor) to time, comma-separated; default all.
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Option<Vec<String>>,
+    /// Training form to time where there is a choice; default each mixer's own.
+    #[arg(long, value_parser = ["parallel", "chunked"])]
+    pub form: Option<String>,
+    /// Shape grid: cpu (B 2, T 256/512/1024, H 4, D 64) or fla (65,536 tokens per call,
+    /// T 1K…32K, H 16, D 64); the options below replace parts of it.
+    #[arg(long, default_value = "cpu")]
+    pub grid: String,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Option<Vec<usize>>,
+    /// Sequence lengths, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub seq: Option<Vec<usize>>,
+    /// Head counts, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub heads: Option<Vec<usize>>,
+    /// Head widths, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub head_dim: Option<Vec<usize>>,
+    /// Tokens per call: the batch of each point is tokens / T (replaces --batch).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
+    /// Backend and device (see `ember train --help`).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed repetitions per point (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Skip points estimated to need more memory than this (default: 80% of the GPU's memory
+    /// per nvidia-smi, 8 GiB on another GPU, 16 GiB on the CPU).
+    #[arg(long)]
+    pub max_mem_gb: Option<f64>,
+    /// Also write the rows as JSON lines to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The kind of device a backend runs on, from its Burn name (`autodiff<cubecl<cuda>>`, …).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// A CubeCL backend on CUDA.
+    CubeclCuda,
+    /// Another CubeCL backend (wgpu: Vulkan, Metal, …).
+    CubeclWgpu,
+    /// libtorch on a GPU.
+    TorchGpu,
+    Cpu,
+}
+
+impl Kind {
+    fn of(backend_name: &str) -> Kind {
+        if backend_name.contains("cubecl<cuda") {
+            Kind::CubeclCuda
+        } else if backend_name.contains("cubecl<") {
+            Kind::CubeclWgpu
+        } else if backend_name.contains("libtorch<") && !backend_name.contains("libtorch<cpu") {
+            Kind::TorchGpu
+        } else {
+            Kind::Cpu
+        }
+    }
+
+    /// The `nvidia-smi` index of the GPU, if it is one (wgpu's default device is taken as GPU 0).
+    fn gpu_index(self, device: &str) -> Option<usize> {
+        match self {
+            Kind::Cpu => None,
+            Kind::CubeclWgpu => Some(0),
+            Kind::CubeclCuda | Kind::TorchGpu => Some(backend::index(device)),
+        }
+    }
+}
+
+/// How peak memory can be measured on `device` (run by the backend named `backend_name`).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn memory_probe(device: &str, backend_name: &str) -> MemoryProbe {
+    match Kind::of(backend_name) {
+        Kind::Cpu => MemoryProbe::process_peak_rss(),
+        #[cfg(feature = "cuda")]
+        Kind::CubeclCuda => {
+            use cubecl::Runtime;
+            let dev = burn::backend::cuda::CudaDevice::new(backend::index(device));
+            pool_probe(move || cubecl::cuda::CudaRuntime::client(&dev).memory_usage().ok())
+        }
+        #[cfg(feature = "wgpu")]
+        Kind::CubeclWgpu => {
+            use cubecl::Runtime;
+            let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+            pool_probe(move || cubecl::wgpu::WgpuRuntime::client(&dev).memory_usage().ok())
+        }
+        Kind::TorchGpu => MemoryProbe::unavailable("libtorch's CUDA allocator statistics are not reachable through Burn"),
+        #[allow(unreachable_patterns)]
+        _ => MemoryProbe::unavailable(format!("{backend_name}: built without the cubecl dependency")),
+    }
+}
+
+/// The CubeCL memory pool's high-water mark: the largest `bytes_reserved` seen (the pool
+/// grows to what the busiest moment of a step needed, and is read between steps).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn pool_probe(usage: impl Fn() -> Option<cubecl::MemoryUsage> + 'static) -> MemoryProbe {
+    MemoryProbe::new("CubeCL pool reserved, high-water", move || usage().map(|u| u.bytes_reserved))
+}
+
+/// The peak FLOP/s MFU is taken against: `--peak-tflops`, the datasheet figure of a known
+/// NVIDIA GPU, or an estimate for the CPU.
+fn device_peak(given: Option<f64>, device: &str, backend_name: &str, precision: Precision) -> Result<Peak, String> {
+    if let Some(tflops) = given {
+        return Ok(Peak { tflops, source: "--peak-tflops".into() });
+    }
+    match Kind::of(backend_name).gpu_index(device) {
+        Some(i) => peak::nvidia_gpu_peak(i, precision),
+        None => {
+            let cpu = peak::this_cpu_peak().ok_or("cannot read /proc/cpuinfo; pass --peak-tflops")?;
+            match precision {
+                Precision::Bf16 => Ok(Peak { source: format!("{}; the f32 figure, for bf16", cpu.source), ..cpu }),
+                Precision::F32 => Ok(cpu),
+            }
+        }
+    }
+}
+
+/// `--max-mem-gb`, or a conservative guess for the device.
+fn max_mem_bytes(given: Option<f64>, device: &str, backend_name: &str) -> f64 {
+    const GIB: f64 = (1u64 << 30) as f64;
+    if let Some(gb) = given {
+        return gb * GIB;
+    }
+    match Kind::of(backend_name).gpu_index(device) {
+        Some(i) => peak::nvidia_gpu_memory(i).map_or(8.0 * GIB, |bytes| 0.8 * bytes),
+        None => 16.0 * GIB,
+    }
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    let recipe = Recipe::load(&args.recipe.recipe, &args.recipe.overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let precision = args.dtype.unwrap_or_else(|| recipe.train.precision());
+    let device = backend::resolve(args.device.as_deref().unwrap_or(&recipe.train.device), precision);
+    let opts = TrainBenchOptions { steps: args.steps, warmup: args.warmup, precision };
+    let (result, backend_name, memory) = backend::with_backend!(&device, |B, dev| {
+        let backend_name = <B as burn::tensor::backend::Backend>::name(&dev);
+        let mut memory = memory_probe(&device, &backend_name);
+        ember_train::bench::train_steps::<B>(&recipe, &opts, &mut memory, &dev).map(|r| (r, backend_name, memory))
+    })
+    .with_context(|| format!("benchmarking {} on {device}", recipe.source.path.display()))?;
+    let peak = device_peak(args.peak_tflops, &device, &backend_name, precision);
+    let mfu = |flops: f64| peak.as_ref().ok().map(|p| 100.0 * flops / (p.tflops * 1e12));
+
+    println!("recipe        {}", recipe.source.path.display());
+    println!("device        {device} ({backend_name})");
+    println!("dtype         {precision}");
+    println!("parameters    {}", result.params);
+    println!("tokens/step   {} ({} × {} × grad_accum {})", result.tokens_per_step, recipe.train.batch_size, recipe.data.seq_len, recipe.optim.grad_accum);
+    println!("step          {:.1} ms mean, {:.1} ms median ({} steps after {} warm-up)", result.step_ms, result.median_step_ms, args.steps, args.warmup);
+    println!("throughput    {:.0} tokens/s", result.tokens_per_sec);
+    println!("peak memory   {}", memory.describe());
+    println!("FLOP/s        {:.4} TFLOP/s by 6·N·tokens/s", result.model_flops_per_sec / 1e12);
+    println!(
+        "              {:.4} TFLOP/s by 3 × the model's forward FLOPs/token ({:.2} MFLOP at seq_len {}, attention included)",
+        result.counted_flops_per_sec / 1e12,
+        result.forward_flops_per_token / 1e6,
+        recipe.data.seq_len
+    );
+    match &peak {
+        Ok(p) => {
+            println!("device peak   {:.3} TFLOP/s ({})", p.tflops, p.source);
+            let (six_n, counted) = (mfu(result.model_flops_per_sec), mfu(result.counted_flops_per_sec));
+            println!("MFU           {:.2}% (6·N), {:.2}% (model FLOPs)", six_n.unwrap_or(f64::NAN), counted.unwrap_or(f64::NAN));
+        }
+        Err(why) => println!("MFU           n/a ({why})"),
+    }
+    if let Some(path) = &args.json {
+        let row = serde_json::json!({
+            "recipe": recipe.source.path.display().to_string(),
+            "device": device,
+            "backend": backend_name,
+            "dtype": precision.to_string(),
+            "params": result.params,
+            "tokens_per_step": result.tokens_per_step,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "step_ms": result.step_ms,
+            "median_step_ms": result.median_step_ms,
+            "tokens_per_sec": result.tokens_per_sec,
+            "peak_memory_bytes": memory.peak_bytes(),
+            "peak_memory": memory.describe(),
+            "flops_per_sec_6n": result.model_flops_per_sec,
+            "forward_flops_per_token": result.forward_flops_per_token,
+            "flops_per_sec_model": result.counted_flops_per_sec,
+            "peak_tflops": peak.as_ref().ok().map(|p| p.tflops),
+            "peak_source": peak.as_ref().map_or_else(|e| e.clone(), |p| p.source.clone()),
+            "mfu_6n": mfu(result.model_flops_per_sec).map(|m| m / 100.0),
+            "mfu_model": mfu(result.counted_flops_per_sec).map(|m| m / 100.0),
+        });
+        b::write_jsonl(path, &[row])?;
+    }
+    Ok(())
+}
+
+pub fn ops(args: OpsArgs) -> Result<()> {
+    let mut grid = Grid::preset(&args.grid).map_err(anyhow::Error::msg)?;
+    let replace = |list: &mut Vec<usize>, given: &Option<Vec<usize>>| {
+        if let Some(given) = given {
+            *list = given.clone();
+        }
+    };
+    replace(&mut grid.batch, &args.batch);
+    replace(&mut grid.seq_len, &args.seq);
+    replace(&mut grid.heads, &args.heads);
+    replace(&mut grid.head_dim, &args.head_dim);
+    if args.batch.is_some() {
+        grid.tokens = None;
+    }
+    if args.tokens.is_some() {
+        grid.tokens = args.tokens;
+    }
+    let shapes = grid.shapes().map_err(anyhow::Error::msg)?;
+    let form = args.form.as_deref().map(|f| if f == "chunked" { ember_ops::Form::Chunked } else { ember_ops::Form::Parallel });
+    let device = backend::resolve(&args.device, args.dtype);
+    let rows = backend::with_backend!(&device, |B, dev| {
+        let backend_name = <B as burn::tensor::backend::Backend>::name(&dev);
+        let opts = OpsOptions {
+            level: args.level,
+            kinds: args.kinds.clone(),
+            form,
+            precision: args.dtype,
+            warmup: args.warmup,
+            reps: args.reps,
+            max_mem_bytes: max_mem_bytes(args.max_mem_gb, &device, &backend_name),
+        };
+        // The header goes out with the first row, so an error comes alone.
+        let mut header = Some(format!(
+            "device {device} ({backend_name}), {}, {} warm-up + {} timed calls per point (median), memory limit {:.1} GiB\n{}",
+            args.dtype,
+            args.warmup,
+            args.reps,
+            b::gib(opts.max_mem_bytes),
+            ops::OpsRow::HEADER
+        ));
+        ops::run::<B>(&opts, &shapes, &dev, |row| {
+            if let Some(header) = header.take() {
+                println!("{header}");
+            }
+            println!("{}", row.line())
+        })
+    })
+    .with_context(|| format!("device {device}"))?;
+    if let Some(path) = &args.json {
+        b::write_jsonl(path, &rows)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Every backend compiled into this build, as a user picks it with `--device`: the reference
+//! fixtures pass, and a tiny training run gives the same losses as the default CPU backend.
+//!
+//! `cargo test --workspace` covers `cpu` (ndarray) and `flex`; building the tests with
+//! `--features ember-cli/wgpu` (as `.ci/run` does, on Mesa's lavapipe) adds `wgpu`, and
+//! `--features ember-cli/tch` adds `tch-cpu` (see scripts/check-tch.sh).
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Output;
+
+/// The non-default backends of this build, with the compute dtypes each is checked in.
+fn backends() -> Vec<(&'static str, &'static [&'static str])> {
+    let mut list: Vec<(&str, &[&str])> = vec![("flex", &["f32", "bf16"])];
+    if cfg!(feature = "wgpu") {
+        list.push(("wgpu", &["f32"]));
+    }
+    if cfg!(feature = "tch") {
+        list.push(("tch-cpu", &["f32", "bf16"]));
+    }
+    list
+}
+
+/// Whether a run failed only because the machine has no adapter for the backend (no Vulkan
+/// driver for wgpu): a visible skip locally, a failure under `CI=true`.
+fn unavailable(device: &str, out: &Output) -> bool {
+    let log = text(out);
+    let missing = !out.status.success() && log.contains("No possible adapter");
+    if missing {
+        assert!(!in_ci(), "{device} has no adapter in CI (is mesa-vulkan-drivers installed?):\n{log}");
+        eprintln!("SKIPPED {device}: no adapter on this machine (install mesa-vulkan-drivers for lavapipe)");
+    }
+    missing
+}
+
+#[test]
+fn reference_fixtures_pass_on_every_backend_in_this_build() {
+    let Some(fixtures) = ember_train::conformance::default_fixture_dir() else {
+        assert!(!in_ci(), "fixtures not found");
+        eprintln!("SKIPPED: reference fixtures not found");
+        return;
+    };
+    for (device, dtypes) in backends() {
+        for dtype in dtypes.iter() {
+            let out = ember(&["conformance", "--fixtures", fixtures.to_str().unwrap(), "--device", device, "--dtype", dtype]);
+            if unavailable(device, &out) {
+                break;
+            }
+            let log = text(&out);
+            println!("{device} {dtype}:\n{log}");
+            assert!(out.status.success() && log.contains(" 0 failed"), "{device} {dtype}:\n{log}");
+        }
+    }
+    // A backend without bf16 says so instead of failing somewhere inside an op.
+    let out = ember(&["conformance", "--fixtures", fixtures.to_str().unwrap(), "--device", "cpu", "--dtype", "bf16"]);
+    assert!(!out.status.success() && text(&out).contains("cannot compute in bf16"), "{}", text(&out));
+}
+
+/// Training losses per step from a run directory's metrics.jsonl.
+fn losses(run: &Path) -> Vec<f64> {
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("train/loss").and_then(|x| x.as_f64()))
+        .collect()
+}
+
+/// Trains a small based-tiny for 8 steps on `device` in `dtype`; `None` if the backend is
+/// unavailable here.
+fn tiny_run(dir: &Path, device: &str, dtype: &str) -> Option<Vec<f64>> {
+    let run = dir.join(format!("{device}-{dtype}"));
+    let out_dir = format!("train.out_dir={:?}", run.to_str().unwrap());
+    let cache = format!("data.cache_dir={:?}", dir.join("cache").to_str().unwrap());
+    let dtype_set = format!("train.dtype={dtype}");
+    let mut args = vec!["train", "--recipe", "based-tiny.toml", "--quiet", "--device", device];
+    for s in [
+        out_dir.as_str(), cache.as_str(), dtype_set.as_str(), "model.d_model=64", "data.seq_len=32",
+        "train.batch_size=4", "train.steps=8", "optim.warmup_steps=2", "train.eval_interval=8",
+        "train.eval_batches=1", "train.checkpoint_interval=8", "log.every=1", "log.samples=0",
+    ] {
+        args.extend(["--set", s]);
+    }
+    let out = ember(&args);
+    if unavailable(device, &out) {
+        return None;
+    }
+    assert!(out.status.success(), "{device} {dtype}:\n{}", text(&out));
+    let l = losses(&run);
+    assert_eq!(l.len(), 8, "{device} {dtype}: {l:?}");
+    Some(l)
+}
+
+#[test]
+fn tiny_training_gives_the_same_losses_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = tiny_run(dir.path(), "cpu", "f32").unwrap();
+    // The run must move, or equal curves would prove nothing.
+    assert!(reference[7] < reference[0] - 0.05, "{reference:?}");
+    for (device, dtypes) in backends() {
+        for dtype in dtypes.iter() {
+            let Some(got) = tiny_run(dir.path(), device, dtype) else { break };
+            // Same seed, same weights (drawn on the CPU), same batches: only rounding differs.
+            let tolerance = if *dtype == "bf16" { 2e-2 } else { 1e-3 };
+            for (step, (g, r)) in got.iter().zip(&reference).enumerate() {
+                assert!(
+                    (g - r).abs() <= tolerance * r.abs(),
+                    "{device} {dtype} step {}: loss {g} vs cpu f32 {r}\n{got:?}\n{reference:?}",
+                    step + 1
+                );
+            }
+            println!("{device} {dtype}: {got:?} (cpu f32: {reference:?})");
+        }
+    }
+}
+
+/// The report from the lent H100 (tch built against PyTorch 2.9, run against 2.11): the first
+/// matmul under `Autodiff<LibTorch<bf16>>` panicked in `data_ptr` ("Tensor that doesn't have
+/// storage"). Against the libtorch the binary was built with, the same program runs. (ember's
+/// own bf16 path, f32 weights on `LibTorch<f32>` cast per step, is what the conformance and
+/// training tests above run in their own processes; it cannot share this one: Burn 0.21 keeps
+/// the default float dtype per device, so after `LibTorch<bf16>` has run on the CPU device,
+/// `LibTorch<f32>` creates bf16 tensors there too.)
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_bf16_autodiff_matmul() {
+    use burn::backend::libtorch::{LibTorch, LibTorchDevice};
+    use burn::backend::Autodiff;
+    use burn::tensor::{bf16, Tensor};
+    type Bf16 = Autodiff<LibTorch<bf16>>;
+    let a = Tensor::<Bf16, 2>::ones([64, 64], &LibTorchDevice::Cpu).require_grad();
+    let grads = a.clone().matmul(a.clone()).sum().backward();
+    let g = a.grad(&grads).unwrap().into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    assert!(g.iter().all(|&x| x == 128.0), "{:?}", &g[..4]);
+}
