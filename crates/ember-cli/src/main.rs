@@ -172,7 +172,7 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     // Keep freed pages rather than handing them back to the OS 10 ms later: every step
-    // allocates the same large tensors again (8-14% faster steps, see BENCHMARKS.md).
+    // allocates the same large tensors again (3-13% faster CPU steps, see BENCHMARKS.md).
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     match run(Cli::parse()) {
         Ok(code) => code,
