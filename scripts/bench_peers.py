@@ -10,6 +10,9 @@ Peers (whichever import on this machine):
   fla_based        fla.ops.based.parallel_based (BASED's Taylor attention, feature dim 16)
   fla_linear       fla.ops.linear_attn.chunk_linear_attn (no decay)
 
+fla's layout is [B, T, H, D] (head_first=False) in its recent releases; the call signatures
+follow fla's current sources and have not been run yet (no GPU was lent when this was written).
+
 Each point: `--warmup` untimed calls, then the median of `--reps` timed calls of the forward
 alone and of forward + backward (loss = sum of the output), synchronised on CUDA. Output: a
 table on stdout and, with --json, JSON lines with the fields ember's bench writes.
@@ -69,8 +72,14 @@ def fla_impls():
         from fla.ops.simple_gla import chunk_simple_gla
 
         def simple_gla(q, k, v):
-            g = F.logsigmoid(torch.randn(q.shape[:3], device=q.device, dtype=torch.float32))
-            return chunk_simple_gla(q, k, v, g=g)[0]
+            # Lightning-style: a constant log decay per head (`g_gamma`, recent fla); older fla
+            # only takes a per-token `g` [B, T, H].
+            h = q.shape[2]
+            gamma = -torch.exp2(-5.0 - torch.arange(h, device=q.device, dtype=torch.float32))
+            try:
+                return chunk_simple_gla(q, k, v, g_gamma=gamma)[0]
+            except TypeError:
+                return chunk_simple_gla(q, k, v, g=gamma.expand(q.shape[:3]).contiguous())[0]
 
         impls["fla_simple_gla"] = simple_gla
     except Exception as e:  # noqa: BLE001 - report and go on with what imports
