@@ -7,6 +7,7 @@
 //! same function; the tests and `ember conformance` hold them to each other and to the fixtures.
 
 pub mod conv;
+pub mod gated_linear_attention;
 pub mod linear_attention;
 pub mod mask;
 pub mod precision;

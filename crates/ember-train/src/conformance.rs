@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use ember_ops::precision::{to_dtype, to_f32, Precision};
-use ember_ops::{linear_attention, softmax_attention, taylor, Form};
+use ember_ops::{gated_linear_attention, linear_attention, softmax_attention, taylor, Form};
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -119,10 +119,15 @@ impl Fixture {
             .tensors
             .get(name)
             .with_context(|| format!("{}: missing tensor {name}", self.path.display()))?;
-        if shape.len() != D {
-            bail!("{}: tensor {name} has rank {}, expected {D}", self.path.display(), shape.len());
-        }
-        Ok(Tensor::from_data(TensorData::new(data.clone(), shape.clone()), device))
+        // Per-head decays come as `[B, T, H]` or `[H]`; they are lifted to rank 4 so that they
+        // broadcast against `[B, T, H, K]` like every other input.
+        let shape = match (shape.len(), D, shape.as_slice()) {
+            (r, d, _) if r == d => shape.clone(),
+            (3, 4, &[b, t, h]) => vec![b, t, h, 1],
+            (1, 4, &[h]) => vec![1, 1, h, 1],
+            (r, _, _) => bail!("{}: tensor {name} has rank {r}, expected {D}", self.path.display()),
+        };
+        Ok(Tensor::from_data(TensorData::new(data.clone(), shape), device))
     }
 
     fn meta_f64(&self, key: &str) -> Option<f64> {
@@ -233,6 +238,35 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Re
             }
             rows.push(check(fx, name, "recurrent", &inputs, ctx, |v: &Vars<B>| {
                 outs(linear_attention::recurrent(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
+            })?);
+        }
+        "gla" | "scalar_decay_linear_attn" | "lightning_constant_decay" => {
+            let scale = scale.context("decay fixture has no scale")?;
+            let decay = if fx.has("g") { "g" } else { "log_decay" };
+            let mut inputs = vec!["q", "k", "v", decay];
+            if fx.has("h0") {
+                inputs.push("h0");
+            }
+            let outs = |r: linear_attention::LinearAttnOutput<B>| vec![("o", r.output), ("ht", r.state)];
+            // `g` per channel, per head (lifted to [B, T, H, 1]) or constant ([1, 1, H, 1]).
+            let args = |v: &Vars<B>| {
+                let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
+                let g = v[decay].clone().expand(q.dims());
+                (q, k, vv, g, v.get("h0").cloned())
+            };
+            rows.push(check(fx, name, "parallel", &inputs, ctx, |v: &Vars<B>| {
+                let (q, k, vv, g, h0) = args(v);
+                outs(gated_linear_attention::parallel(q, k, vv, g, h0, scale))
+            })?);
+            for chunk in CHUNKS {
+                rows.push(check(fx, name, &format!("chunked(C={chunk})"), &inputs, ctx, |v: &Vars<B>| {
+                    let (q, k, vv, g, h0) = args(v);
+                    outs(gated_linear_attention::chunked(q, k, vv, g, h0, scale, chunk))
+                })?);
+            }
+            rows.push(check(fx, name, "recurrent", &inputs, ctx, |v: &Vars<B>| {
+                let (q, k, vv, g, h0) = args(v);
+                outs(gated_linear_attention::recurrent(q, k, vv, g, h0, scale))
             })?);
         }
         "based_taylor" => {

@@ -1,0 +1,148 @@
+//! Linear attention with a multiplicative decay (GLA, and with a broadcast decay the per-head
+//! forms of RetNet / TransNormer-Lightning):
+//! `S_t = diag(exp g_t) S_{t-1} + k_tᵀ v_t`, `o_t = scale · q_t S_t`, `S_0 = h0`.
+//!
+//! `q, k, g: [B, T, H, K]` (`g` the log decay per channel, ≤ 0), `v: [B, T, H, V]`, state
+//! `[B, H, K, V]`. A per-head decay `[B, T, H]` or a constant `[H]` is passed broadcast to
+//! `[B, T, H, K]` (see [`per_head`], [`constant`]); autodiff sums its gradient back.
+//!
+//! Every decay product is formed as `exp(G_t − G_s)` with `s ≤ t` (so ≤ 1) from cumulative log
+//! decays, never as `exp(G_t) · exp(−G_s)`, which overflows once a sequence has decayed far.
+//! The op runs in f32 and returns its output in the dtype of `v`.
+use crate::linear_attention::{pad_time, LinearAttnOutput};
+use crate::mask::hidden_keys;
+use crate::precision::{to_dtype, to_f32};
+use burn::tensor::{backend::Backend, Tensor};
+
+/// A per-head log decay `[B, T, H]` as the `[B, T, H, K]` the op takes.
+pub fn per_head<B: Backend>(g: Tensor<B, 3>, k: usize) -> Tensor<B, 4> {
+    let [b, t, h] = g.dims();
+    g.unsqueeze_dim::<4>(3).expand([b, t, h, k])
+}
+
+/// A constant per-head log decay `[H]` as the `[B, T, H, K]` the op takes.
+pub fn constant<B: Backend>(log_decay: Tensor<B, 1>, [b, t, h, k]: [usize; 4]) -> Tensor<B, 4> {
+    log_decay.reshape([1, 1, h, 1]).expand([b, t, h, k])
+}
+
+fn zero_state<B: Backend>(q: &Tensor<B, 4>, v: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, _, h, k] = q.dims();
+    Tensor::zeros([b, h, k, v.dims()[3]], &q.device())
+}
+
+/// Within each block of `[.., L, K]` rows (time on dim `D-2`): `Σ_k q_tk k_sk exp(G_tk − G_sk)`
+/// for `s ≤ t`, zero above the diagonal. `q, k, cum: [.., L, K]` → `[.., L, L]`.
+fn decayed_scores<B: Backend, const D: usize, const E: usize>(
+    q: Tensor<B, D>,
+    k: Tensor<B, D>,
+    cum: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let l = q.dims()[D - 2];
+    let rows = |x: Tensor<B, D>| x.unsqueeze_dim::<E>(D - 1); // [.., L, 1, K]: index t
+    let cols = |x: Tensor<B, D>| x.unsqueeze_dim::<E>(D - 2); // [.., 1, L, K]: index s
+    let mut mask_shape = [1; E];
+    mask_shape[D - 2] = l;
+    mask_shape[D - 1] = l;
+    let future = hidden_keys::<B>(l, l, 0, None, &q.device()).reshape(mask_shape);
+    // Mask the exponent, not the product: exp(−∞) = 0 keeps overflowed terms out of the graph.
+    let decay = (rows(cum.clone()) - cols(cum)).mask_fill(future, f32::NEG_INFINITY).exp();
+    (rows(q) * cols(k) * decay).sum_dim(E - 1).squeeze_dim::<D>(E - 1)
+}
+
+/// Quadratic form over the whole sequence (memory `T²·K` per head: the reference, for tests).
+pub fn parallel<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 4>,
+    h0: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> LinearAttnOutput<B> {
+    let dtype = v.dtype();
+    let [q, k, v, g] = [q, k, v, g].map(to_f32);
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
+    let [q, k, v, g] = [q, k, v, g].map(|x| x.swap_dims(1, 2)); // [B, H, T, *]
+    let t = q.dims()[2];
+    let cum = g.cumsum(2); // G_t = Σ_{s≤t} g_s
+    let scores = decayed_scores::<B, 4, 5>(q.clone(), k.clone(), cum.clone());
+    let output = (scores.matmul(v.clone()) + (q * cum.clone().exp()).matmul(h0.clone())) * scale;
+    let last = cum.clone().narrow(2, t - 1, 1); // G_T
+    let to_end = (last.clone() - cum).exp(); // exp(G_T − G_s) ≤ 1
+    let state = (k * to_end).swap_dims(2, 3).matmul(v) + last.swap_dims(2, 3).exp() * h0;
+    LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
+}
+
+/// Chunked form: the quadratic form inside chunks of `chunk` tokens (memory `T·C·K` per head),
+/// the state carried from chunk to chunk (a loop over `T / C` chunks: the decay rules out a
+/// prefix sum).
+pub fn chunked<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 4>,
+    h0: Option<Tensor<B, 4>>,
+    scale: f64,
+    chunk: usize,
+) -> LinearAttnOutput<B> {
+    let dtype = v.dtype();
+    let [b, t, h, dk] = q.dims();
+    let dv = v.dims()[3];
+    let n = t.div_ceil(chunk);
+    let [q, k, v, g] = [q, k, v, g].map(to_f32);
+    let mut state = h0.map_or_else(|| zero_state(&q, &v), to_f32);
+    // Padding: zero keys add nothing and zero log decay keeps the state; outputs are cut back.
+    let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
+    let (q, k, v, g) = (split(q, dk), split(k, dk), split(v, dv), split(g, dk));
+    let cum = g.cumsum(3); // decay from each chunk's start, inclusive
+    let intra = decayed_scores::<B, 5, 6>(q.clone(), k.clone(), cum.clone()).matmul(v.clone());
+    let total = cum.clone().narrow(3, chunk - 1, 1); // [B, H, N, 1, K]
+    let q_in = q * cum.clone().exp(); // q_t ⊙ exp(G_t): reads the state entering the chunk
+    let k_out = k * (total.clone() - cum).exp(); // k_s ⊙ exp(G_end − G_s): decayed to the chunk end
+    let mut outputs = Vec::with_capacity(n);
+    for c in 0..n {
+        let at = |x: &Tensor<B, 5>| x.clone().narrow(2, c, 1).squeeze_dim::<4>(2);
+        let inter = at(&q_in).matmul(state.clone());
+        outputs.push((at(&intra) + inter) * scale);
+        state = at(&total).swap_dims(2, 3).exp() * state + at(&k_out).swap_dims(2, 3).matmul(at(&v));
+    }
+    let output = Tensor::cat(outputs, 2).swap_dims(1, 2).narrow(1, 0, t);
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
+}
+
+/// Token-by-token recurrence from `h0`.
+pub fn recurrent<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 4>,
+    h0: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> LinearAttnOutput<B> {
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
+    let t = q.dims()[1];
+    let mut state = h0;
+    let mut outputs = Vec::with_capacity(t);
+    for i in 0..t {
+        let at = |x: &Tensor<B, 4>| x.clone().narrow(1, i, 1);
+        let out = step(at(&q), at(&k), at(&v), at(&g), state, scale);
+        outputs.push(out.output);
+        state = out.state;
+    }
+    LinearAttnOutput { output: Tensor::cat(outputs, 1), state }
+}
+
+/// One recurrent step: `q, k, g: [B, 1, H, K]`, `v: [B, 1, H, V]`, `state: [B, H, K, V]`.
+pub fn step<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 4>,
+    state: Tensor<B, 4>,
+    scale: f64,
+) -> LinearAttnOutput<B> {
+    let dtype = v.dtype();
+    let [q, k, v, g] = [q, k, v, g].map(|x| to_f32(x).swap_dims(1, 2)); // [B, H, 1, *]
+    let state = g.swap_dims(2, 3).exp() * to_f32(state) + k.swap_dims(2, 3).matmul(v);
+    let output = (q * scale).matmul(state.clone()).swap_dims(1, 2);
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
+}
