@@ -62,11 +62,12 @@ pub fn parallel<B: Backend>(
     let [q, k, v, g] = [q, k, v, g].map(to_f32);
     let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     let [q, k, v, g] = [q, k, v, g].map(|x| x.swap_dims(1, 2)); // [B, H, T, *]
-    let t = q.dims()[2];
-    let cum = g.cumsum(2); // G_t = Σ_{s≤t} g_s
+    let cum = g.clone().cumsum(2); // G_t = Σ_{s≤t} g_s
     let scores = decayed_scores::<B, 4, 5>(q.clone(), k.clone(), cum.clone());
     let output = (scores.matmul(v.clone()) + (q * cum.clone().exp()).matmul(h0.clone())) * scale;
-    let last = cum.clone().narrow(2, t - 1, 1); // G_T
+    // G_T as a sum rather than a slice of `cum`: libtorch's backward of a slice of a cumsum
+    // gave wrong gradients for `g` (burn-tch 0.21; a test in ember-cli/tests/backends.rs).
+    let last = g.sum_dim(2); // G_T
     let to_end = (last.clone() - cum).exp(); // exp(G_T − G_s) ≤ 1
     let state = (k * to_end).swap_dims(2, 3).matmul(v) + last.swap_dims(2, 3).exp() * h0;
     LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
@@ -93,9 +94,9 @@ pub fn chunked<B: Backend>(
     // Padding: zero keys add nothing and zero log decay keeps the state; outputs are cut back.
     let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
     let (q, k, v, g) = (split(q, dk), split(k, dk), split(v, dv), split(g, dk));
-    let cum = g.cumsum(3); // decay from each chunk's start, inclusive
+    let cum = g.clone().cumsum(3); // decay from each chunk's start, inclusive
     let intra = decayed_scores::<B, 5, 6>(q.clone(), k.clone(), cum.clone()).matmul(v.clone());
-    let total = cum.clone().narrow(3, chunk - 1, 1); // [B, H, N, 1, K]
+    let total = g.sum_dim(3); // [B, H, N, 1, K], a sum for the reason given in `parallel`
     let q_in = q * cum.clone().exp(); // q_t ⊙ exp(G_t): reads the state entering the chunk
     let k_out = k * (total.clone() - cum).exp(); // k_s ⊙ exp(G_end − G_s): decayed to the chunk end
     let mut outputs = Vec::with_capacity(n);
