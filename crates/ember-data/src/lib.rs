@@ -14,7 +14,7 @@ mod shards;
 mod tokenizer;
 
 pub use cache::{open_source, open_source_with};
-pub use loader::{Batch, LoaderState, PackedLoader};
+pub use loader::{Batch, LoaderState, PackedLoader, IGNORE};
 pub use prepare::{
     prepare, Dtype, Manifest, PrepareOptions, ShardInfo, MANIFEST_FILE, MANIFEST_VERSION,
 };

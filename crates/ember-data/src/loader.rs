@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::shards::TokenShards;
 
-/// `batch_size` rows of `seq_len` tokens, row-major.
+/// A target that contributes no loss (synthetic tasks such as MQAR label a few positions only).
+pub const IGNORE: u32 = u32::MAX;
+
+/// `batch_size` rows of `seq_len` tokens, row-major. A target of [`IGNORE`] is not scored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub inputs: Vec<u32>,

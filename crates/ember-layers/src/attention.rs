@@ -1,5 +1,6 @@
 //! Causal softmax attention with RoPE, grouped-query heads and an optional sliding window
 //! (the baseline mixer, and BASED's sliding-window layer, LAYERS.md §1.2).
+use crate::LayerContext;
 use crate::init::{linear, INIT_STD};
 use burn::module::Module;
 use burn::nn::Linear;
@@ -90,7 +91,8 @@ impl AttentionConfig {
         2 * kv * self.window.map_or(seq_len, |w| seq_len.min(w + 1))
     }
 
-    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> Attention<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Attention<B> {
+        let d_model = at.d_model;
         let (q, kv) = self.widths(d_model);
         Attention {
             qkv: linear(d_model, q + 2 * kv, self.qkv_bias, INIT_STD, device),

@@ -1,4 +1,5 @@
 //! BASED's Taylor linear attention mixer (LAYERS.md §1.1).
+use crate::LayerContext;
 use crate::init::{linear, INIT_STD};
 use burn::module::Module;
 use burn::nn::Linear;
@@ -70,7 +71,8 @@ impl TaylorAttentionConfig {
         self.heads * self.feature_map.dim(self.feature_dim) * (self.value_dim(d_model) + 1)
     }
 
-    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> TaylorAttention<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> TaylorAttention<B> {
+        let d_model = at.d_model;
         let qk = self.heads * self.feature_dim;
         TaylorAttention {
             q: linear(d_model, qk, false, INIT_STD, device),

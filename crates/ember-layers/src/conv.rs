@@ -1,4 +1,5 @@
 //! BaseConv, BASED's gated short convolution (LAYERS.md §1.3).
+use crate::LayerContext;
 use crate::init::{linear, INIT_STD};
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear};
@@ -49,7 +50,8 @@ impl BaseConvConfig {
         (self.kernel_size - 1) * self.inner(d_model)
     }
 
-    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> BaseConv<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> BaseConv<B> {
+        let d_model = at.d_model;
         let inner = self.inner(d_model);
         // PyTorch's depthwise Conv1d default: U(-1/√K, 1/√K).
         let bound = 1.0 / (self.kernel_size as f64).sqrt();

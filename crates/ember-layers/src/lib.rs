@@ -13,3 +13,20 @@ pub mod mlp;
 pub mod norm;
 
 pub use mixer::{Mixer, MixerConfig, MixerState};
+
+/// Where a mixer sits in the model: some layers depend on it (TransNormer's decay schedule
+/// varies with depth; its LRPE is on the first layer only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerContext {
+    pub d_model: usize,
+    /// 0-based layer index.
+    pub layer: usize,
+    pub n_layers: usize,
+}
+
+impl LayerContext {
+    /// A lone layer (layer 0 of 1): tests and benchmarks of a single mixer.
+    pub fn single(d_model: usize) -> Self {
+        Self { d_model, layer: 0, n_layers: 1 }
+    }
+}

@@ -2,6 +2,7 @@
 use crate::attention::{Attention, AttentionConfig};
 use crate::based::{TaylorAttention, TaylorAttentionConfig};
 use crate::conv::{BaseConv, BaseConvConfig};
+use crate::LayerContext;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 use ember_ops::softmax_attention::KvCache;
@@ -66,11 +67,11 @@ impl MixerConfig {
         }
     }
 
-    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> Mixer<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Mixer<B> {
         match self {
-            MixerConfig::Attention(c) => Mixer::Attention(c.init(d_model, out_std, device)),
-            MixerConfig::BasedLinear(c) => Mixer::BasedLinear(c.init(d_model, out_std, device)),
-            MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(d_model, out_std, device)),
+            MixerConfig::Attention(c) => Mixer::Attention(c.init(at, out_std, device)),
+            MixerConfig::BasedLinear(c) => Mixer::BasedLinear(c.init(at, out_std, device)),
+            MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(at, out_std, device)),
         }
     }
 }
@@ -108,6 +109,14 @@ impl<B: Backend> Mixer<B> {
             Mixer::Attention(m) => m.forward(x),
             Mixer::BasedLinear(m) => m.forward(x),
             Mixer::BaseConv(m) => m.forward(x),
+        }
+    }
+
+    /// Training forward plus the mixer's auxiliary loss, already weighted (MoH's load balance);
+    /// `None` for mixers without one.
+    pub fn forward_aux(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
+        match self {
+            _ => (self.forward(x), None),
         }
     }
 

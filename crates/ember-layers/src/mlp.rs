@@ -1,16 +1,34 @@
-//! SwiGLU channel mixer (LAYERS.md P5, BASED layout §1.4).
+//! Channel mixers: SwiGLU (LAYERS.md P5, BASED/GLA/Llama), SGLU (TransNormerLLM §3.2: the same
+//! gated product without an activation) and a plain GELU MLP (RAT's FFN).
 use crate::init::{linear, INIT_STD};
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use burn::tensor::{
+    activation::{gelu, silu},
+    backend::Backend,
+    Tensor,
+};
 use serde::{Deserialize, Serialize};
 
-/// `[model.mlp]`: `y = (value ⊙ SiLU(gate)) W_down` with `[value | gate] = x W_in`.
+/// `[model.mlp] kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// `(x W_value ⊙ SiLU(x W_gate)) W_down`.
+    Swiglu,
+    /// `(x W_1 ⊙ x W_2) W_3`: no activation, no bias (TransNormerLLM).
+    Sglu,
+    /// `GELU(x W_up) W_down`.
+    Gelu,
+    /// No channel mixer: blocks are mixer-only (Zoology's MQAR models).
+    None,
+}
+
+/// `[model.mlp]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MlpConfig {
-    /// Only "swiglu" for now.
-    pub kind: String,
+    pub kind: MlpKind,
     /// Hidden width; when absent, `hidden_mult · d_model` rounded up to `multiple_of`.
     pub hidden: Option<usize>,
     pub hidden_mult: f64,
@@ -19,7 +37,7 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self { kind: "swiglu".into(), hidden: None, hidden_mult: 2.0, multiple_of: 256 }
+        Self { kind: MlpKind::Swiglu, hidden: None, hidden_mult: 2.0, multiple_of: 256 }
     }
 }
 
@@ -32,9 +50,6 @@ impl MlpConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.kind != "swiglu" {
-            return Err(format!("unknown MLP kind {:?} (known: \"swiglu\")", self.kind));
-        }
         if self.hidden == Some(0) || self.hidden_mult <= 0.0 {
             return Err("MLP width must be positive".into());
         }
@@ -42,30 +57,66 @@ impl MlpConfig {
     }
 
     pub fn params(&self, d_model: usize) -> usize {
-        3 * d_model * self.hidden_width(d_model)
+        let hidden = self.hidden_width(d_model);
+        match self.kind {
+            MlpKind::Swiglu | MlpKind::Sglu => 3 * d_model * hidden,
+            MlpKind::Gelu => 2 * d_model * hidden,
+            MlpKind::None => 0,
+        }
     }
 
-    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> SwiGlu<B> {
+    /// `None` for `kind = "none"`.
+    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> Option<Mlp<B>> {
         let hidden = self.hidden_width(d_model);
-        SwiGlu {
+        let gated = |activation| Glu {
             fc_in: linear(d_model, 2 * hidden, false, INIT_STD, device),
             fc_out: linear(hidden, d_model, false, out_std, device),
+            activation,
+        };
+        match self.kind {
+            MlpKind::Swiglu => Some(Mlp::Glu(gated(true))),
+            MlpKind::Sglu => Some(Mlp::Glu(gated(false))),
+            MlpKind::Gelu => Some(Mlp::Gelu(GeluMlp {
+                fc_in: linear(d_model, hidden, false, INIT_STD, device),
+                fc_out: linear(hidden, d_model, false, out_std, device),
+            })),
+            MlpKind::None => None,
         }
     }
 }
 
+/// A gated linear unit: `(value ⊙ act(gate)) W_out` with `[value | gate] = x W_in`, `act` SiLU
+/// (SwiGLU) or the identity (SGLU).
 #[derive(Module, Debug)]
-pub struct SwiGlu<B: Backend> {
+pub struct Glu<B: Backend> {
+    pub fc_in: Linear<B>,
+    pub fc_out: Linear<B>,
+    pub activation: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct GeluMlp<B: Backend> {
     pub fc_in: Linear<B>,
     pub fc_out: Linear<B>,
 }
 
-impl<B: Backend> SwiGlu<B> {
+#[derive(Module, Debug)]
+pub enum Mlp<B: Backend> {
+    Glu(Glu<B>),
+    Gelu(GeluMlp<B>),
+}
+
+impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.fc_in.forward(x);
-        let hidden = h.dims()[2] / 2;
-        let value = h.clone().narrow(2, 0, hidden);
-        let gate = h.narrow(2, hidden, hidden);
-        self.fc_out.forward(value * silu(gate))
+        match self {
+            Mlp::Glu(m) => {
+                let h = m.fc_in.forward(x);
+                let hidden = h.dims()[2] / 2;
+                let value = h.clone().narrow(2, 0, hidden);
+                let gate = h.narrow(2, hidden, hidden);
+                m.fc_out.forward(value * if m.activation { silu(gate) } else { gate })
+            }
+            Mlp::Gelu(m) => m.fc_out.forward(gelu(m.fc_in.forward(x))),
+        }
     }
 }

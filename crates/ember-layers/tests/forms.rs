@@ -4,7 +4,7 @@ use burn::tensor::{Distribution, Tensor};
 use ember_layers::attention::AttentionConfig;
 use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
-use ember_layers::{Mixer, MixerConfig};
+use ember_layers::{LayerContext, Mixer, MixerConfig};
 use ember_ops::taylor::FeatureMap;
 use ember_ops::Form;
 
@@ -48,7 +48,7 @@ fn recurrent(mixer: &Mixer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
 fn recurrent_equals_parallel_for_every_mixer() {
     let device = Default::default();
     for (name, config) in mixers() {
-        let mixer = config.init::<B>(D, 0.1, &device);
+        let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
         for t in [1, 7, 64, 65] {
             let x = input(t, 7 + t as u64);
             let parallel = mixer.forward(x.clone());
@@ -71,7 +71,7 @@ fn taylor_chunked_equals_parallel_equals_recurrent() {
     for map in [FeatureMap::Compact, FeatureMap::Full] {
         for chunk in [1, 5, 16, 64] {
             let config = TaylorAttentionConfig { heads: 4, feature_dim: 8, feature_map: map, chunk_size: chunk, ..Default::default() };
-            let layer = config.init::<B>(D, 0.1, &device);
+            let layer = config.init::<B>(LayerContext::single(D), 0.1, &device);
             for t in [1, 7, 64, 65] {
                 let x = input(t, 100 + t as u64);
                 let p = layer.forward_with(x.clone(), Form::Parallel);
@@ -89,7 +89,7 @@ fn every_mixer_is_causal() {
     let device = Default::default();
     let t = 40;
     for (name, config) in mixers() {
-        let mixer = config.init::<B>(D, 0.1, &device);
+        let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
         let x = input(t, 3);
         let y = mixer.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
         for changed in [0, 17, 33, 39] {
@@ -111,7 +111,7 @@ fn sliding_window_ignores_tokens_outside_the_window() {
     let device = Default::default();
     let w_left = 5;
     let config = AttentionConfig { heads: 4, window: Some(w_left), ..Default::default() };
-    let layer = config.init::<B>(D, 0.1, &device);
+    let layer = config.init::<B>(LayerContext::single(D), 0.1, &device);
     let x = input(30, 11);
     let y = layer.forward(x.clone());
     let x2 = x.clone().slice_assign([0..2, 10..11, 0..D], Tensor::zeros([2, 1, D], &device));
@@ -126,7 +126,7 @@ fn sliding_window_ignores_tokens_outside_the_window() {
 #[test]
 fn base_conv_sees_only_the_last_three_tokens() {
     let device = Default::default();
-    let layer = BaseConvConfig::default().init::<B>(D, 0.1, &device);
+    let layer = BaseConvConfig::default().init::<B>(LayerContext::single(D), 0.1, &device);
     let x = input(20, 5);
     let y = layer.forward(x.clone());
     let x2 = x.clone().slice_assign([0..2, 8..9, 0..D], Tensor::zeros([2, 1, D], &device));

@@ -2,12 +2,12 @@
 //!
 //! Block: `r = x + Mixer(RMSNorm(x)); x = r + MLP(RMSNorm(r))` (BASED §1.4, Llama-style).
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use ember_layers::init::{linear, INIT_STD};
-use ember_layers::mlp::{MlpConfig, SwiGlu};
-use ember_layers::norm::rms_norm;
-use ember_layers::{Mixer, MixerConfig, MixerState};
+use ember_layers::mlp::{Mlp, MlpConfig};
+use ember_layers::norm::{Norm, NormKind};
+use ember_layers::{LayerContext, Mixer, MixerConfig, MixerState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -37,21 +37,24 @@ pub struct LmConfig {
     pub schedule: Schedule,
     #[serde(default)]
     pub mlp: MlpConfig,
-    /// Only "rmsnorm" for now.
+    /// Block and final norms: "rmsnorm" (learnable gain) or "srmsnorm" (none, TransNormerLLM).
     #[serde(default = "default_norm")]
-    pub norm: String,
+    pub norm: NormKind,
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
     /// Share the embedding matrix with the output head.
     #[serde(default = "default_true")]
     pub tie_embeddings: bool,
+    /// Multiply token embeddings by `√d_model` (TransNormerLLM).
+    #[serde(default)]
+    pub scale_embeddings: bool,
 }
 
 fn default_pad_vocab() -> usize {
     8
 }
-fn default_norm() -> String {
-    "rmsnorm".into()
+fn default_norm() -> NormKind {
+    NormKind::Rmsnorm
 }
 fn default_norm_eps() -> f64 {
     1e-5
@@ -101,9 +104,6 @@ impl LmConfig {
         }
         if self.n_layers == 0 {
             return err("model.n_layers", "must be positive".into());
-        }
-        if self.norm != "rmsnorm" {
-            return err("model.norm", format!("unknown norm {:?} (known: \"rmsnorm\")", self.norm));
         }
         if !(self.norm_eps > 0.0) {
             return err("model.norm_eps", "must be positive".into());
@@ -155,7 +155,7 @@ impl LmConfig {
                     layer,
                     mixer: name.to_string(),
                     kind: m.kind(),
-                    params: m.params(d) + mlp + 2 * d,
+                    params: m.params(d) + mlp + self.norm_params() * (1 + (mlp > 0) as usize),
                     flops_per_token: m.flops_per_token(d, seq_len) + 2.0 * mlp as f64,
                     state_floats: m.state_size(d, seq_len),
                 }
@@ -171,7 +171,15 @@ impl LmConfig {
 
     pub fn num_params(&self) -> usize {
         let layers: usize = self.layer_summaries(1).iter().map(|l| l.params).sum();
-        layers + self.embedding_params() + self.d_model
+        layers + self.embedding_params() + self.norm_params()
+    }
+
+    /// Parameters of one norm layer.
+    fn norm_params(&self) -> usize {
+        match self.norm {
+            NormKind::Rmsnorm => self.d_model,
+            NormKind::Srmsnorm => 0,
+        }
     }
 
     /// Parameters excluding the embedding table (the `N` of scaling laws).
@@ -218,11 +226,16 @@ impl LmConfig {
         let blocks = self
             .layer_mixers()
             .into_iter()
-            .map(|name| Block {
-                mixer_norm: rms_norm(self.d_model, self.norm_eps, device),
-                mixer: self.mixers[name].init(self.d_model, out_std, device),
-                mlp_norm: rms_norm(self.d_model, self.norm_eps, device),
-                mlp: self.mlp.init(self.d_model, out_std, device),
+            .enumerate()
+            .map(|(layer, name)| {
+                let at = LayerContext { d_model: self.d_model, layer, n_layers: self.n_layers };
+                let mlp = self.mlp.init(self.d_model, out_std, device);
+                Block {
+                    mixer_norm: self.norm.init(self.d_model, self.norm_eps, device),
+                    mixer: self.mixers[name].init(at, out_std, device),
+                    mlp_norm: mlp.as_ref().map(|_| self.norm.init(self.d_model, self.norm_eps, device)),
+                    mlp,
+                }
             })
             .collect();
         Lm {
@@ -230,7 +243,8 @@ impl LmConfig {
                 .with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD })
                 .init(device),
             blocks,
-            final_norm: rms_norm(self.d_model, self.norm_eps, device),
+            final_norm: self.norm.init(self.d_model, self.norm_eps, device),
+            embed_scale: if self.scale_embeddings { (self.d_model as f64).sqrt() } else { 1.0 },
             head: (!self.tie_embeddings).then(|| linear(self.d_model, vocab, false, INIT_STD, device)),
         }
     }
@@ -272,17 +286,30 @@ impl<B: Backend> ModuleMapper<B> for ReplaceValues {
 
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
-    pub mixer_norm: RmsNorm<B>,
+    pub mixer_norm: Norm<B>,
     pub mixer: Mixer<B>,
-    pub mlp_norm: RmsNorm<B>,
-    pub mlp: SwiGlu<B>,
+    /// Both `None` for `mlp.kind = "none"`.
+    pub mlp_norm: Option<Norm<B>>,
+    pub mlp: Option<Mlp<B>>,
+}
+
+impl<B: Backend> Block<B> {
+    /// The residual channel-mixer half of the block.
+    fn channel_mix(&self, r: Tensor<B, 3>) -> Tensor<B, 3> {
+        match (&self.mlp_norm, &self.mlp) {
+            (Some(norm), Some(mlp)) => r.clone() + mlp.forward(norm.forward(r)),
+            _ => r,
+        }
+    }
 }
 
 #[derive(Module, Debug)]
 pub struct Lm<B: Backend> {
     pub embed: Embedding<B>,
     pub blocks: Vec<Block<B>>,
-    pub final_norm: RmsNorm<B>,
+    pub final_norm: Norm<B>,
+    /// Multiplies token embeddings (`√d_model` with `scale_embeddings`, else 1).
+    pub embed_scale: f64,
     /// Untied output head; `None` when tied to `embed`.
     pub head: Option<Linear<B>>,
 }
@@ -301,33 +328,57 @@ impl<B: Backend> LmState<B> {
 
 impl<B: Backend> Lm<B> {
     fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.final_norm.forward(x);
-        match &self.head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.embed.weight.val().transpose().unsqueeze::<3>()),
-        }
+        self.unembed(self.final_norm.forward(x))
+    }
+
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.embed.forward(tokens);
+        if self.embed_scale == 1.0 { x } else { x * self.embed_scale }
     }
 
     /// Training forward: token ids `[B, T]` → logits `[B, T, vocab]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let mut x = self.embed.forward(tokens);
+        self.forward_aux(tokens).0
+    }
+
+    /// Final hidden states `[B, T, D]` (after the final norm) and the mean over layers of the
+    /// mixers' weighted auxiliary losses (MoH load balance), if any layer has one.
+    pub fn hidden_aux(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
+        let mut x = self.embed(tokens);
+        let mut aux: Vec<Tensor<B, 1>> = Vec::new();
         for block in &self.blocks {
-            let r = x.clone() + block.mixer.forward(block.mixer_norm.forward(x));
-            x = r.clone() + block.mlp.forward(block.mlp_norm.forward(r));
+            let (h, a) = block.mixer.forward_aux(block.mixer_norm.forward(x.clone()));
+            aux.extend(a);
+            x = block.channel_mix(x + h);
         }
-        self.logits(x)
+        let n = aux.len();
+        let aux = (n > 0).then(|| Tensor::cat(aux, 0).sum() / n as f64);
+        (self.final_norm.forward(x), aux)
+    }
+
+    /// Hidden states `[.., D]` → logits `[.., vocab]` (the output head).
+    pub fn unembed(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.head {
+            Some(head) => head.forward(h),
+            None => h.matmul(self.embed.weight.val().transpose().unsqueeze::<3>()),
+        }
+    }
+
+    /// Logits and the auxiliary loss (see [`Lm::hidden_aux`]).
+    pub fn forward_aux(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
+        let (h, aux) = self.hidden_aux(tokens);
+        (self.unembed(h), aux)
     }
 
     /// Recurrent forward: consumes `tokens: [B, T]` (a prompt, or one token) after `state`.
     pub fn step(&self, tokens: Tensor<B, 2, Int>, state: Option<LmState<B>>) -> (Tensor<B, 3>, LmState<B>) {
         let mut previous = state.map(|s| s.layers.into_iter().map(Some).collect::<Vec<_>>());
-        let mut x = self.embed.forward(tokens);
+        let mut x = self.embed(tokens);
         let mut layers = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let s = previous.as_mut().and_then(|p| p[i].take());
             let (h, s) = block.mixer.step(block.mixer_norm.forward(x.clone()), s);
-            let r = x + h;
-            x = r.clone() + block.mlp.forward(block.mlp_norm.forward(r));
+            x = block.channel_mix(x + h);
             layers.push(s);
         }
         (self.logits(x), LmState { layers })

@@ -114,7 +114,8 @@ fn the_same_seed_gives_the_same_weights() {
     let config = config();
     let weights = |m: &ember_models::Lm<B>| -> Vec<f32> {
         let mut all = m.embed.weight.val().into_data().to_vec::<f32>().unwrap();
-        all.extend(m.blocks[1].mlp.fc_in.weight.val().into_data().to_vec::<f32>().unwrap());
+        let Some(ember_layers::mlp::Mlp::Glu(mlp)) = &m.blocks[1].mlp else { panic!("a SwiGLU MLP") };
+        all.extend(mlp.fc_in.weight.val().into_data().to_vec::<f32>().unwrap());
         all
     };
     let a = config.init_seeded::<B>(7, &Default::default());

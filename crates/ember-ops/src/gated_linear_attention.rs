@@ -120,16 +120,11 @@ pub fn recurrent<B: Backend>(
     scale: f64,
 ) -> LinearAttnOutput<B> {
     let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
-    let t = q.dims()[1];
-    let mut state = h0;
-    let mut outputs = Vec::with_capacity(t);
-    for i in 0..t {
-        let at = |x: &Tensor<B, 4>| x.clone().narrow(1, i, 1);
-        let out = step(at(&q), at(&k), at(&v), at(&g), state, scale);
-        outputs.push(out.output);
-        state = out.state;
-    }
-    LinearAttnOutput { output: Tensor::cat(outputs, 1), state }
+    let (output, state) = crate::scan_tokens([q, k, v, g], h0, |[q, k, v, g], s| {
+        let out = step(q, k, v, g, s, scale);
+        (out.output, out.state)
+    });
+    LinearAttnOutput { output, state }
 }
 
 /// One recurrent step: `q, k, g: [B, 1, H, K]`, `v: [B, 1, H, V]`, `state: [B, H, K, V]`.

@@ -17,21 +17,18 @@ pub mod taylor;
 
 use burn::tensor::{backend::Backend, Tensor};
 
-/// Runs a one-token `step` over every position of `q, k, v: [B, T, H, *]` in order, threading
-/// the state through, and concatenates the outputs along time: the shared body of every
-/// op's recurrent form.
-pub fn scan_tokens<B: Backend, S>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+/// Runs a one-token `step` over every position of `inputs` (each `[B, T, H, *]`, e.g. `q, k, v`)
+/// in order, threading the state through, and concatenates the outputs along time: the shared
+/// body of every op's recurrent form.
+pub fn scan_tokens<B: Backend, S, const N: usize>(
+    inputs: [Tensor<B, 4>; N],
     mut state: S,
-    mut step: impl FnMut(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, S) -> (Tensor<B, 4>, S),
+    mut step: impl FnMut([Tensor<B, 4>; N], S) -> (Tensor<B, 4>, S),
 ) -> (Tensor<B, 4>, S) {
-    let t = q.dims()[1];
+    let t = inputs[0].dims()[1];
     let mut outputs = Vec::with_capacity(t);
     for i in 0..t {
-        let at = |x: &Tensor<B, 4>| x.clone().narrow(1, i, 1);
-        let (o, s) = step(at(&q), at(&k), at(&v), state);
+        let (o, s) = step(inputs.clone().map(|x| x.narrow(1, i, 1)), state);
         outputs.push(o);
         state = s;
     }

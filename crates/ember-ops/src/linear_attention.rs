@@ -96,7 +96,7 @@ pub fn recurrent<B: Backend>(
     scale: f64,
 ) -> LinearAttnOutput<B> {
     let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
-    let (output, state) = crate::scan_tokens(q, k, v, h0, |q, k, v, s| {
+    let (output, state) = crate::scan_tokens([q, k, v], h0, |[q, k, v], s| {
         let out = step(q, k, v, s, scale);
         (out.output, out.state)
     });

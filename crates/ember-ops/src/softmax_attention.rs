@@ -93,7 +93,7 @@ pub fn recurrent<B: Backend>(
     scale: f64,
     window: Option<usize>,
 ) -> Tensor<B, 4> {
-    let (output, _) = crate::scan_tokens(q, k, v, None, |q, k, v, cache| {
+    let (output, _) = crate::scan_tokens([q, k, v], None, |[q, k, v], cache| {
         let (o, c) = step(q, k, v, cache, scale, window);
         (o, Some(c))
     });

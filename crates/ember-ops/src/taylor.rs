@@ -176,7 +176,7 @@ pub fn recurrent<B: Backend>(
 ) -> TaylorOutput<B> {
     let [b, _, h, d] = q.dims();
     let state = state.unwrap_or_else(|| TaylorState::zeros(b, h, map.dim(d), v.dims()[3], &q.device()));
-    let (output, state) = crate::scan_tokens(q, k, v, state, |q, k, v, s| {
+    let (output, state) = crate::scan_tokens([q, k, v], state, |[q, k, v], s| {
         let out = step(q, k, v, s, map, eps);
         (out.output, out.state)
     });

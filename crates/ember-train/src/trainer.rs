@@ -10,9 +10,9 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards};
+use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, IGNORE};
 use ember_models::Lm;
-use ember_ops::precision::{cast_params, supported, to_f32};
+use ember_ops::precision::{cast_params, supported, to_f32, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,20 +50,76 @@ pub fn batch_tensor<B: Backend>(ids: &[u32], batch: &Batch, device: &B::Device) 
     Tensor::from_data(TensorData::new(ids, [batch.batch_size, batch.seq_len]), device)
 }
 
-/// Mean next-token cross-entropy of `model` on `batch`, computed in f32 whatever dtype the
-/// model computes in.
+/// The losses of one batch, in f32: next-token cross-entropy (over the scored targets) and the
+/// mixers' weighted auxiliary loss, if the model has one.
+pub struct BatchLoss<B: Backend> {
+    pub ce: Tensor<B, 1>,
+    pub aux: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> BatchLoss<B> {
+    /// What training minimises: `ce + aux`.
+    pub fn total(self) -> Tensor<B, 1> {
+        match self.aux {
+            Some(aux) => self.ce + aux,
+            None => self.ce,
+        }
+    }
+}
+
+/// Cross-entropy and auxiliary loss of `model` on `batch`, computed in f32 whatever dtype the
+/// model computes in. When some targets are [`IGNORE`], only the scored positions go through
+/// the output head (MQAR scores a few positions per sequence; the head dominates its cost).
+pub fn batch_losses<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> BatchLoss<B> {
+    let (hidden, aux) = model.hidden_aux(batch_tensor::<B>(&batch.inputs, batch, device));
+    let [b, t, d] = hidden.dims();
+    let scored: Vec<i64> = (0..b * t).filter(|&i| batch.targets[i] != IGNORE).map(|i| i as i64).collect();
+    let (hidden, targets) = if scored.len() == b * t {
+        (hidden, batch.targets.iter().map(|&x| x as i64).collect::<Vec<_>>())
+    } else {
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(scored.clone(), [scored.len()]), device);
+        let targets = scored.iter().map(|&i| batch.targets[i as usize] as i64).collect();
+        (hidden.reshape([b * t, d]).select(0, rows).unsqueeze::<3>(), targets)
+    };
+    let logits = to_f32(model.unembed(hidden));
+    let [_, n, v] = logits.dims();
+    let n = n * logits.dims()[0];
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), device);
+    let ce = CrossEntropyLossConfig::new().init(device).forward(logits.reshape([n, v]), targets);
+    BatchLoss { ce, aux: aux.map(to_f32) }
+}
+
+/// Mean next-token cross-entropy of `model` on `batch` (see [`batch_losses`]).
 pub fn batch_loss<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Tensor<B, 1> {
-    let logits = to_f32(model.forward(batch_tensor::<B>(&batch.inputs, batch, device)));
-    let [b, t, v] = logits.dims();
-    let targets = batch_tensor::<B>(&batch.targets, batch, device).reshape([b * t]);
-    CrossEntropyLossConfig::new().init(device).forward(logits.reshape([b * t, v]), targets)
+    batch_losses(model, batch, device).ce
+}
+
+/// Gradients of one optimizer step: the mean over `accum` micro-batches from `loader`, and
+/// their mean loss. With bf16 each micro-batch runs on a cast copy of the parameters; the cast
+/// is differentiable, so the gradients reach the f32 master weights.
+pub fn accumulated_grads<B: AutodiffBackend>(
+    model: &Lm<B>,
+    loader: &mut PackedLoader,
+    accum: usize,
+    precision: Precision,
+    device: &B::Device,
+) -> (GradientsParams, f64) {
+    let mut accumulator = GradientsAccumulator::<Lm<B>>::new();
+    let mut loss_sum = 0.0;
+    for _ in 0..accum {
+        let losses = batch_losses(&cast_params(model.clone(), precision), &loader.next_batch(), device);
+        loss_sum += losses.ce.clone().into_scalar().elem::<f64>();
+        let total = losses.total() / accum as f64;
+        accumulator.accumulate(model, GradientsParams::from_grads(total.backward(), model));
+    }
+    (accumulator.grads(), loss_sum / accum as f64)
 }
 
 /// Mean loss over evaluation batches (weighted by tokens).
 pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device) -> f64 {
     let (mut total, mut tokens) = (0.0, 0usize);
     for batch in batches {
-        let n = batch.batch_size * batch.seq_len;
+        let n = batch.targets.iter().filter(|&&t| t != IGNORE).count();
         total += batch_loss(model, batch, device).into_scalar().elem::<f64>() * n as f64;
         tokens += n;
     }
@@ -139,21 +195,11 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
     let (elapsed_before, tokens_before) = (state.elapsed_secs, state.tokens);
     while state.step < stop {
         let lr = recipe.optim.lr_at(state.step, total);
-        let mut accumulator = GradientsAccumulator::<Lm<B>>::new();
-        let mut loss_sum = 0.0;
-        for _ in 0..accum {
-            let batch = loader.next_batch();
-            // Mixed precision: the step runs on a cast copy; gradients reach the f32 master weights.
-            let loss = batch_loss(&cast_params(model.clone(), precision), &batch, device);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads((loss / accum as f64).backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
-        let loss = loss_sum / accum as f64;
+        let (grads, loss) = accumulated_grads(&model, &mut loader, accum, precision, device);
         if !loss.is_finite() {
             bail!("training diverged at step {}: loss is {loss} (last checkpoint is intact)", state.step);
         }
-        let (updated, info) = optimizer.step(model, accumulator.grads(), lr);
+        let (updated, info) = optimizer.step(model, grads, lr);
         model = updated;
         state.step += 1;
         state.tokens += (batch_size * seq_len * accum) as u64;

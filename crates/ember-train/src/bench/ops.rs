@@ -370,7 +370,7 @@ fn input<B: AutodiffBackend, const D: usize>(dims: [usize; D], precision: Precis
 
 fn mixer_loss<B: AutodiffBackend>(config: &MixerConfig, shape: &Shape, precision: Precision, device: &B::Device) -> Loss<B> {
     let d_model = shape.heads * shape.head_dim;
-    let mixer = config.init::<B>(d_model, ember_layers::init::INIT_STD, device);
+    let mixer = config.init::<B>(ember_layers::LayerContext::single(d_model), ember_layers::init::INIT_STD, device);
     let x = input::<B, 3>([shape.batch, shape.seq_len, d_model], precision, device);
     // The parameters are cast on every call, as a training step does (a no-op in f32).
     Box::new(move || to_f32(cast_params(mixer.clone(), precision).forward(x.clone())).sum())

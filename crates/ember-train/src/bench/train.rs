@@ -2,13 +2,12 @@
 use super::{median_ms, MemoryProbe};
 use crate::optim::AdamW;
 use crate::recipe::Recipe;
-use crate::trainer::{batch_loss, open_data};
+use crate::trainer::{accumulated_grads, open_data};
 use anyhow::{bail, Result};
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use ember_data::PackedLoader;
 use ember_models::Lm;
-use ember_ops::precision::{cast_params, supported, Precision};
+use ember_ops::precision::{supported, Precision};
 use std::time::Instant;
 
 /// How to run the benchmark, beyond the recipe.
@@ -45,8 +44,7 @@ pub struct TrainBench {
 /// Runs `warmup + steps` optimizer steps of `recipe` (gradient accumulation included, constant
 /// learning rate) and times the last `steps`, reading `memory` after every step.
 ///
-/// With bf16 each step runs on a bf16 copy of the parameters; the cast is differentiable, so
-/// the gradients reach the f32 master weights, as in the trainer.
+/// Each step is the trainer's ([`accumulated_grads`], then AdamW), bf16 included.
 pub fn train_steps<B: AutodiffBackend>(
     recipe: &Recipe,
     opts: &TrainBenchOptions,
@@ -69,13 +67,8 @@ pub fn train_steps<B: AutodiffBackend>(
     memory.sample();
     for i in 0..opts.warmup + opts.steps {
         let started = Instant::now();
-        let mut accumulator = GradientsAccumulator::<Lm<B>>::new();
-        for _ in 0..accum {
-            let loss = batch_loss(&cast_params(model.clone(), precision), &loader.next_batch(), device);
-            let grads = GradientsParams::from_grads((loss / accum as f64).backward(), &model);
-            accumulator.accumulate(&model, grads);
-        }
-        let (m, info) = optimizer.step(model, accumulator.grads(), recipe.optim.lr);
+        let (grads, _) = accumulated_grads(&model, &mut loader, accum, precision, device);
+        let (m, info) = optimizer.step(model, grads, recipe.optim.lr);
         model = m;
         std::hint::black_box(info.grad_norm); // the norm is read back, so the step has finished
         if i >= opts.warmup {
