@@ -10,6 +10,7 @@ pub mod conv;
 pub mod init;
 pub mod mixer;
 pub mod mlp;
+pub mod moh;
 pub mod norm;
 
 pub use mixer::{Mixer, MixerConfig, MixerState};
