@@ -2,6 +2,7 @@
 use crate::attention::{Attention, AttentionConfig};
 use crate::based::{TaylorAttention, TaylorAttentionConfig};
 use crate::conv::{BaseConv, BaseConvConfig};
+use crate::moh::{Moh, MohConfig, MohState};
 use crate::LayerContext;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
@@ -19,10 +20,12 @@ pub enum MixerConfig {
     BasedLinear(TaylorAttentionConfig),
     /// BASED's gated short convolution.
     BaseConv(BaseConvConfig),
+    /// Mixture-of-Head attention: shared plus top-k routed heads, with a load-balance loss.
+    Moh(MohConfig),
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv", "moh"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -30,6 +33,7 @@ impl MixerConfig {
             MixerConfig::Attention(_) => "attention",
             MixerConfig::BasedLinear(_) => "based_linear",
             MixerConfig::BaseConv(_) => "base_conv",
+            MixerConfig::Moh(_) => "moh",
         }
     }
 
@@ -38,6 +42,7 @@ impl MixerConfig {
             MixerConfig::Attention(c) => c.validate(d_model),
             MixerConfig::BasedLinear(c) => c.validate(d_model),
             MixerConfig::BaseConv(c) => c.validate(),
+            MixerConfig::Moh(c) => c.validate(d_model),
         }
     }
 
@@ -46,6 +51,7 @@ impl MixerConfig {
             MixerConfig::Attention(c) => c.params(d_model),
             MixerConfig::BasedLinear(c) => c.params(d_model),
             MixerConfig::BaseConv(c) => c.params(d_model),
+            MixerConfig::Moh(c) => c.params(d_model),
         }
     }
 
@@ -55,6 +61,7 @@ impl MixerConfig {
             MixerConfig::Attention(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::BasedLinear(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::BaseConv(c) => c.flops_per_token(d_model),
+            MixerConfig::Moh(c) => c.flops_per_token(d_model, seq_len),
         }
     }
 
@@ -64,6 +71,7 @@ impl MixerConfig {
             MixerConfig::Attention(c) => c.state_size(d_model, seq_len),
             MixerConfig::BasedLinear(c) => c.state_size(d_model),
             MixerConfig::BaseConv(c) => c.state_size(d_model),
+            MixerConfig::Moh(c) => c.state_size(d_model, seq_len),
         }
     }
 
@@ -72,6 +80,7 @@ impl MixerConfig {
             MixerConfig::Attention(c) => Mixer::Attention(c.init(at, out_std, device)),
             MixerConfig::BasedLinear(c) => Mixer::BasedLinear(c.init(at, out_std, device)),
             MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(at, out_std, device)),
+            MixerConfig::Moh(c) => Mixer::Moh(c.init(at, out_std, device)),
         }
     }
 }
@@ -81,6 +90,7 @@ pub enum Mixer<B: Backend> {
     Attention(Attention<B>),
     BasedLinear(TaylorAttention<B>),
     BaseConv(BaseConv<B>),
+    Moh(Moh<B>),
 }
 
 /// A mixer's generation state.
@@ -89,6 +99,7 @@ pub enum MixerState<B: Backend> {
     KvCache(KvCache<B>),
     Taylor(TaylorState<B>),
     Conv(Tensor<B, 3>),
+    Moh(MohState<B>),
 }
 
 impl<B: Backend> MixerState<B> {
@@ -98,6 +109,7 @@ impl<B: Backend> MixerState<B> {
             MixerState::KvCache(c) => c.numel(),
             MixerState::Taylor(s) => s.numel(),
             MixerState::Conv(h) => h.shape().num_elements(),
+            MixerState::Moh(s) => s.numel(),
         }
     }
 }
@@ -109,6 +121,7 @@ impl<B: Backend> Mixer<B> {
             Mixer::Attention(m) => m.forward(x),
             Mixer::BasedLinear(m) => m.forward(x),
             Mixer::BaseConv(m) => m.forward(x),
+            Mixer::Moh(m) => m.forward(x),
         }
     }
 
@@ -116,6 +129,7 @@ impl<B: Backend> Mixer<B> {
     /// `None` for mixers without one.
     pub fn forward_aux(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
         match self {
+            Mixer::Moh(m) => m.forward_aux(x),
             _ => (self.forward(x), None),
         }
     }
@@ -129,6 +143,8 @@ impl<B: Backend> Mixer<B> {
             (Mixer::BasedLinear(m), Some(MixerState::Taylor(s))) => wrap(m.step(x, Some(s)), MixerState::Taylor),
             (Mixer::BaseConv(m), None) => wrap(m.step(x, None), MixerState::Conv),
             (Mixer::BaseConv(m), Some(MixerState::Conv(h))) => wrap(m.step(x, Some(h)), MixerState::Conv),
+            (Mixer::Moh(m), None) => wrap(m.step(x, None), MixerState::Moh),
+            (Mixer::Moh(m), Some(MixerState::Moh(s))) => wrap(m.step(x, Some(s)), MixerState::Moh),
             _ => panic!("mixer state does not match the mixer kind"),
         }
     }

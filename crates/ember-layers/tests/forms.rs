@@ -4,6 +4,7 @@ use burn::tensor::{Distribution, Tensor};
 use ember_layers::attention::AttentionConfig;
 use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
+use ember_layers::moh::MohConfig;
 use ember_layers::{LayerContext, Mixer, MixerConfig};
 use ember_ops::taylor::FeatureMap;
 use ember_ops::Form;
@@ -23,6 +24,7 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("taylor_compact", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 4, feature_dim: 8, chunk_size: 16, ..Default::default() })),
         ("taylor_full", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 2, feature_dim: 4, feature_map: FeatureMap::Full, chunk_size: 8, ..Default::default() })),
         ("base_conv", MixerConfig::BaseConv(BaseConvConfig::default())),
+        ("moh", MixerConfig::Moh(MohConfig { heads: 4, shared_heads: 2, top_k: 1, ..Default::default() })),
     ]
 }
 
@@ -61,6 +63,23 @@ fn recurrent_equals_parallel_for_every_mixer() {
                 let err = rel_err(Tensor::cat(vec![head, tail], 1), parallel);
                 assert!(err <= 1e-4, "{name} T={t}: prefill+step vs forward rel err {err}");
             }
+        }
+    }
+}
+
+#[test]
+fn state_carries_across_calls_for_every_mixer() {
+    // forward(a‖b) == step(a) then step(b) from the state after a: prefill then continuation.
+    let device = Default::default();
+    for (name, config) in mixers() {
+        let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
+        let x = input(65, 21);
+        let whole = mixer.forward(x.clone());
+        for split in [1, 16, 37] {
+            let (ya, s) = mixer.step(x.clone().narrow(1, 0, split), None);
+            let (yb, _) = mixer.step(x.clone().narrow(1, split, 65 - split), Some(s));
+            let err = rel_err(Tensor::cat(vec![ya, yb], 1), whole.clone());
+            assert!(err <= 1e-4, "{name} split {split}: a‖b vs a then b rel err {err}");
         }
     }
 }
