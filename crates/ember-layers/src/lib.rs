@@ -7,10 +7,12 @@
 pub mod attention;
 pub mod based;
 pub mod conv;
+pub mod gla;
 pub mod init;
 pub mod mixer;
 pub mod mlp;
 pub mod norm;
+pub mod transnormer;
 
 pub use mixer::{Mixer, MixerConfig, MixerState};
 
