@@ -7,11 +7,13 @@
 pub mod attention;
 pub mod based;
 pub mod conv;
+pub mod gla;
 pub mod init;
 pub mod mixer;
 pub mod mlp;
 pub mod moh;
 pub mod norm;
+pub mod transnormer;
 
 pub use mixer::{Mixer, MixerConfig, MixerState};
 

@@ -4,7 +4,9 @@
 //!
 //! `q, k, g: [B, T, H, K]` (`g` the log decay per channel, ≤ 0), `v: [B, T, H, V]`, state
 //! `[B, H, K, V]`. A per-head decay `[B, T, H]` or a constant `[H]` is passed broadcast to
-//! `[B, T, H, K]` (see [`per_head`], [`constant`]); autodiff sums its gradient back.
+//! `[B, T, H, K]` (see [`per_head`], [`constant`]); autodiff sums its gradient back. For those
+//! decays [`parallel_per_head`] and [`chunked_per_head`] take `[B, T, H]` directly and form
+//! the intra-chunk scores with one matmul (Lightning Attention-2).
 //!
 //! Every decay product is formed as `exp(G_t − G_s)` with `s ≤ t` (so ≤ 1) from cumulative log
 //! decays, never as `exp(G_t) · exp(−G_s)`, which overflows once a sequence has decayed far.
@@ -140,5 +142,92 @@ pub fn step<B: Backend>(
     let [q, k, v, g] = [q, k, v, g].map(|x| to_f32(x).swap_dims(1, 2)); // [B, H, 1, *]
     let state = g.swap_dims(2, 3).exp() * to_f32(state) + k.swap_dims(2, 3).matmul(v);
     let output = (q * scale).matmul(state.clone()).swap_dims(1, 2);
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-head (scalar) decay: Lightning Attention-2's intra-/inter-block algorithm (LAYERS.md §3.4).
+//
+// When every key channel of a head decays alike, the decay factors out of the `q·k` sum:
+// `Σ_k q_tk k_sk exp(G_t − G_s) = (q_t·k_s) exp(G_t − G_s)`, so the intra-chunk scores are one
+// matmul `Q Kᵀ` times a `C×C` decay matrix instead of the `[C, C, K]` product above.
+// ---------------------------------------------------------------------------------------------
+
+/// A constant per-head log decay `[H]` as the `[B, T, H]` the per-head forms take.
+pub fn constant_per_head<B: Backend>(log_decay: Tensor<B, 1>, b: usize, t: usize) -> Tensor<B, 3> {
+    let h = log_decay.dims()[0];
+    log_decay.reshape([1, 1, h]).expand([b, t, h])
+}
+
+/// `exp(G_t − G_s)` for `s ≤ t` and 0 above the diagonal, from cumulative log decays
+/// `cum: [.., L, 1]` (time on dim `D-2`) → `[.., L, L]`.
+fn causal_decay<B: Backend, const D: usize>(cum: Tensor<B, D>) -> Tensor<B, D> {
+    let l = cum.dims()[D - 2];
+    let mut mask_shape = [1; D];
+    mask_shape[D - 2] = l;
+    mask_shape[D - 1] = l;
+    let future = hidden_keys::<B>(l, l, 0, None, &cum.device()).reshape(mask_shape);
+    // −∞ before exp: the future entries (positive exponents) never reach `exp`.
+    (cum.clone() - cum.swap_dims(D - 2, D - 1)).mask_fill(future, f32::NEG_INFINITY).exp()
+}
+
+/// [`parallel`] for a per-head log decay `g: [B, T, H]`: `O = ((Q Kᵀ) ⊙ D) V` with
+/// `D_ts = exp(G_t − G_s)` (the reference; memory `T²` per head).
+pub fn parallel_per_head<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 3>,
+    h0: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> LinearAttnOutput<B> {
+    let dtype = v.dtype();
+    let [q, k, v] = [q, k, v].map(to_f32);
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
+    let [q, k, v] = [q, k, v].map(|x| x.swap_dims(1, 2)); // [B, H, T, *]
+    let g = to_f32(g).swap_dims(1, 2).unsqueeze_dim::<4>(3); // [B, H, T, 1]
+    let cum = g.clone().cumsum(2);
+    let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * causal_decay(cum.clone());
+    let output = (scores.matmul(v.clone()) + q.matmul(h0.clone()) * cum.clone().exp()) * scale;
+    let last = g.sum_dim(2); // G_T, a sum for the reason given in `parallel`
+    let state = (k * (last.clone() - cum).exp()).swap_dims(2, 3).matmul(v) + last.exp() * h0;
+    LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
+}
+
+/// [`chunked`] for a per-head log decay `g: [B, T, H]` (Lightning-2 blocks of `chunk` tokens):
+/// intra-block `((Q Kᵀ) ⊙ D) V`, inter-block `diag(exp G_t) Q S`, then
+/// `S ← exp(G_end) S + (diag(exp(G_end − G_s)) K)ᵀ V`.
+pub fn chunked_per_head<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    g: Tensor<B, 3>,
+    h0: Option<Tensor<B, 4>>,
+    scale: f64,
+    chunk: usize,
+) -> LinearAttnOutput<B> {
+    let dtype = v.dtype();
+    let [b, t, h, dk] = q.dims();
+    let dv = v.dims()[3];
+    let n = t.div_ceil(chunk);
+    let [q, k, v] = [q, k, v].map(to_f32);
+    let g = to_f32(g).unsqueeze_dim::<4>(3); // [B, T, H, 1]
+    let mut state = h0.map_or_else(|| zero_state(&q, &v), to_f32);
+    // Padding as in `chunked`: zero keys add nothing, zero log decay keeps the state.
+    let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
+    let (q, k, v, g) = (split(q, dk), split(k, dk), split(v, dv), split(g, 1));
+    let cum = g.clone().cumsum(3); // [B, H, N, C, 1], from each chunk's start, inclusive
+    let scores = q.clone().matmul(k.clone().swap_dims(3, 4)) * causal_decay(cum.clone());
+    let intra = scores.matmul(v.clone());
+    let total = g.sum_dim(3); // [B, H, N, 1, 1]
+    let q_in = q * cum.clone().exp();
+    let k_out = k * (total.clone() - cum).exp();
+    let mut outputs = Vec::with_capacity(n);
+    for c in 0..n {
+        let at = |x: &Tensor<B, 5>| x.clone().narrow(2, c, 1).squeeze_dim::<4>(2);
+        outputs.push((at(&intra) + at(&q_in).matmul(state.clone())) * scale);
+        state = at(&total).exp() * state + at(&k_out).swap_dims(2, 3).matmul(at(&v));
+    }
+    let output = Tensor::cat(outputs, 2).swap_dims(1, 2).narrow(1, 0, t);
     LinearAttnOutput { output: to_dtype(output, dtype), state }
 }

@@ -215,12 +215,21 @@ fn check<B: AutodiffBackend>(
     Ok(Row { fixture: name.to_string(), form: form.to_string(), output_err, grad_err, pass })
 }
 
-/// Chunk sizes exercised by chunked forms: one that divides nothing and one larger than most T.
-const CHUNKS: [usize; 2] = [16, 64];
+/// Chunk sizes exercised by chunked forms on a sequence of `t` tokens: sizes that divide `t`
+/// (1 and `t` itself: no padding) and sizes that in general do not (16 and 64: a padded last
+/// chunk, or one chunk longer than the sequence).
+fn chunk_sizes(t: usize) -> Vec<usize> {
+    let mut sizes = vec![1, 16, 64, t];
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
 
 fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Result<Option<Vec<Row>>> {
     let op = fx.meta.get("op").and_then(|v| v.as_str()).unwrap_or(name).to_string();
     let scale = fx.meta_f64("scale");
+    let t = fx.tensors.get("q").context("fixture has no q")?.0[1];
+    let chunks = chunk_sizes(t);
     let mut rows = Vec::new();
     match op.as_str() {
         "linear_attn" => {
@@ -231,7 +240,7 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Re
             rows.push(check(fx, name, "parallel", &inputs, ctx, |v: &Vars<B>| {
                 outs(linear_attention::parallel(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
             })?);
-            for chunk in CHUNKS {
+            for &chunk in &chunks {
                 rows.push(check(fx, name, &format!("chunked(C={chunk})"), &inputs, ctx, |v: &Vars<B>| {
                     outs(linear_attention::chunked(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale, chunk))
                 })?);
@@ -258,7 +267,7 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Re
                 let (q, k, vv, g, h0) = args(v);
                 outs(gated_linear_attention::parallel(q, k, vv, g, h0, scale))
             })?);
-            for chunk in CHUNKS {
+            for &chunk in &chunks {
                 rows.push(check(fx, name, &format!("chunked(C={chunk})"), &inputs, ctx, |v: &Vars<B>| {
                     let (q, k, vv, g, h0) = args(v);
                     outs(gated_linear_attention::chunked(q, k, vv, g, h0, scale, chunk))
@@ -268,6 +277,27 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Re
                 let (q, k, vv, g, h0) = args(v);
                 outs(gated_linear_attention::recurrent(q, k, vv, g, h0, scale))
             })?);
+            // A per-head decay (`[B, T, H]` or `[H]` in the file) also runs the Lightning-2 path,
+            // which takes it as `[B, T, H]`.
+            let per_head = fx.tensors.get(decay).is_some_and(|(shape, _)| shape.len() < 4);
+            if per_head {
+                let args = |v: &Vars<B>| {
+                    let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
+                    let [b, t, h, _] = q.dims();
+                    let g = v[decay].clone().expand([b, t, h, 1]).squeeze_dim::<3>(3);
+                    (q, k, vv, g, v.get("h0").cloned())
+                };
+                rows.push(check(fx, name, "per-head parallel", &inputs, ctx, |v: &Vars<B>| {
+                    let (q, k, vv, g, h0) = args(v);
+                    outs(gated_linear_attention::parallel_per_head(q, k, vv, g, h0, scale))
+                })?);
+                for &chunk in &chunks {
+                    rows.push(check(fx, name, &format!("per-head chunked(C={chunk})"), &inputs, ctx, |v: &Vars<B>| {
+                        let (q, k, vv, g, h0) = args(v);
+                        outs(gated_linear_attention::chunked_per_head(q, k, vv, g, h0, scale, chunk))
+                    })?);
+                }
+            }
         }
         "based_taylor" => {
             let inputs = ["q", "k", "v"];
@@ -275,8 +305,8 @@ fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Re
             for map in [taylor::FeatureMap::Compact, taylor::FeatureMap::Full] {
                 let tag = format!("{map:?}").to_lowercase();
                 for form in [Form::Parallel, Form::Chunked, Form::Recurrent] {
-                    let chunks: &[usize] = if form == Form::Chunked { &CHUNKS } else { &[0] };
-                    for &chunk in chunks {
+                    let sizes: &[usize] = if form == Form::Chunked { &chunks } else { &[0] };
+                    for &chunk in sizes {
                         let label = match form {
                             Form::Chunked => format!("chunked(C={chunk}) {tag}"),
                             _ => format!("{form} {tag}"),

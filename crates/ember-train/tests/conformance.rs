@@ -23,6 +23,17 @@ fn assert_complete(report: &conformance::Report) {
     ] {
         assert!(report.rows.iter().any(|r| r.fixture == required), "fixture {required} was not checked");
     }
+    // Per-head decays also run the Lightning-2 path, in both forms.
+    for required in ["scalar_decay_linear_attn", "lightning_constant_decay"] {
+        for form in ["per-head parallel", "per-head chunked"] {
+            let ran = report.rows.iter().any(|r| r.fixture == required && r.form.starts_with(form));
+            assert!(ran, "{required}: {form} was not checked");
+        }
+    }
+    // Chunked forms ran with a chunk size that divides T = 67 (1, 67) and ones that do not (16).
+    for chunked in ["chunked(C=1)", "chunked(C=16)", "chunked(C=67)"] {
+        assert!(report.rows.iter().any(|r| r.form.starts_with(chunked)), "no row for {chunked}");
+    }
     assert!(report.passed(), "conformance failures:\n{}", report.table());
 }
 
