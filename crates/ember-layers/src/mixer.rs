@@ -2,7 +2,9 @@
 use crate::attention::{Attention, AttentionConfig};
 use crate::based::{TaylorAttention, TaylorAttentionConfig};
 use crate::conv::{BaseConv, BaseConvConfig};
+use crate::gla::{Gla, GlaConfig, GlaState};
 use crate::moh::{Moh, MohConfig, MohState};
+use crate::transnormer::{TransNormer, TransNormerConfig, TransNormerState};
 use crate::LayerContext;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
@@ -20,12 +22,16 @@ pub enum MixerConfig {
     BasedLinear(TaylorAttentionConfig),
     /// BASED's gated short convolution.
     BaseConv(BaseConvConfig),
+    /// Gated linear attention: data-dependent per-channel forget gate.
+    Gla(GlaConfig),
+    /// TransNormerLLM's norm linear attention with per-head decay (Lightning attention).
+    Transnormer(TransNormerConfig),
     /// Mixture-of-Head attention: shared plus top-k routed heads, with a load-balance loss.
     Moh(MohConfig),
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv", "moh"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv", "gla", "transnormer", "moh"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -33,6 +39,8 @@ impl MixerConfig {
             MixerConfig::Attention(_) => "attention",
             MixerConfig::BasedLinear(_) => "based_linear",
             MixerConfig::BaseConv(_) => "base_conv",
+            MixerConfig::Gla(_) => "gla",
+            MixerConfig::Transnormer(_) => "transnormer",
             MixerConfig::Moh(_) => "moh",
         }
     }
@@ -42,35 +50,46 @@ impl MixerConfig {
             MixerConfig::Attention(c) => c.validate(d_model),
             MixerConfig::BasedLinear(c) => c.validate(d_model),
             MixerConfig::BaseConv(c) => c.validate(),
+            MixerConfig::Gla(c) => c.validate(d_model),
+            MixerConfig::Transnormer(c) => c.validate(d_model),
             MixerConfig::Moh(c) => c.validate(d_model),
         }
     }
 
-    pub fn params(&self, d_model: usize) -> usize {
+    pub fn params(&self, at: LayerContext) -> usize {
+        let d_model = at.d_model;
         match self {
             MixerConfig::Attention(c) => c.params(d_model),
             MixerConfig::BasedLinear(c) => c.params(d_model),
             MixerConfig::BaseConv(c) => c.params(d_model),
+            MixerConfig::Gla(c) => c.params(d_model),
+            MixerConfig::Transnormer(c) => c.params_at(at),
             MixerConfig::Moh(c) => c.params(d_model),
         }
     }
 
     /// Forward FLOPs per token at `seq_len`, sequence mixing included.
-    pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
+    pub fn flops_per_token(&self, at: LayerContext, seq_len: usize) -> f64 {
+        let d_model = at.d_model;
         match self {
             MixerConfig::Attention(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::BasedLinear(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::BaseConv(c) => c.flops_per_token(d_model),
+            MixerConfig::Gla(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::Transnormer(c) => c.flops_per_token_at(at, seq_len),
             MixerConfig::Moh(c) => c.flops_per_token(d_model, seq_len),
         }
     }
 
     /// Floats of generation state per sequence after `seq_len` tokens.
-    pub fn state_size(&self, d_model: usize, seq_len: usize) -> usize {
+    pub fn state_size(&self, at: LayerContext, seq_len: usize) -> usize {
+        let d_model = at.d_model;
         match self {
             MixerConfig::Attention(c) => c.state_size(d_model, seq_len),
             MixerConfig::BasedLinear(c) => c.state_size(d_model),
             MixerConfig::BaseConv(c) => c.state_size(d_model),
+            MixerConfig::Gla(c) => c.state_size(d_model, seq_len),
+            MixerConfig::Transnormer(c) => c.state_size_at(at),
             MixerConfig::Moh(c) => c.state_size(d_model, seq_len),
         }
     }
@@ -80,6 +99,8 @@ impl MixerConfig {
             MixerConfig::Attention(c) => Mixer::Attention(c.init(at, out_std, device)),
             MixerConfig::BasedLinear(c) => Mixer::BasedLinear(c.init(at, out_std, device)),
             MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(at, out_std, device)),
+            MixerConfig::Gla(c) => Mixer::Gla(c.init(at, out_std, device)),
+            MixerConfig::Transnormer(c) => Mixer::Transnormer(c.init(at, out_std, device)),
             MixerConfig::Moh(c) => Mixer::Moh(c.init(at, out_std, device)),
         }
     }
@@ -90,6 +111,8 @@ pub enum Mixer<B: Backend> {
     Attention(Attention<B>),
     BasedLinear(TaylorAttention<B>),
     BaseConv(BaseConv<B>),
+    Gla(Gla<B>),
+    Transnormer(TransNormer<B>),
     Moh(Moh<B>),
 }
 
@@ -99,6 +122,8 @@ pub enum MixerState<B: Backend> {
     KvCache(KvCache<B>),
     Taylor(TaylorState<B>),
     Conv(Tensor<B, 3>),
+    Gla(GlaState<B>),
+    Transnormer(TransNormerState<B>),
     Moh(MohState<B>),
 }
 
@@ -109,6 +134,8 @@ impl<B: Backend> MixerState<B> {
             MixerState::KvCache(c) => c.numel(),
             MixerState::Taylor(s) => s.numel(),
             MixerState::Conv(h) => h.shape().num_elements(),
+            MixerState::Gla(s) => s.numel(),
+            MixerState::Transnormer(s) => s.numel(),
             MixerState::Moh(s) => s.numel(),
         }
     }
@@ -121,6 +148,8 @@ impl<B: Backend> Mixer<B> {
             Mixer::Attention(m) => m.forward(x),
             Mixer::BasedLinear(m) => m.forward(x),
             Mixer::BaseConv(m) => m.forward(x),
+            Mixer::Gla(m) => m.forward(x),
+            Mixer::Transnormer(m) => m.forward(x),
             Mixer::Moh(m) => m.forward(x),
         }
     }
@@ -143,6 +172,12 @@ impl<B: Backend> Mixer<B> {
             (Mixer::BasedLinear(m), Some(MixerState::Taylor(s))) => wrap(m.step(x, Some(s)), MixerState::Taylor),
             (Mixer::BaseConv(m), None) => wrap(m.step(x, None), MixerState::Conv),
             (Mixer::BaseConv(m), Some(MixerState::Conv(h))) => wrap(m.step(x, Some(h)), MixerState::Conv),
+            (Mixer::Gla(m), None) => wrap(m.step(x, None), MixerState::Gla),
+            (Mixer::Gla(m), Some(MixerState::Gla(s))) => wrap(m.step(x, Some(s)), MixerState::Gla),
+            (Mixer::Transnormer(m), None) => wrap(m.step(x, None), MixerState::Transnormer),
+            (Mixer::Transnormer(m), Some(MixerState::Transnormer(s))) => {
+                wrap(m.step(x, Some(s)), MixerState::Transnormer)
+            }
             (Mixer::Moh(m), None) => wrap(m.step(x, None), MixerState::Moh),
             (Mixer::Moh(m), Some(MixerState::Moh(s))) => wrap(m.step(x, Some(s)), MixerState::Moh),
             _ => panic!("mixer state does not match the mixer kind"),

@@ -4,7 +4,9 @@ use burn::tensor::{Distribution, Tensor};
 use ember_layers::attention::AttentionConfig;
 use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
+use ember_layers::gla::GlaConfig;
 use ember_layers::moh::MohConfig;
+use ember_layers::transnormer::TransNormerConfig;
 use ember_layers::{LayerContext, Mixer, MixerConfig};
 use ember_ops::taylor::FeatureMap;
 use ember_ops::Form;
@@ -24,6 +26,8 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("taylor_compact", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 4, feature_dim: 8, chunk_size: 16, ..Default::default() })),
         ("taylor_full", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 2, feature_dim: 4, feature_map: FeatureMap::Full, chunk_size: 8, ..Default::default() })),
         ("base_conv", MixerConfig::BaseConv(BaseConvConfig::default())),
+        ("gla", MixerConfig::Gla(GlaConfig { heads: 4, chunk_size: 16, ..Default::default() })),
+        ("transnormer", MixerConfig::Transnormer(TransNormerConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("moh", MixerConfig::Moh(MohConfig { heads: 4, shared_heads: 2, top_k: 1, ..Default::default() })),
     ]
 }

@@ -151,13 +151,14 @@ impl LmConfig {
             .enumerate()
             .map(|(layer, name)| {
                 let m = &self.mixers[name];
+                let at = LayerContext { d_model: d, layer, n_layers: self.n_layers };
                 LayerSummary {
                     layer,
                     mixer: name.to_string(),
                     kind: m.kind(),
-                    params: m.params(d) + mlp + self.norm_params() * (1 + (mlp > 0) as usize),
-                    flops_per_token: m.flops_per_token(d, seq_len) + 2.0 * mlp as f64,
-                    state_floats: m.state_size(d, seq_len),
+                    params: m.params(at) + mlp + self.norm_params() * (1 + (mlp > 0) as usize),
+                    flops_per_token: m.flops_per_token(at, seq_len) + 2.0 * mlp as f64,
+                    state_floats: m.state_size(at, seq_len),
                 }
             })
             .collect()

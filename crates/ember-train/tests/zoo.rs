@@ -53,6 +53,9 @@ fn every_tiny_recipe_trains_on_the_bundled_corpus() {
         ];
         let mut recipe = Recipe::load(&path, &sets).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         recipe.log.progress = false;
+        // The size `ember recipe check` reports is the size of the model that gets built.
+        let model = recipe.model.init::<B>(&device);
+        assert_eq!(recipe.model.num_params(), burn::module::Module::num_params(&model), "{name}: parameter count");
         let report = train::<B>(&recipe, &TrainOptions { quiet: true, ..Default::default() }, &device)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let val: Vec<f64> = report.val_losses.iter().map(|&(_, l)| l).collect();
