@@ -12,7 +12,8 @@ use burn::tensor::{DType, Distribution, Tensor};
 use ember_layers::mixer::{MixerConfig, KINDS};
 use ember_ops::precision::{cast_params, supported, to_dtype, to_f32, Precision};
 use ember_ops::taylor::FeatureMap;
-use ember_ops::{linear_attention, softmax_attention, taylor, Form};
+use burn::tensor::activation::log_sigmoid;
+use ember_ops::{gated_linear_attention as gla, linear_attention, softmax_attention, taylor, Form};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -42,6 +43,11 @@ pub const OPS: &[(&str, &[Form])] = &[
     ("softmax_attention", &[Form::Parallel]),
     ("linear_attention", &[Form::Parallel, Form::Chunked]),
     ("based_taylor", &[Form::Parallel, Form::Chunked]),
+    // GLA's op: a data-dependent decay per key channel.
+    ("gla", &[Form::Parallel, Form::Chunked]),
+    // A data-dependent decay per head (Lightning-2's algorithm; TransNormer's constant decay is
+    // the same computation).
+    ("decay_per_head", &[Form::Parallel, Form::Chunked]),
 ];
 
 /// Query/key feature dimension of the BASED Taylor op (as BASED uses), and chunk length of the
@@ -253,7 +259,11 @@ pub fn estimate_bytes(level: Level, name: &str, form: &str, shape: &Shape) -> f6
     // (linear, quadratic, feature) coefficients, and the floats of chunk states per head and token.
     let (lin, quad, feat, states) = match name {
         "softmax_attention" | "attention" => (12.0, 9.0, 0.0, 0.0),
-        "linear_attention" => (16.0, 6.0, 0.0, if form == "chunked" { 4.0 * d * d / span } else { 0.0 }),
+        "linear_attention" | "decay_per_head" | "transnormer" => {
+            (16.0, 6.0, 0.0, if form == "chunked" { 4.0 * d * d / span } else { 0.0 })
+        }
+        // The per-channel decay makes the chunk's scores `C × C × D` per head.
+        "gla" => (20.0, 6.0 * d, 0.0, if form == "chunked" { 4.0 * d * d / span } else { 0.0 }),
         "based_taylor" | "based_linear" => {
             let state = if form == "chunked" { 5.0 * features * d / span } else { 0.0 };
             (16.0, 7.0, 6.0, state)
@@ -392,6 +402,21 @@ fn op_loss<B: AutodiffBackend>(op: &str, form: Form, shape: &Shape, precision: P
         ("linear_attention", _) => Box::new(move |q, k, v| linear_attention::parallel(q, k, v, None, scale).output),
         ("based_taylor", Form::Chunked) => Box::new(move |q, k, v| taylor::chunked(q, k, v, None, map, eps, CHUNK).output),
         ("based_taylor", _) => Box::new(move |q, k, v| taylor::parallel(q, k, v, None, map, eps).output),
+        // Log decays as GLA makes them (logsigmoid / 16): gates near 1, as in training.
+        ("gla", form) => {
+            let g = log_sigmoid(input::<B, 4>([batch, seq_len, heads, head_dim], precision, device)) / 16.0;
+            Box::new(move |q, k, v| match form {
+                Form::Chunked => gla::chunked(q, k, v, g.clone(), None, scale, CHUNK).output,
+                _ => gla::parallel(q, k, v, g.clone(), None, scale).output,
+            })
+        }
+        ("decay_per_head", form) => {
+            let g = log_sigmoid(input::<B, 3>([batch, seq_len, heads], precision, device)) / 16.0;
+            Box::new(move |q, k, v| match form {
+                Form::Chunked => gla::chunked_per_head(q, k, v, g.clone(), None, scale, CHUNK).output,
+                _ => gla::parallel_per_head(q, k, v, g.clone(), None, scale).output,
+            })
+        }
         (other, _) => unreachable!("unknown op {other}"),
     };
     Box::new(move || to_f32(output(q.clone(), k.clone(), v.clone())).sum())
