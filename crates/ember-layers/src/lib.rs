@@ -4,6 +4,7 @@
 //! training `forward` and a recurrent `step` over an explicit state for generation. The
 //! [`mixer`] module maps a recipe's `kind = "..."` to them.
 
+pub mod aaren;
 pub mod attention;
 pub mod based;
 pub mod conv;
@@ -13,6 +14,7 @@ pub mod mixer;
 pub mod mlp;
 pub mod moh;
 pub mod norm;
+pub mod rat;
 pub mod transnormer;
 
 pub use mixer::{Mixer, MixerConfig, MixerState};

@@ -2,7 +2,11 @@
 use crate::attention::{Attention, AttentionConfig};
 use crate::based::{TaylorAttention, TaylorAttentionConfig};
 use crate::conv::{BaseConv, BaseConvConfig};
+use crate::aaren::{Aaren, AarenConfig};
 use crate::gla::{Gla, GlaConfig, GlaState};
+use crate::rat::{Rat, RatConfig};
+use ember_ops::aaren::AarenState;
+use ember_ops::rat::RatState;
 use crate::moh::{Moh, MohConfig, MohState};
 use crate::transnormer::{TransNormer, TransNormerConfig, TransNormerState};
 use crate::LayerContext;
@@ -26,12 +30,16 @@ pub enum MixerConfig {
     Gla(GlaConfig),
     /// TransNormerLLM's norm linear attention with per-head decay (Lightning attention).
     Transnormer(TransNormerConfig),
+    /// RAT: gated recurrence inside chunks, softmax attention across chunk states.
+    Rat(RatConfig),
+    /// Aaren: attention as a many-to-many RNN (learned query, prefix-scan softmax).
+    Aaren(AarenConfig),
     /// Mixture-of-Head attention: shared plus top-k routed heads, with a load-balance loss.
     Moh(MohConfig),
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv", "gla", "transnormer", "moh"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv", "gla", "transnormer", "rat", "aaren", "moh"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -41,6 +49,8 @@ impl MixerConfig {
             MixerConfig::BaseConv(_) => "base_conv",
             MixerConfig::Gla(_) => "gla",
             MixerConfig::Transnormer(_) => "transnormer",
+            MixerConfig::Rat(_) => "rat",
+            MixerConfig::Aaren(_) => "aaren",
             MixerConfig::Moh(_) => "moh",
         }
     }
@@ -52,6 +62,8 @@ impl MixerConfig {
             MixerConfig::BaseConv(c) => c.validate(),
             MixerConfig::Gla(c) => c.validate(d_model),
             MixerConfig::Transnormer(c) => c.validate(d_model),
+            MixerConfig::Rat(c) => c.validate(d_model),
+            MixerConfig::Aaren(c) => c.validate(d_model),
             MixerConfig::Moh(c) => c.validate(d_model),
         }
     }
@@ -64,6 +76,8 @@ impl MixerConfig {
             MixerConfig::BaseConv(c) => c.params(d_model),
             MixerConfig::Gla(c) => c.params(d_model),
             MixerConfig::Transnormer(c) => c.params_at(at),
+            MixerConfig::Rat(c) => c.params(d_model),
+            MixerConfig::Aaren(c) => c.params(d_model),
             MixerConfig::Moh(c) => c.params(d_model),
         }
     }
@@ -77,6 +91,8 @@ impl MixerConfig {
             MixerConfig::BaseConv(c) => c.flops_per_token(d_model),
             MixerConfig::Gla(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Transnormer(c) => c.flops_per_token_at(at, seq_len),
+            MixerConfig::Rat(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::Aaren(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Moh(c) => c.flops_per_token(d_model, seq_len),
         }
     }
@@ -90,6 +106,8 @@ impl MixerConfig {
             MixerConfig::BaseConv(c) => c.state_size(d_model),
             MixerConfig::Gla(c) => c.state_size(d_model, seq_len),
             MixerConfig::Transnormer(c) => c.state_size_at(at),
+            MixerConfig::Rat(c) => c.state_size(d_model, seq_len),
+            MixerConfig::Aaren(c) => c.state_size(d_model, seq_len),
             MixerConfig::Moh(c) => c.state_size(d_model, seq_len),
         }
     }
@@ -101,6 +119,8 @@ impl MixerConfig {
             MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(at, out_std, device)),
             MixerConfig::Gla(c) => Mixer::Gla(c.init(at, out_std, device)),
             MixerConfig::Transnormer(c) => Mixer::Transnormer(c.init(at, out_std, device)),
+            MixerConfig::Rat(c) => Mixer::Rat(c.init(at, out_std, device)),
+            MixerConfig::Aaren(c) => Mixer::Aaren(c.init(at, out_std, device)),
             MixerConfig::Moh(c) => Mixer::Moh(c.init(at, out_std, device)),
         }
     }
@@ -113,6 +133,8 @@ pub enum Mixer<B: Backend> {
     BaseConv(BaseConv<B>),
     Gla(Gla<B>),
     Transnormer(TransNormer<B>),
+    Rat(Rat<B>),
+    Aaren(Aaren<B>),
     Moh(Moh<B>),
 }
 
@@ -124,6 +146,8 @@ pub enum MixerState<B: Backend> {
     Conv(Tensor<B, 3>),
     Gla(GlaState<B>),
     Transnormer(TransNormerState<B>),
+    Rat(RatState<B>),
+    Aaren(AarenState<B>),
     Moh(MohState<B>),
 }
 
@@ -136,6 +160,8 @@ impl<B: Backend> MixerState<B> {
             MixerState::Conv(h) => h.shape().num_elements(),
             MixerState::Gla(s) => s.numel(),
             MixerState::Transnormer(s) => s.numel(),
+            MixerState::Rat(s) => s.numel(),
+            MixerState::Aaren(s) => s.numel(),
             MixerState::Moh(s) => s.numel(),
         }
     }
@@ -150,6 +176,8 @@ impl<B: Backend> Mixer<B> {
             Mixer::BaseConv(m) => m.forward(x),
             Mixer::Gla(m) => m.forward(x),
             Mixer::Transnormer(m) => m.forward(x),
+            Mixer::Rat(m) => m.forward(x),
+            Mixer::Aaren(m) => m.forward(x),
             Mixer::Moh(m) => m.forward(x),
         }
     }
@@ -178,6 +206,10 @@ impl<B: Backend> Mixer<B> {
             (Mixer::Transnormer(m), Some(MixerState::Transnormer(s))) => {
                 wrap(m.step(x, Some(s)), MixerState::Transnormer)
             }
+            (Mixer::Rat(m), None) => wrap(m.step(x, None), MixerState::Rat),
+            (Mixer::Rat(m), Some(MixerState::Rat(s))) => wrap(m.step(x, Some(s)), MixerState::Rat),
+            (Mixer::Aaren(m), None) => wrap(m.step(x, None), MixerState::Aaren),
+            (Mixer::Aaren(m), Some(MixerState::Aaren(s))) => wrap(m.step(x, Some(s)), MixerState::Aaren),
             (Mixer::Moh(m), None) => wrap(m.step(x, None), MixerState::Moh),
             (Mixer::Moh(m), Some(MixerState::Moh(s))) => wrap(m.step(x, Some(s)), MixerState::Moh),
             _ => panic!("mixer state does not match the mixer kind"),

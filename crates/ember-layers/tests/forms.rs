@@ -4,7 +4,9 @@ use burn::tensor::{Distribution, Tensor};
 use ember_layers::attention::AttentionConfig;
 use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
+use ember_layers::aaren::AarenConfig;
 use ember_layers::gla::GlaConfig;
+use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
 use ember_layers::transnormer::TransNormerConfig;
 use ember_layers::{LayerContext, Mixer, MixerConfig};
@@ -28,6 +30,8 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("base_conv", MixerConfig::BaseConv(BaseConvConfig::default())),
         ("gla", MixerConfig::Gla(GlaConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("transnormer", MixerConfig::Transnormer(TransNormerConfig { heads: 4, chunk_size: 16, ..Default::default() })),
+        ("rat", MixerConfig::Rat(RatConfig { head_dim: 8, chunk_size: 8, ..Default::default() })),
+        ("aaren", MixerConfig::Aaren(AarenConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("moh", MixerConfig::Moh(MohConfig { heads: 4, shared_heads: 2, top_k: 1, ..Default::default() })),
     ]
 }

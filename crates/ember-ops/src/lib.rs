@@ -6,11 +6,13 @@
 //! exists, and a `recurrent` form over an explicit state for generation. The forms compute the
 //! same function; the tests and `ember conformance` hold them to each other and to the fixtures.
 
+pub mod aaren;
 pub mod conv;
 pub mod gated_linear_attention;
 pub mod linear_attention;
 pub mod mask;
 pub mod precision;
+pub mod rat;
 pub mod rope;
 pub mod softmax_attention;
 pub mod taylor;
