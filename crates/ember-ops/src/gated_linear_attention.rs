@@ -167,8 +167,13 @@ fn causal_decay<B: Backend, const D: usize>(cum: Tensor<B, D>) -> Tensor<B, D> {
     mask_shape[D - 2] = l;
     mask_shape[D - 1] = l;
     let future = hidden_keys::<B>(l, l, 0, None, &cum.device()).reshape(mask_shape);
+    // `[.., L, 1]` → `[.., 1, L]` by a reshape, not a swap of the two dims: wgpu (Burn 0.21)
+    // computed the broadcast difference wrongly from the swapped view inside the chunked form.
+    let mut row_shape = cum.dims();
+    row_shape[D - 2] = 1;
+    row_shape[D - 1] = l;
     // −∞ before exp: the future entries (positive exponents) never reach `exp`.
-    (cum.clone() - cum.swap_dims(D - 2, D - 1)).mask_fill(future, f32::NEG_INFINITY).exp()
+    (cum.clone() - cum.reshape(row_shape)).mask_fill(future, f32::NEG_INFINITY).exp()
 }
 
 /// [`parallel`] for a per-head log decay `g: [B, T, H]`: `O = ((Q Kᵀ) ⊙ D) V` with
@@ -211,12 +216,16 @@ pub fn chunked_per_head<B: Backend>(
     let dv = v.dims()[3];
     let n = t.div_ceil(chunk);
     let [q, k, v] = [q, k, v].map(to_f32);
-    let g = to_f32(g).unsqueeze_dim::<4>(3); // [B, T, H, 1]
     let mut state = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     // Padding as in `chunked`: zero keys add nothing, zero log decay keeps the state.
     let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
-    let (q, k, v, g) = (split(q, dk), split(k, dk), split(v, dv), split(g, 1));
-    let cum = g.clone().cumsum(3); // [B, H, N, C, 1], from each chunk's start, inclusive
+    let (q, k, v) = (split(q, dk), split(k, dk), split(v, dv));
+    // The decay is summed over `[B, H, N, C]` and only then given its unit channel dim: wgpu
+    // (Burn 0.21) got the chunked cumsum wrong on a `[.., C, 1]` tensor.
+    let g = to_f32(g).swap_dims(1, 2); // [B, H, T]
+    let g = Tensor::cat(vec![g.clone(), Tensor::zeros([b, h, n * chunk - t], &g.device())], 2).reshape([b, h, n, chunk]);
+    let cum = g.clone().cumsum(3).unsqueeze_dim::<5>(4); // [B, H, N, C, 1], from each chunk's start
+    let g = g.unsqueeze_dim::<5>(4);
     let scores = q.clone().matmul(k.clone().swap_dims(3, 4)) * causal_decay(cum.clone());
     let intra = scores.matmul(v.clone());
     let total = g.sum_dim(3); // [B, H, N, 1, 1]
