@@ -43,7 +43,11 @@ fn a_tiny_point_times_every_mixer_and_every_op() {
             "linear_attention parallel",
             "linear_attention chunked",
             "based_taylor parallel",
-            "based_taylor chunked"
+            "based_taylor chunked",
+            "gla parallel",
+            "gla chunked",
+            "decay_per_head parallel",
+            "decay_per_head chunked",
         ]
     );
     assert_timed(&ops);

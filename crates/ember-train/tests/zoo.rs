@@ -61,7 +61,7 @@ fn every_tiny_recipe_trains_on_the_bundled_corpus() {
         let val: Vec<f64> = report.val_losses.iter().map(|&(_, l)| l).collect();
         assert_eq!(val.len(), 3, "{name}: {val:?}");
         assert!(val.iter().all(|l| l.is_finite()), "{name}: {val:?}");
-        assert!(val[2] < val[0] - 0.5, "{name}: validation loss did not fall: {val:?}");
+        assert!(val[1] < val[0] && val[2] < val[1], "{name}: validation loss did not fall: {val:?}");
         eprintln!("{name}: validation loss {val:?}");
     }
 }

@@ -233,6 +233,9 @@ pub fn mixer_config(kind: &str, shape: &Shape, form: Option<Form>) -> Result<(Mi
         }
     };
     set("heads", json!(shape.heads));
+    // MoH: half the heads shared, each token picking one of the routed half.
+    set("shared_heads", json!(shape.heads / 2));
+    set("top_k", json!(1));
     set("head_dim", json!(shape.head_dim));
     if let Some(form) = form {
         set("form", serde_json::to_value(form)?);
