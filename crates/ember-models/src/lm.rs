@@ -15,8 +15,14 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    /// Mixer used by every layer not listed in `at`.
+    /// Mixer used by every layer not listed in `at` (when there is no `pattern`).
+    #[serde(default)]
     pub default: String,
+    /// Mixer names repeated over the depth: layer `l` uses `pattern[l % len]` unless `at` lists
+    /// it. Makes a hybrid schedule independent of `n_layers` (BASED's conv/linear/swa
+    /// interleaving at any depth). Replaces `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<Vec<String>>,
     /// Mixer name → 0-based layer indices that use it.
     #[serde(default)]
     pub at: BTreeMap<String, Vec<usize>>,
@@ -82,7 +88,10 @@ impl LmConfig {
 
     /// The mixer name of every layer. Call after `validate`.
     pub fn layer_mixers(&self) -> Vec<&str> {
-        let mut names = vec![self.schedule.default.as_str(); self.n_layers];
+        let mut names: Vec<&str> = match &self.schedule.pattern {
+            Some(p) if !p.is_empty() => (0..self.n_layers).map(|l| p[l % p.len()].as_str()).collect(),
+            _ => vec![self.schedule.default.as_str(); self.n_layers],
+        };
         for (name, layers) in &self.schedule.at {
             for &l in layers {
                 if l < self.n_layers {
@@ -118,11 +127,26 @@ impl LmConfig {
         }
         let known = |name: &str| self.mixers.contains_key(name);
         let names = || self.mixers.keys().cloned().collect::<Vec<_>>().join(", ");
-        if !known(&self.schedule.default) {
-            return err(
-                "model.schedule.default",
-                format!("no mixer named {:?} in [model.mixers] (defined: {})", self.schedule.default, names()),
-            );
+        match (&self.schedule.pattern, self.schedule.default.is_empty()) {
+            (Some(_), false) => {
+                return err("model.schedule.default", "give either default or pattern, not both".into());
+            }
+            (Some(pattern), true) => {
+                if pattern.is_empty() {
+                    return err("model.schedule.pattern", "must name at least one mixer".into());
+                }
+                if let Some(bad) = pattern.iter().find(|n| !known(n)) {
+                    return err("model.schedule.pattern", format!("no mixer named {bad:?} in [model.mixers] (defined: {})", names()));
+                }
+            }
+            (None, true) => return err("model.schedule.default", "required (or model.schedule.pattern)".into()),
+            (None, false) if !known(&self.schedule.default) => {
+                return err(
+                    "model.schedule.default",
+                    format!("no mixer named {:?} in [model.mixers] (defined: {})", self.schedule.default, names()),
+                );
+            }
+            (None, false) => {}
         }
         let mut seen = BTreeMap::new();
         for (name, layers) in &self.schedule.at {
@@ -206,13 +230,14 @@ impl LmConfig {
         type Host = burn::backend::NdArray<f32>;
         static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let host_device = Default::default();
-        let host: Lm<Host> = {
-            let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            Host::seed(&host_device, seed);
-            let model = self.init(&host_device);
-            model.visit(&mut Materialize);
-            model
-        };
+        // The whole of it holds the lock: building the device model draws from its backend's
+        // generator too (eager `Tensor::random`, and `Param::consume` materialising lazy values),
+        // and on ndarray that is the host's generator, which another thread's init must not
+        // advance between this one's seed and its draws.
+        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Host::seed(&host_device, seed);
+        let host: Lm<Host> = self.init(&host_device);
+        host.visit(&mut Materialize);
         let mut values = CollectValues(Vec::new());
         host.visit(&mut values);
         self.init::<B>(device).map(&mut ReplaceValues(values.0.into_iter()))

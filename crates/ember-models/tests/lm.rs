@@ -110,6 +110,28 @@ fn schedule_places_each_mixer() {
 }
 
 #[test]
+fn a_pattern_repeats_over_the_depth() {
+    let mut config = config();
+    config.schedule.default.clear();
+    config.schedule.at.clear();
+    config.schedule.pattern = Some(vec!["conv".into(), "lin".into(), "swa".into()]);
+    config.n_layers = 7;
+    config.validate().unwrap();
+    assert_eq!(config.layer_mixers(), vec!["conv", "lin", "swa", "conv", "lin", "swa", "conv"]);
+    config.schedule.at.insert("lin".into(), vec![6]);
+    assert_eq!(config.layer_mixers()[6], "lin");
+    let mut both = config.clone();
+    both.schedule.default = "conv".into();
+    assert_eq!(both.validate().unwrap_err().0, "model.schedule.default");
+    let mut unknown = config.clone();
+    unknown.schedule.pattern = Some(vec!["conv".into(), "nope".into()]);
+    assert_eq!(unknown.validate().unwrap_err().0, "model.schedule.pattern");
+    let mut neither = config;
+    neither.schedule.pattern = None;
+    assert_eq!(neither.validate().unwrap_err().0, "model.schedule.default");
+}
+
+#[test]
 fn the_same_seed_gives_the_same_weights() {
     let config = config();
     let weights = |m: &ember_models::Lm<B>| -> Vec<f32> {
