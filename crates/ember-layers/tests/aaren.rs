@@ -1,11 +1,15 @@
 //! The Aaren layer (LAYERS.md §7): every form equals an explicit per-head softmax of the learned
 //! query over each prefix; decoding equals the forward and carries a constant-size state; causal.
+mod common;
+
 use burn::backend::NdArray;
-use burn::tensor::{activation::softmax, Distribution, Tensor};
+use burn::tensor::{activation::softmax, Tensor};
 use ember_layers::aaren::{Aaren, AarenConfig};
 use ember_layers::LayerContext;
 use ember_ops::mask::hidden_keys;
 use ember_ops::Form;
+
+use common::{assert_causal, in_pieces, rel_err, stepwise};
 
 type B = NdArray<f32>;
 const D: usize = 32;
@@ -18,13 +22,7 @@ fn layer(form: Form, chunk_size: usize) -> Aaren<B> {
 }
 
 fn input(t: usize, seed: u64) -> Tensor<B, 3> {
-    <B as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
-    Tensor::random([2, t, D], Distribution::Normal(0.0, 1.0), &Default::default())
-}
-
-fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
-    let diff = (a - b.clone()).powi_scalar(2).sum().sqrt().into_scalar();
-    diff / b.powi_scalar(2).sum().sqrt().into_scalar()
+    common::input(2, t, D, seed)
 }
 
 /// Head h at token t: softmax over s ≤ t of `q_h · k_{s,h} / √d_head`, times the values.
@@ -40,17 +38,6 @@ fn explicit(layer: &Aaren<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     layer.out.forward(probs.matmul(v).swap_dims(1, 2).reshape([b, t, D]))
 }
 
-fn tokens(layer: &Aaren<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let mut state = None;
-    let mut ys = Vec::new();
-    for i in 0..x.dims()[1] {
-        let (y, s) = layer.step(x.clone().narrow(1, i, 1), state);
-        ys.push(y);
-        state = Some(s);
-    }
-    Tensor::cat(ys, 1)
-}
-
 #[test]
 fn every_form_equals_the_explicit_softmax() {
     for (form, chunk) in [(Form::Parallel, 64), (Form::Chunked, 1), (Form::Chunked, 5), (Form::Chunked, 16), (Form::Chunked, 64)] {
@@ -62,7 +49,7 @@ fn every_form_equals_the_explicit_softmax() {
             assert!(err <= 1e-4, "{form} C={chunk} T={t}: forward rel err {err}");
             let err = rel_err(layer.forward_with(x.clone(), Form::Recurrent), expected.clone());
             assert!(err <= 1e-4, "{form} C={chunk} T={t}: recurrent rel err {err}");
-            let err = rel_err(tokens(&layer, x), expected);
+            let err = rel_err(stepwise(x, |x, s| layer.step(x, s)), expected);
             assert!(err <= 1e-4, "{form} C={chunk} T={t}: step rel err {err}");
         }
     }
@@ -77,18 +64,12 @@ fn state_carries_across_calls_and_stays_constant_in_size() {
         let x = input(t, 9);
         let full = layer.forward(x.clone());
         for cuts in [vec![1], vec![8], vec![13], vec![39], vec![5, 6, 30]] {
-            let mut bounds = vec![0];
-            bounds.extend(&cuts);
-            bounds.push(t);
-            let mut state = None;
-            let mut ys = Vec::new();
-            for w in bounds.windows(2) {
-                let (y, s) = layer.step(x.clone().narrow(1, w[0], w[1] - w[0]), state);
-                assert_eq!(s.numel(), 2 * config.state_size(D, w[1]));
-                ys.push(y);
-                state = Some(s);
-            }
-            let err = rel_err(Tensor::cat(ys, 1), full.clone());
+            let (y, _) = in_pieces(x.clone(), &cuts, |x, state, span| {
+                let (y, s) = layer.step(x, state);
+                assert_eq!(s.numel(), 2 * config.state_size(D, span.end));
+                (y, s)
+            });
+            let err = rel_err(y, full.clone());
             assert!(err <= 1e-4, "{form} cuts {cuts:?}: rel err {err}");
         }
     }
@@ -99,18 +80,7 @@ fn is_causal() {
     let t = 30;
     for form in [Form::Chunked, Form::Parallel, Form::Recurrent] {
         let layer = layer(Form::Chunked, 8);
-        let x = input(t, 11);
-        let y = layer.forward_with(x.clone(), form).into_data().to_vec::<f32>().unwrap();
-        for changed in [0, 8, 17, 29] {
-            let bump = x.clone().narrow(1, changed, 1) + 2.0;
-            let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], bump);
-            let y2 = layer.forward_with(x2, form).into_data().to_vec::<f32>().unwrap();
-            for b in 0..2 {
-                let rows = |v: &Vec<f32>, from: usize, to: usize| v[(b * t + from) * D..(b * t + to) * D].to_vec();
-                assert!(rows(&y, 0, changed) == rows(&y2, 0, changed), "{form}: token {changed} changed earlier outputs");
-                assert!(rows(&y, changed, changed + 1) != rows(&y2, changed, changed + 1), "{form}: token {changed} did not change its own output");
-            }
-        }
+        assert_causal(input(t, 11), &[0, 8, 17, 29], 2.0, |x| layer.forward_with(x, form), &form.to_string());
     }
 }
 

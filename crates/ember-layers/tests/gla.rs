@@ -1,27 +1,24 @@
 //! GLA (LAYERS.md §2): the forms agree, the layer is causal and carries its state, and the
 //! gate and its limits behave as §2.2 / §2.8 / A.2 say.
+mod common;
+
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, ElementConversion, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use ember_layers::gla::{Gla, GlaConfig};
 use ember_layers::init::linear;
 use ember_layers::LayerContext;
 use ember_ops::{gated_linear_attention as gla_op, linear_attention, Form};
 
+use common::{assert_causal, rel_err, stepwise};
+
 type B = NdArray<f32>;
 type AD = Autodiff<NdArray<f32>>;
 const D: usize = 32;
 
-fn rel_err<Bk: Backend, const N: usize>(a: Tensor<Bk, N>, b: Tensor<Bk, N>) -> f32 {
-    let diff: f32 = (a - b.clone()).powi_scalar(2).sum().sqrt().into_scalar().elem();
-    let norm: f32 = b.powi_scalar(2).sum().sqrt().into_scalar().elem();
-    diff / norm
-}
-
 fn input<Bk: Backend>(t: usize, seed: u64) -> Tensor<Bk, 3> {
-    Bk::seed(&Default::default(), seed);
-    Tensor::random([2, t, D], Distribution::Normal(0.0, 1.0), &Default::default())
+    common::input(2, t, D, seed)
 }
 
 /// A layer whose gates vary from token to token and channel to channel: the default init puts
@@ -33,18 +30,6 @@ fn layer<Bk: Backend>(config: &GlaConfig) -> Gla<Bk> {
     layer.decay_down = linear(D, config.gate_low_rank, false, 0.5, &device);
     layer.decay_up = linear(config.gate_low_rank, config.key_dim(D), true, 0.5, &device);
     layer
-}
-
-/// Token-by-token generation through `step`.
-fn stepwise<Bk: Backend>(layer: &Gla<Bk>, x: Tensor<Bk, 3>) -> Tensor<Bk, 3> {
-    let mut state = None;
-    let mut ys = Vec::new();
-    for i in 0..x.dims()[1] {
-        let (y, s) = layer.step(x.clone().narrow(1, i, 1), state);
-        ys.push(y);
-        state = Some(s);
-    }
-    Tensor::cat(ys, 1)
 }
 
 #[test]
@@ -62,7 +47,7 @@ fn parallel_chunked_recurrent_and_step_agree() {
                 let r = layer.forward_with(x.clone(), Form::Recurrent);
                 assert!(rel_err(c, p.clone()) <= 1e-4, "τ={normalizer} T={t} C={chunk}: chunked vs parallel");
                 assert!(rel_err(r, p.clone()) <= 1e-4, "τ={normalizer} T={t} C={chunk}: recurrent vs parallel");
-                assert!(rel_err(stepwise(&layer, x.clone()), p) <= 1e-4, "τ={normalizer} T={t} C={chunk}: step");
+                assert!(rel_err(stepwise(x.clone(), |x, s| layer.step(x, s)), p) <= 1e-4, "τ={normalizer} T={t} C={chunk}: step");
             }
         }
     }
@@ -76,7 +61,7 @@ fn output_gate_off_and_gate_clamp_keep_the_forms_equal() {
     let x = input::<B>(30, 4);
     let p = layer.forward_with(x.clone(), Form::Parallel);
     assert!(rel_err(layer.forward(x.clone()), p.clone()) <= 1e-4);
-    assert!(rel_err(stepwise(&layer, x), p) <= 1e-4);
+    assert!(rel_err(stepwise(x, |x, s| layer.step(x, s)), p) <= 1e-4);
 }
 
 #[test]
@@ -84,19 +69,7 @@ fn layer_is_causal_in_both_training_forms() {
     let t = 40;
     for form in [Form::Parallel, Form::Chunked] {
         let layer = layer::<B>(&GlaConfig { chunk_size: 16, ..Default::default() });
-        let x = input::<B>(t, 3);
-        let y = layer.forward_with(x.clone(), form).into_data().to_vec::<f32>().unwrap();
-        for changed in [0, 15, 16, 39] {
-            let bump = Tensor::<B, 3>::ones([2, 1, D], &Default::default()) * 3.0;
-            let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], x.clone().narrow(1, changed, 1) + bump);
-            let y2 = layer.forward_with(x2, form).into_data().to_vec::<f32>().unwrap();
-            for b in 0..2 {
-                let before = |v: &Vec<f32>| v[b * t * D..(b * t + changed) * D].to_vec();
-                assert!(before(&y) == before(&y2), "{form}: token {changed} changed earlier outputs");
-                let at = |v: &Vec<f32>| v[(b * t + changed) * D..(b * t + changed + 1) * D].to_vec();
-                assert!(at(&y) != at(&y2), "{form}: token {changed} did not change its own output");
-            }
-        }
+        assert_causal(input::<B>(t, 3), &[0, 15, 16, 39], 3.0, |x| layer.forward_with(x, form), &form.to_string());
     }
 }
 

@@ -1,36 +1,20 @@
 //! Mixture-of-Head attention (LAYERS.md §8): router gates, load-balance loss, the dense and
 //! sparse training paths, and decoding.
+mod common;
+
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use ember_layers::attention::AttentionConfig;
 use ember_layers::moh::{Moh, MohConfig};
 use ember_layers::LayerContext;
 
+use common::{assert_causal, host_rel_err, in_pieces, random, stepwise, to_vec, vec_rel_err};
+
 type B = NdArray<f32>;
 type AD = Autodiff<B>;
 const D: usize = 32;
-
-fn rel_err<Bk: Backend, const N: usize>(a: Tensor<Bk, N>, b: Tensor<Bk, N>) -> f32 {
-    vec_rel_err(&to_vec(a), &to_vec(b))
-}
-
-fn vec_rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
-    let norm: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
-    diff / norm.max(1e-30)
-}
-
-fn to_vec<Bk: Backend, const N: usize>(x: Tensor<Bk, N>) -> Vec<f32> {
-    x.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-fn random<Bk: Backend, const N: usize>(shape: [usize; N], std: f64, seed: u64) -> Tensor<Bk, N> {
-    Bk::seed(&Default::default(), seed);
-    Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
-}
 
 fn config(heads: usize, shared_heads: usize, top_k: usize) -> MohConfig {
     MohConfig { heads, shared_heads, top_k, ..Default::default() }
@@ -84,7 +68,7 @@ fn zero_router_opens_shared_and_first_routed_heads_with_gate_one() {
     }
     let mha = restricted_mha(&moh, &[0, 1, 2, 3, 4, 5]).forward(x.clone());
     for sparse in [false, true] {
-        let err = rel_err(moh.forward_aux_with(x.clone(), sparse).0, mha.clone());
+        let err = host_rel_err(moh.forward_aux_with(x.clone(), sparse).0, mha.clone());
         assert!(err <= 1e-4, "sparse={sparse}: MoH vs restricted MHA rel err {err}");
     }
     // With K = h − h_s every head is on: plain MHA.
@@ -92,7 +76,7 @@ fn zero_router_opens_shared_and_first_routed_heads_with_gate_one() {
     let mha = restricted_mha(&moh, &(0..8).collect::<Vec<_>>()).forward(x.clone());
     assert!(to_vec(moh.routing(x.clone()).gates).iter().all(|&g| g == 1.0));
     for sparse in [false, true] {
-        let err = rel_err(moh.forward_aux_with(x.clone(), sparse).0, mha.clone());
+        let err = host_rel_err(moh.forward_aux_with(x.clone(), sparse).0, mha.clone());
         assert!(err <= 1e-4, "sparse={sparse}: MoH (K = h − h_s) vs MHA rel err {err}");
     }
     // h_s = 0 (no stage weights) and h_s = 1 (shared gate fixed to 1) keep gates at 1 too.
@@ -290,17 +274,6 @@ fn dense_and_sparse_paths_agree_in_values_and_gradients() {
     }
 }
 
-fn token_by_token(moh: &Moh<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let mut state = None;
-    let mut ys = Vec::new();
-    for i in 0..x.dims()[1] {
-        let (y, s) = moh.step(x.clone().narrow(1, i, 1), state);
-        ys.push(y);
-        state = Some(s);
-    }
-    Tensor::cat(ys, 1)
-}
-
 #[test]
 fn decoding_prefill_and_state_carry_match_the_forward() {
     for (h, hs, k) in [(8, 4, 2), (8, 0, 3), (4, 4, 0)] {
@@ -311,20 +284,17 @@ fn decoding_prefill_and_state_carry_match_the_forward() {
                 let tag = format!("h={h} h_s={hs} K={k} skip={skip} T={t}");
                 let x = random::<B, 3>([2, t, D], 1.0, 22 + t as u64);
                 let full = moh.forward(x.clone());
-                let err = rel_err(token_by_token(&moh, x.clone()), full.clone());
+                let err = host_rel_err(stepwise(x.clone(), |x, s| moh.step(x, s)), full.clone());
                 assert!(err <= 1e-4, "{tag}: recurrent vs forward rel err {err}");
                 if t > 1 {
                     // Prefill then one token; and a‖b with a multi-token b after a's state.
-                    let (head, s) = moh.step(x.clone().narrow(1, 0, t - 1), None);
-                    let (tail, s) = moh.step(x.clone().narrow(1, t - 1, 1), Some(s));
+                    let (y, s) = in_pieces(x.clone(), &[t - 1], |x, s, _| moh.step(x, s));
                     assert_eq!(s.position, t);
                     assert_eq!(s.numel(), cfg.state_size(D, t) * 2, "{tag}: state size (batch 2)");
-                    let err = rel_err(Tensor::cat(vec![head, tail], 1), full.clone());
+                    let err = host_rel_err(y, full.clone());
                     assert!(err <= 1e-4, "{tag}: prefill+step rel err {err}");
-                    let split = t / 3 + 1;
-                    let (a, s) = moh.step(x.clone().narrow(1, 0, split), None);
-                    let (b, _) = moh.step(x.clone().narrow(1, split, t - split), Some(s));
-                    let err = rel_err(Tensor::cat(vec![a, b], 1), full);
+                    let (y, _) = in_pieces(x.clone(), &[t / 3 + 1], |x, s, _| moh.step(x, s));
+                    let err = host_rel_err(y, full);
                     assert!(err <= 1e-4, "{tag}: a‖b state carry rel err {err}");
                 }
             }
@@ -339,19 +309,7 @@ fn moh_is_causal() {
         let cfg = MohConfig { skip_unselected: skip, ..config(8, 4, 2) };
         let moh = set_router(layer::<B>(&cfg, 30), 0.5, 31);
         let x = random::<B, 3>([2, t, D], 1.0, 32);
-        let y = to_vec(moh.forward(x.clone()));
-        for changed in [0, 17, 33, 39] {
-            let bump = Tensor::<B, 3>::ones([2, 1, D], &Default::default()) * 3.0;
-            let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], x.clone().narrow(1, changed, 1) + bump);
-            let y2 = to_vec(moh.forward(x2));
-            for b in 0..2 {
-                let rows = |v: &Vec<f32>, from: usize, to: usize| v[(b * t + from) * D..(b * t + to) * D].to_vec();
-                let (a, b2) = (rows(&y, 0, changed), rows(&y2, 0, changed));
-                let md = a.iter().zip(&b2).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-                assert!(a == b2, "skip={skip}: token {changed} changed earlier outputs by {md}");
-                assert!(rows(&y, changed, changed + 1) != rows(&y2, changed, changed + 1), "skip={skip}: token {changed} ignored");
-            }
-        }
+        assert_causal(x, &[0, 17, 33, 39], 3.0, |x| moh.forward(x), &format!("skip={skip}"));
     }
 }
 

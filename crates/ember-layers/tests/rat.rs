@@ -2,11 +2,15 @@
 //! is causal, reduces to a gated RNN at L = T and to softmax attention at L = 1, equals the
 //! reference code's inter/intra log-sum-exp merge, sees the previous chunk only through its
 //! cache entry, and initialises its forget gates in the A.4 ranges.
+mod common;
+
 use burn::backend::NdArray;
-use burn::tensor::{activation::{sigmoid, softmax}, Distribution, Tensor};
+use burn::tensor::{activation::{sigmoid, softmax}, Tensor};
 use ember_layers::rat::{Rat, RatConfig, RatInputs};
 use ember_layers::LayerContext;
 use ember_ops::{rat, rope, softmax_attention, Form};
+
+use common::{assert_causal, bumped, in_pieces, rel_err, stepwise};
 
 type B = NdArray<f32>;
 const D: usize = 32;
@@ -21,24 +25,7 @@ fn layer(chunk_size: usize) -> Rat<B> {
 }
 
 fn input(t: usize, seed: u64) -> Tensor<B, 3> {
-    <B as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
-    Tensor::random([2, t, D], Distribution::Normal(0.0, 1.0), &Default::default())
-}
-
-fn rel_err<const N: usize>(a: Tensor<B, N>, b: Tensor<B, N>) -> f32 {
-    let diff = (a - b.clone()).powi_scalar(2).sum().sqrt().into_scalar();
-    diff / b.powi_scalar(2).sum().sqrt().into_scalar()
-}
-
-fn tokens(layer: &Rat<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let mut state = None;
-    let mut ys = Vec::new();
-    for i in 0..x.dims()[1] {
-        let (y, s) = layer.step(x.clone().narrow(1, i, 1), state);
-        ys.push(y);
-        state = Some(s);
-    }
-    Tensor::cat(ys, 1)
+    common::input(2, t, D, seed)
 }
 
 /// The gated recurrence written as a plain loop over tokens, reset every `chunk` tokens.
@@ -75,14 +62,13 @@ fn parallel_equals_token_by_token_step() {
         for t in [1, 7, 64, 65] {
             let x = input(t, 10 + t as u64);
             let parallel = layer.forward(x.clone());
-            let err = rel_err(tokens(&layer, x.clone()), parallel.clone());
+            let err = rel_err(stepwise(x.clone(), |x, s| layer.step(x, s)), parallel.clone());
             assert!(err <= 1e-4, "L={chunk} T={t}: step vs forward rel err {err}");
             let err = rel_err(layer.forward_with(x.clone(), Form::Recurrent), parallel.clone());
             assert!(err <= 1e-4, "L={chunk} T={t}: recurrent form rel err {err}");
             if t > 1 {
-                let (head, s) = layer.step(x.clone().narrow(1, 0, t - 1), None);
-                let (tail, _) = layer.step(x.clone().narrow(1, t - 1, 1), Some(s));
-                let err = rel_err(Tensor::cat(vec![head, tail], 1), parallel);
+                let (y, _) = in_pieces(x.clone(), &[t - 1], |x, s, _| layer.step(x, s));
+                let err = rel_err(y, parallel);
                 assert!(err <= 1e-4, "L={chunk} T={t}: prefill + step rel err {err}");
             }
         }
@@ -98,18 +84,12 @@ fn state_carries_across_calls_at_any_offset() {
     let full = layer.forward(x.clone());
     // Splits inside a chunk, on a boundary, and three-way splits with a prompt in the middle.
     for cuts in [vec![1], vec![5], vec![8], vec![13], vec![16], vec![39], vec![3, 21], vec![8, 9, 30]] {
-        let mut bounds = vec![0];
-        bounds.extend(&cuts);
-        bounds.push(t);
-        let mut state = None;
-        let mut ys = Vec::new();
-        for w in bounds.windows(2) {
-            let (y, s) = layer.step(x.clone().narrow(1, w[0], w[1] - w[0]), state);
-            assert_eq!(s.numel(), 2 * config.state_size(D, w[1]), "state size after {} tokens", w[1]);
-            ys.push(y);
-            state = Some(s);
-        }
-        let err = rel_err(Tensor::cat(ys, 1), full.clone());
+        let (y, _) = in_pieces(x.clone(), &cuts, |x, state, span| {
+            let (y, s) = layer.step(x, state);
+            assert_eq!(s.numel(), 2 * config.state_size(D, span.end), "state size after {} tokens", span.end);
+            (y, s)
+        });
+        let err = rel_err(y, full.clone());
         assert!(err <= 1e-4, "cuts {cuts:?}: rel err {err}");
     }
 }
@@ -118,18 +98,7 @@ fn state_carries_across_calls_at_any_offset() {
 fn is_causal() {
     let (chunk, t) = (8, 40);
     let layer = layer(chunk);
-    let x = input(t, 4);
-    let y = layer.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
-    for changed in [0, 7, 8, 21, 39] {
-        let bump = x.clone().narrow(1, changed, 1) + 2.0;
-        let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], bump);
-        let y2 = layer.forward(x2).into_data().to_vec::<f32>().unwrap();
-        for b in 0..2 {
-            let rows = |v: &Vec<f32>, from: usize, to: usize| v[(b * t + from) * D..(b * t + to) * D].to_vec();
-            assert!(rows(&y, 0, changed) == rows(&y2, 0, changed), "token {changed} changed earlier outputs");
-            assert!(rows(&y, changed, changed + 1) != rows(&y2, changed, changed + 1), "token {changed} did not change its own output");
-        }
-    }
+    assert_causal(input(t, 4), &[0, 7, 8, 21, 39], 2.0, |x| layer.forward(x), &format!("L={chunk}"));
 }
 
 #[test]
@@ -214,8 +183,7 @@ fn the_previous_chunk_is_seen_only_through_its_cache_entry() {
     let y = layer.forward(x.clone());
     for changed in [15, 10] {
         // Token 15 ends chunk 1; token 10 does not, yet reaches its final state through the gates.
-        let bump = x.clone().narrow(1, changed, 1) + 2.0;
-        let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], bump);
+        let x2 = bumped(x.clone(), changed, 2.0);
         let y2 = layer.forward(x2.clone());
         for i in 16..24 {
             let row = |y: &Tensor<B, 3>| y.clone().narrow(1, i, 1).into_data();

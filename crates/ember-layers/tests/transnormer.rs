@@ -1,43 +1,29 @@
 //! TransNormerLLM's token mixer and the per-head (Lightning-2) decay op (LAYERS.md §3): forms
 //! agree, causality, state carry with LRPE positions, and the §3.6 / A.3 sanity checks.
+mod common;
+
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, ElementConversion, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use ember_layers::transnormer::{alibi_slopes, lrpe, DecaySchedule, LrpeLayers, TransNormer, TransNormerConfig};
 use ember_layers::LayerContext;
 use ember_ops::{gated_linear_attention as op, Form};
+
+use common::{assert_causal, rel_err, stepwise};
 
 type B = NdArray<f32>;
 type AD = Autodiff<NdArray<f32>>;
 const D: usize = 32;
 
-fn rel_err<Bk: Backend, const N: usize>(a: Tensor<Bk, N>, b: Tensor<Bk, N>) -> f32 {
-    let diff: f32 = (a - b.clone()).powi_scalar(2).sum().sqrt().into_scalar().elem();
-    let norm: f32 = b.powi_scalar(2).sum().sqrt().into_scalar().elem();
-    diff / norm
-}
-
 fn input(t: usize, seed: u64) -> Tensor<B, 3> {
-    B::seed(&Default::default(), seed);
-    Tensor::random([2, t, D], Distribution::Normal(0.0, 1.0), &Default::default())
+    common::input(2, t, D, seed)
 }
 
 /// Layer `layer` of `n_layers`; the test width gives 4 heads of 8 channels.
 fn layer(config: &TransNormerConfig, layer: usize, n_layers: usize) -> TransNormer<B> {
     B::seed(&Default::default(), 2);
     config.init::<B>(LayerContext { d_model: D, layer, n_layers }, 0.1, &Default::default())
-}
-
-fn stepwise(layer: &TransNormer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let mut state = None;
-    let mut ys = Vec::new();
-    for i in 0..x.dims()[1] {
-        let (y, s) = layer.step(x.clone().narrow(1, i, 1), state);
-        ys.push(y);
-        state = Some(s);
-    }
-    Tensor::cat(ys, 1)
 }
 
 /// Configurations covering LRPE on and off and both decay schedules (layer, of layers).
@@ -64,7 +50,7 @@ fn parallel_chunked_recurrent_and_step_agree() {
                 let r = layer.forward_with(x.clone(), Form::Recurrent);
                 assert!(rel_err(c, p.clone()) <= 1e-4, "{name} T={t} C={chunk}: chunked vs parallel");
                 assert!(rel_err(r, p.clone()) <= 1e-4, "{name} T={t} C={chunk}: recurrent vs parallel");
-                assert!(rel_err(stepwise(&layer, x.clone()), p) <= 1e-4, "{name} T={t} C={chunk}: step");
+                assert!(rel_err(stepwise(x.clone(), |x, s| layer.step(x, s)), p) <= 1e-4, "{name} T={t} C={chunk}: step");
             }
         }
     }
@@ -75,19 +61,7 @@ fn layer_is_causal_in_both_training_forms() {
     let t = 40;
     for form in [Form::Parallel, Form::Chunked] {
         let layer = layer(&TransNormerConfig { heads: 4, chunk_size: 16, ..Default::default() }, 0, 2);
-        let x = input(t, 3);
-        let y = layer.forward_with(x.clone(), form).into_data().to_vec::<f32>().unwrap();
-        for changed in [0, 15, 16, 39] {
-            let bump = Tensor::<B, 3>::ones([2, 1, D], &Default::default()) * 3.0;
-            let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], x.clone().narrow(1, changed, 1) + bump);
-            let y2 = layer.forward_with(x2, form).into_data().to_vec::<f32>().unwrap();
-            for b in 0..2 {
-                let before = |v: &Vec<f32>| v[b * t * D..(b * t + changed) * D].to_vec();
-                assert!(before(&y) == before(&y2), "{form}: token {changed} changed earlier outputs");
-                let at = |v: &Vec<f32>| v[(b * t + changed) * D..(b * t + changed + 1) * D].to_vec();
-                assert!(at(&y) != at(&y2), "{form}: token {changed} did not change its own output");
-            }
-        }
+        assert_causal(input(t, 3), &[0, 15, 16, 39], 3.0, |x| layer.forward_with(x, form), &form.to_string());
     }
 }
 
