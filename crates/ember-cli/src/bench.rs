@@ -48,6 +48,10 @@ pub struct OpsArgs {
     /// Training form to time where there is a choice; default each mixer's own.
     #[arg(long, value_parser = ["parallel", "chunked"])]
     pub form: Option<String>,
+    /// Set a key of every mixer config that has it, e.g. --mixer-set skip_unselected=false
+    /// (MoH's dense path) or --mixer-set chunk_size=128 (repeatable; TOML values).
+    #[arg(long = "mixer-set", value_name = "KEY=VALUE")]
+    pub mixer_sets: Vec<String>,
     /// Shape grid: cpu (B 2, T 256/512/1024, H 4, D 64) or fla (65,536 tokens per call,
     /// T 1K…32K, H 16, D 64); the options below replace parts of it.
     #[arg(long, default_value = "cpu")]
@@ -272,6 +276,7 @@ pub fn ops(args: OpsArgs) -> Result<()> {
             level: args.level,
             kinds: args.kinds.clone(),
             form,
+            mixer_sets: args.mixer_sets.iter().map(|s| parse_mixer_set(s)).collect::<Result<_>>()?,
             precision: args.dtype,
             warmup: args.warmup,
             reps: args.reps,
@@ -298,4 +303,11 @@ pub fn ops(args: OpsArgs) -> Result<()> {
         b::write_jsonl(path, &rows)?;
     }
     Ok(())
+}
+
+/// `KEY=VALUE` of `--mixer-set`, the value read as TOML (`false`, `128`, `"elu"`).
+fn parse_mixer_set(arg: &str) -> Result<(String, serde_json::Value)> {
+    let (key, value) = arg.split_once('=').with_context(|| format!("--mixer-set {arg:?}: expected KEY=VALUE"))?;
+    let table: toml::Table = format!("v = {value}").parse().with_context(|| format!("--mixer-set {arg:?}: {value:?} is not a TOML value"))?;
+    Ok((key.trim().to_string(), serde_json::to_value(&table["v"])?))
 }

@@ -1,6 +1,7 @@
 //! `ember`: train, sample, check and benchmark efficient sequence models from TOML recipes.
 mod backend;
 mod bench;
+mod eval;
 
 // Training allocates and frees tensors of tens of MB every step; glibc hands those back to the
 // OS and page-faults them in again each time, which mimalloc avoids (measured in BENCHMARKS.md).
@@ -46,6 +47,9 @@ enum Command {
     /// Measure speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Evaluate checkpoints on synthetic tasks.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 #[derive(Args)]
@@ -227,6 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Train(args)) => bench::train(args)?,
         Command::Bench(BenchCommand::Ops(args)) => bench::ops(args)?,
+        Command::Eval(command) => eval::run(command)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -262,17 +267,20 @@ fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(recipe: &Recipe, opts: &
     let report = trainer::train::<B>(recipe, opts, device)?;
     let last_loss = report.losses.last().map_or(f64::NAN, |l| l.1);
     println!("step {}/{}: train loss {last_loss:.4}", report.final_step, report.total_steps);
-    if let Some((step, val)) = report.val_losses.last() {
-        println!(
-            "validation loss {val:.4} (perplexity {:.1}) at step {step}; unigram entropy of the corpus {:.4}",
-            val.exp(),
-            report.unigram_entropy
-        );
+    if let (Some((step, val)), Some((_, accuracy))) = (report.val_losses.last(), report.val_accuracies.last()) {
+        let versus = match report.unigram_entropy {
+            Some(entropy) => format!("; unigram entropy of the corpus {entropy:.4}"),
+            None => String::new(),
+        };
+        println!("validation loss {val:.4} (perplexity {:.1}), accuracy {accuracy:.4} at step {step}{versus}", val.exp());
+    }
+    if report.stopped_early {
+        println!("stopped early: validation accuracy reached train.stop_accuracy");
     }
     println!("{:.0} tokens/s", report.tokens_per_sec);
     if let Some(ckpt) = &report.last_checkpoint {
         println!("checkpoint {}", ckpt.display());
-        if report.final_step == report.total_steps && recipe.log.samples > 0 {
+        if report.final_step == report.total_steps && recipe.log.samples > 0 && recipe.data.tokenizer.is_some() {
             let loaded = generate::load::<B::InnerBackend>(ckpt, device)?;
             for i in 0..recipe.log.samples {
                 let opts = SampleOptions { max_tokens: recipe.log.sample_tokens, seed: i as u64, ..Default::default() };

@@ -1,5 +1,5 @@
-//! Data pipeline for ember: tokenizers, prepared token shards and the packed,
-//! resumable training loader.
+//! Data pipeline for ember: tokenizers, prepared token shards, the packed, resumable training
+//! loader, and synthetic tasks ([`mqar`]).
 //!
 //! The flow is `text files -> prepare() -> shard-*.bin + manifest.json ->
 //! TokenShards::open() -> PackedLoader`. [`open_source`] does the first two steps
@@ -9,12 +9,14 @@
 mod cache;
 mod documents;
 mod loader;
+pub mod mqar;
 mod prepare;
 mod shards;
 mod tokenizer;
 
 pub use cache::{open_source, open_source_with};
-pub use loader::{Batch, LoaderState, PackedLoader, IGNORE};
+pub use loader::{Batch, LoaderState, PackedLoader, TrainLoader, IGNORE};
+pub use mqar::{mqar_batch, mqar_eval_batches, MqarLoader};
 pub use prepare::{
     prepare, Dtype, Manifest, PrepareOptions, ShardInfo, MANIFEST_FILE, MANIFEST_VERSION,
 };

@@ -11,6 +11,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::mqar::MqarLoader;
 use crate::shards::TokenShards;
 
 /// A target that contributes no loss (synthetic tasks such as MQAR label a few positions only).
@@ -35,6 +36,36 @@ pub struct LoaderState {
     pub seq_len: usize,
     pub batch_size: usize,
     pub num_windows: u64,
+}
+
+/// The training batches of a run: windows of a token stream, or examples of a synthetic task.
+pub enum TrainLoader {
+    Packed(PackedLoader),
+    Mqar(MqarLoader),
+}
+
+impl TrainLoader {
+    pub fn next_batch(&mut self) -> Batch {
+        match self {
+            TrainLoader::Packed(l) => l.next_batch(),
+            TrainLoader::Mqar(l) => l.next_batch(),
+        }
+    }
+
+    pub fn state(&self) -> LoaderState {
+        match self {
+            TrainLoader::Packed(l) => l.state(),
+            TrainLoader::Mqar(l) => l.state(),
+        }
+    }
+
+    /// Continues from `state` (see [`PackedLoader::restore`]).
+    pub fn restore(&mut self, state: &LoaderState) -> Result<()> {
+        match self {
+            TrainLoader::Packed(l) => l.restore(state),
+            TrainLoader::Mqar(l) => l.restore(state),
+        }
+    }
 }
 
 /// Endless training batches: each epoch visits every window once in an order fixed by
@@ -168,7 +199,7 @@ impl PackedLoader {
 }
 
 impl Batch {
-    fn empty(batch_size: usize, seq_len: usize) -> Self {
+    pub(crate) fn empty(batch_size: usize, seq_len: usize) -> Self {
         let n = batch_size * seq_len;
         Batch {
             inputs: Vec::with_capacity(n),
@@ -211,7 +242,7 @@ fn push_window(
 /// Fisher–Yates shuffle of `0..n` driven by ChaCha8 keyed by `seed`, on stream `epoch`.
 /// Only the raw ChaCha output is used (not `rand`'s range sampling, whose algorithm may
 /// change between releases), so saved loader states stay valid across dependency updates.
-fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+pub(crate) fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let mut rng = ChaCha8Rng::from_seed(key);
@@ -225,7 +256,7 @@ fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 /// Uniform integer in `0..n` (rejection sampling, no modulo bias).
-fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
+pub(crate) fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
     let rem = (u64::MAX % n + 1) % n; // 2^64 mod n
     loop {
         let x = rng.next_u64();

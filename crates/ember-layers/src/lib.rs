@@ -10,6 +10,7 @@ pub mod based;
 pub mod conv;
 pub mod gla;
 pub mod init;
+pub mod linear_attention;
 pub mod mixer;
 pub mod mlp;
 pub mod moh;

@@ -4,6 +4,7 @@ use crate::based::{TaylorAttention, TaylorAttentionConfig};
 use crate::conv::{BaseConv, BaseConvConfig};
 use crate::aaren::{Aaren, AarenConfig};
 use crate::gla::{Gla, GlaConfig, GlaState};
+use crate::linear_attention::{LinearAttention, LinearAttentionConfig};
 use crate::rat::{Rat, RatConfig};
 use ember_ops::aaren::AarenState;
 use ember_ops::rat::RatState;
@@ -24,6 +25,8 @@ pub enum MixerConfig {
     Attention(AttentionConfig),
     /// BASED's Taylor linear attention.
     BasedLinear(TaylorAttentionConfig),
+    /// Plain linear attention with a positive feature map (no decay).
+    LinearAttention(LinearAttentionConfig),
     /// BASED's gated short convolution.
     BaseConv(BaseConvConfig),
     /// Gated linear attention: data-dependent per-channel forget gate.
@@ -39,13 +42,14 @@ pub enum MixerConfig {
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "base_conv", "gla", "transnormer", "rat", "aaren", "moh"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             MixerConfig::Attention(_) => "attention",
             MixerConfig::BasedLinear(_) => "based_linear",
+            MixerConfig::LinearAttention(_) => "linear_attention",
             MixerConfig::BaseConv(_) => "base_conv",
             MixerConfig::Gla(_) => "gla",
             MixerConfig::Transnormer(_) => "transnormer",
@@ -59,6 +63,7 @@ impl MixerConfig {
         match self {
             MixerConfig::Attention(c) => c.validate(d_model),
             MixerConfig::BasedLinear(c) => c.validate(d_model),
+            MixerConfig::LinearAttention(c) => c.validate(d_model),
             MixerConfig::BaseConv(c) => c.validate(),
             MixerConfig::Gla(c) => c.validate(d_model),
             MixerConfig::Transnormer(c) => c.validate(d_model),
@@ -73,6 +78,7 @@ impl MixerConfig {
         match self {
             MixerConfig::Attention(c) => c.params(d_model),
             MixerConfig::BasedLinear(c) => c.params(d_model),
+            MixerConfig::LinearAttention(c) => c.params(d_model),
             MixerConfig::BaseConv(c) => c.params(d_model),
             MixerConfig::Gla(c) => c.params(d_model),
             MixerConfig::Transnormer(c) => c.params_at(at),
@@ -88,6 +94,7 @@ impl MixerConfig {
         match self {
             MixerConfig::Attention(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::BasedLinear(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::LinearAttention(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::BaseConv(c) => c.flops_per_token(d_model),
             MixerConfig::Gla(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Transnormer(c) => c.flops_per_token_at(at, seq_len),
@@ -103,6 +110,7 @@ impl MixerConfig {
         match self {
             MixerConfig::Attention(c) => c.state_size(d_model, seq_len),
             MixerConfig::BasedLinear(c) => c.state_size(d_model),
+            MixerConfig::LinearAttention(c) => c.state_size(d_model),
             MixerConfig::BaseConv(c) => c.state_size(d_model),
             MixerConfig::Gla(c) => c.state_size(d_model, seq_len),
             MixerConfig::Transnormer(c) => c.state_size_at(at),
@@ -116,6 +124,7 @@ impl MixerConfig {
         match self {
             MixerConfig::Attention(c) => Mixer::Attention(c.init(at, out_std, device)),
             MixerConfig::BasedLinear(c) => Mixer::BasedLinear(c.init(at, out_std, device)),
+            MixerConfig::LinearAttention(c) => Mixer::LinearAttention(c.init(at, out_std, device)),
             MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(at, out_std, device)),
             MixerConfig::Gla(c) => Mixer::Gla(c.init(at, out_std, device)),
             MixerConfig::Transnormer(c) => Mixer::Transnormer(c.init(at, out_std, device)),
@@ -130,6 +139,7 @@ impl MixerConfig {
 pub enum Mixer<B: Backend> {
     Attention(Attention<B>),
     BasedLinear(TaylorAttention<B>),
+    LinearAttention(LinearAttention<B>),
     BaseConv(BaseConv<B>),
     Gla(Gla<B>),
     Transnormer(TransNormer<B>),
@@ -143,6 +153,8 @@ pub enum Mixer<B: Backend> {
 pub enum MixerState<B: Backend> {
     KvCache(KvCache<B>),
     Taylor(TaylorState<B>),
+    /// Linear attention's `[B, H, K, V(+1)]` state.
+    Linear(Tensor<B, 4>),
     Conv(Tensor<B, 3>),
     Gla(GlaState<B>),
     Transnormer(TransNormerState<B>),
@@ -157,6 +169,7 @@ impl<B: Backend> MixerState<B> {
         match self {
             MixerState::KvCache(c) => c.numel(),
             MixerState::Taylor(s) => s.numel(),
+            MixerState::Linear(s) => s.shape().num_elements(),
             MixerState::Conv(h) => h.shape().num_elements(),
             MixerState::Gla(s) => s.numel(),
             MixerState::Transnormer(s) => s.numel(),
@@ -173,6 +186,7 @@ impl<B: Backend> Mixer<B> {
         match self {
             Mixer::Attention(m) => m.forward(x),
             Mixer::BasedLinear(m) => m.forward(x),
+            Mixer::LinearAttention(m) => m.forward(x),
             Mixer::BaseConv(m) => m.forward(x),
             Mixer::Gla(m) => m.forward(x),
             Mixer::Transnormer(m) => m.forward(x),
@@ -198,6 +212,8 @@ impl<B: Backend> Mixer<B> {
             (Mixer::Attention(m), Some(MixerState::KvCache(c))) => wrap(m.step(x, Some(c)), MixerState::KvCache),
             (Mixer::BasedLinear(m), None) => wrap(m.step(x, None), MixerState::Taylor),
             (Mixer::BasedLinear(m), Some(MixerState::Taylor(s))) => wrap(m.step(x, Some(s)), MixerState::Taylor),
+            (Mixer::LinearAttention(m), None) => wrap(m.step(x, None), MixerState::Linear),
+            (Mixer::LinearAttention(m), Some(MixerState::Linear(s))) => wrap(m.step(x, Some(s)), MixerState::Linear),
             (Mixer::BaseConv(m), None) => wrap(m.step(x, None), MixerState::Conv),
             (Mixer::BaseConv(m), Some(MixerState::Conv(h))) => wrap(m.step(x, Some(h)), MixerState::Conv),
             (Mixer::Gla(m), None) => wrap(m.step(x, None), MixerState::Gla),

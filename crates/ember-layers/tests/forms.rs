@@ -1,4 +1,6 @@
 //! Every mixer's forms compute the same function, and every mixer is causal.
+mod common;
+
 use burn::backend::NdArray;
 use burn::tensor::{Distribution, Tensor};
 use ember_layers::attention::AttentionConfig;
@@ -6,20 +8,18 @@ use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
 use ember_layers::aaren::AarenConfig;
 use ember_layers::gla::GlaConfig;
+use ember_layers::linear_attention::{LinearAttentionConfig, LinearFeatureMap};
 use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
 use ember_layers::transnormer::TransNormerConfig;
-use ember_layers::{LayerContext, Mixer, MixerConfig};
+use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
 use ember_ops::Form;
 
+use common::{assert_causal, in_pieces, rel_err, stepwise};
+
 type B = NdArray<f32>;
 const D: usize = 32;
-
-fn rel_err(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
-    let diff = (a - b.clone()).powi_scalar(2).sum().sqrt().into_scalar();
-    diff / b.powi_scalar(2).sum().sqrt().into_scalar()
-}
 
 fn mixers() -> Vec<(&'static str, MixerConfig)> {
     vec![
@@ -27,6 +27,8 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("gqa_window", MixerConfig::Attention(AttentionConfig { heads: 4, kv_heads: Some(2), window: Some(5), ..Default::default() })),
         ("taylor_compact", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 4, feature_dim: 8, chunk_size: 16, ..Default::default() })),
         ("taylor_full", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 2, feature_dim: 4, feature_map: FeatureMap::Full, chunk_size: 8, ..Default::default() })),
+        ("linear_elu", MixerConfig::LinearAttention(LinearAttentionConfig { heads: 4, chunk_size: 16, ..Default::default() })),
+        ("linear_relu_unnormalized", MixerConfig::LinearAttention(LinearAttentionConfig { heads: 2, feature_dim: Some(8), feature_map: LinearFeatureMap::Relu, normalize: false, chunk_size: 8, ..Default::default() })),
         ("base_conv", MixerConfig::BaseConv(BaseConvConfig::default())),
         ("gla", MixerConfig::Gla(GlaConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("transnormer", MixerConfig::Transnormer(TransNormerConfig { heads: 4, chunk_size: 16, ..Default::default() })),
@@ -37,21 +39,7 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
 }
 
 fn input(t: usize, seed: u64) -> Tensor<B, 3> {
-    <B as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
-    Tensor::random([2, t, D], Distribution::Normal(0.0, 1.0), &Default::default())
-}
-
-/// Token-by-token generation through `step` reproduces the training forward.
-fn recurrent(mixer: &Mixer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let t = x.dims()[1];
-    let mut state = None;
-    let mut ys = Vec::new();
-    for i in 0..t {
-        let (y, s) = mixer.step(x.clone().narrow(1, i, 1), state);
-        ys.push(y);
-        state = Some(s);
-    }
-    Tensor::cat(ys, 1)
+    common::input(2, t, D, seed)
 }
 
 #[test]
@@ -62,13 +50,13 @@ fn recurrent_equals_parallel_for_every_mixer() {
         for t in [1, 7, 64, 65] {
             let x = input(t, 7 + t as u64);
             let parallel = mixer.forward(x.clone());
-            let err = rel_err(recurrent(&mixer, x.clone()), parallel.clone());
+            // Token-by-token generation through `step` reproduces the training forward.
+            let err = rel_err(stepwise(x.clone(), |x, s| mixer.step(x, s)), parallel.clone());
             assert!(err <= 1e-4, "{name} T={t}: recurrent vs forward rel err {err}");
             // Prefill of a prompt then one more token equals the forward too.
             if t > 1 {
-                let (head, s) = mixer.step(x.clone().narrow(1, 0, t - 1), None);
-                let (tail, _) = mixer.step(x.clone().narrow(1, t - 1, 1), Some(s));
-                let err = rel_err(Tensor::cat(vec![head, tail], 1), parallel);
+                let (y, _) = in_pieces(x.clone(), &[t - 1], |x, s, _| mixer.step(x, s));
+                let err = rel_err(y, parallel);
                 assert!(err <= 1e-4, "{name} T={t}: prefill+step vs forward rel err {err}");
             }
         }
@@ -84,9 +72,8 @@ fn state_carries_across_calls_for_every_mixer() {
         let x = input(65, 21);
         let whole = mixer.forward(x.clone());
         for split in [1, 16, 37] {
-            let (ya, s) = mixer.step(x.clone().narrow(1, 0, split), None);
-            let (yb, _) = mixer.step(x.clone().narrow(1, split, 65 - split), Some(s));
-            let err = rel_err(Tensor::cat(vec![ya, yb], 1), whole.clone());
+            let (y, _) = in_pieces(x.clone(), &[split], |x, s, _| mixer.step(x, s));
+            let err = rel_err(y, whole.clone());
             assert!(err <= 1e-4, "{name} split {split}: a‖b vs a then b rel err {err}");
         }
     }
@@ -117,19 +104,7 @@ fn every_mixer_is_causal() {
     let t = 40;
     for (name, config) in mixers() {
         let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
-        let x = input(t, 3);
-        let y = mixer.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
-        for changed in [0, 17, 33, 39] {
-            let bump = Tensor::<B, 3>::ones([2, 1, D], &device) * 3.0;
-            let x2 = x.clone().slice_assign([0..2, changed..changed + 1, 0..D], x.clone().narrow(1, changed, 1) + bump);
-            let y2 = mixer.forward(x2).into_data().to_vec::<f32>().unwrap();
-            for b in 0..2 {
-                let before = |v: &Vec<f32>| v[b * t * D..(b * t + changed) * D].to_vec();
-                assert!(before(&y) == before(&y2), "{name}: token {changed} changed earlier outputs");
-                let at = |v: &Vec<f32>| v[(b * t + changed) * D..(b * t + changed + 1) * D].to_vec();
-                assert!(at(&y) != at(&y2), "{name}: token {changed} did not change its own output");
-            }
-        }
+        assert_causal(input(t, 3), &[0, 17, 33, 39], 3.0, |x| mixer.forward(x), name);
     }
 }
 

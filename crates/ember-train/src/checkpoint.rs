@@ -3,7 +3,8 @@
 //! `RUN/checkpoints/step-000100/` holds `model.safetensors` (weights, by module path),
 //! `optimizer.safetensors` (AdamW moments `m.PATH` / `v.PATH`), `trainer.json` (step, tokens,
 //! loader position, update count), `recipe.toml` (the recipe as run, overrides applied) and
-//! `tokenizer.json`, so a checkpoint directory alone is enough to resume or generate.
+//! `tokenizer.json` (text runs; synthetic tasks such as MQAR have none), so a checkpoint
+//! directory alone is enough to resume or generate.
 //! The run's only randomness after initialisation is the loader's shuffle, a pure function of
 //! (seed, epoch): its saved position is the whole RNG state (the step itself draws nothing —
 //! there is no dropout), which is why a resumed run repeats the uninterrupted one bit for bit.
@@ -41,6 +42,12 @@ pub struct TrainerState {
     pub elapsed_secs: f64,
     /// Last validation loss, if any.
     pub last_val_loss: Option<f64>,
+    /// Last validation accuracy, if any.
+    #[serde(default)]
+    pub last_val_accuracy: Option<f64>,
+    /// The run is over: it took its last step, or stopped at `train.stop_accuracy`.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// Writes a checkpoint for `state.step` under `run_dir/checkpoints/` and prunes to `keep_last`.
@@ -50,7 +57,7 @@ pub fn save<B: Backend, M: Module<B>, O: Backend>(
     optimizer: &AdamW<O>,
     state: &TrainerState,
     recipe_text: &str,
-    tokenizer: &Path,
+    tokenizer: Option<&Path>,
     keep_last: usize,
 ) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
@@ -68,9 +75,13 @@ pub fn save<B: Backend, M: Module<B>, O: Backend>(
     save_optimizer(&tmp.join(OPTIMIZER_FILE), optimizer)?;
     std::fs::write(tmp.join(TRAINER_FILE), serde_json::to_vec_pretty(state)?)?;
     std::fs::write(tmp.join(RECIPE_FILE), recipe_text)?;
-    std::fs::copy(tokenizer, tmp.join(TOKENIZER_FILE))
-        .with_context(|| format!("cannot copy tokenizer {}", tokenizer.display()))?;
-    for f in [MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, RECIPE_FILE, TOKENIZER_FILE] {
+    let mut files = vec![MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, RECIPE_FILE];
+    if let Some(tokenizer) = tokenizer {
+        std::fs::copy(tokenizer, tmp.join(TOKENIZER_FILE))
+            .with_context(|| format!("cannot copy tokenizer {}", tokenizer.display()))?;
+        files.push(TOKENIZER_FILE);
+    }
+    for f in files {
         File::open(tmp.join(f))?.sync_all()?;
     }
     if dest.exists() {

@@ -52,13 +52,24 @@ pub struct Loaded<B: Backend> {
 }
 
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
+    let (model, recipe, ckpt) = load_model(dir, device)?;
+    let path = ckpt.join(TOKENIZER_FILE);
+    if !path.is_file() && recipe.data.mqar.is_some() {
+        bail!("{} was trained on MQAR (synthetic tokens, no tokenizer): evaluate it with `ember eval mqar --checkpoint {}`", ckpt.display(), dir.display());
+    }
+    let tokenizer = Tokenizer::from_file(path)?;
+    Ok(Loaded { model, tokenizer, recipe })
+}
+
+/// The model and recipe of a checkpoint (or of a run directory's newest checkpoint), and the
+/// checkpoint directory itself.
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Lm<B>, Recipe, std::path::PathBuf)> {
     let ckpt = checkpoint::resolve(dir)?;
     let recipe_path = ckpt.join(RECIPE_FILE);
     let text = std::fs::read_to_string(&recipe_path).with_context(|| format!("cannot read {}", recipe_path.display()))?;
     let recipe = Recipe::from_str(&text, &recipe_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tokenizer = Tokenizer::from_file(ckpt.join(TOKENIZER_FILE))?;
     let model = checkpoint::load_model(&ckpt, recipe.model.init_seeded::<B>(recipe.train.seed, device))?;
-    Ok(Loaded { model, tokenizer, recipe })
+    Ok((model, recipe, ckpt))
 }
 
 /// Samples one continuation of `prompt`.

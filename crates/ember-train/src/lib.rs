@@ -1,10 +1,12 @@
 //! Recipes, the step-based trainer, optimizer and schedules, checkpoints, metric sinks,
-//! generation and conformance checks.
+//! generation, conformance checks and synthetic-task evaluation (MQAR).
 pub mod bench;
 pub mod checkpoint;
 pub mod conformance;
 pub mod generate;
 pub mod metrics;
+pub mod mqar;
 pub mod optim;
 pub mod recipe;
+pub mod runs;
 pub mod trainer;

@@ -21,6 +21,7 @@ pub use error::{ErrorKind, Origin, RecipeError};
 use doc::{dotted, parse_dotted, suggest, Locator, Seg};
 use ember_layers::mixer::KINDS;
 pub use ember_ops::precision::Precision;
+use ember_data::mqar::MqarConfig;
 use ember_layers::MixerConfig;
 use ember_models::LmConfig;
 use serde::de::DeserializeOwned;
@@ -80,15 +81,17 @@ impl PartialEq for RecipeSource {
     }
 }
 
-/// `[data]`.
+/// `[data]`: a tokenized corpus (`tokenizer` + `train`), or a synthetic task (`[data.mqar]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Hugging Face `tokenizer.json`. Required.
-    pub tokenizer: PathBuf,
+    /// Hugging Face `tokenizer.json`. Required unless `[data.mqar]` is given.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
     /// Training data: a `.txt`, `.jsonl`, `.json` or `.parquet` file, a directory of them, or a
-    /// prepared shard directory (one with `manifest.json`). Required.
-    pub train: PathBuf,
+    /// prepared shard directory (one with `manifest.json`). Required unless `[data.mqar]` is given.
+    #[serde(default)]
+    pub train: Option<PathBuf>,
     /// Validation data, same forms as `train`. Without it there is no evaluation.
     #[serde(default)]
     pub valid: Option<PathBuf>,
@@ -101,6 +104,9 @@ pub struct DataConfig {
     /// Default `"data/cache"`.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
+    /// `[data.mqar]`: train and validate on multi-query associative recall instead of text.
+    #[serde(default)]
+    pub mqar: Option<MqarConfig>,
 }
 
 /// Learning-rate schedule after warm-up.
@@ -187,6 +193,10 @@ pub struct TrainConfig {
     /// Validation batches per evaluation. Default `10`.
     #[serde(default = "default_eval_batches")]
     pub eval_batches: usize,
+    /// Stop the run (checkpointing there) once validation accuracy reaches this, as Zoology does
+    /// for MQAR at 0.99. Default: never.
+    #[serde(default)]
+    pub stop_accuracy: Option<f64>,
     /// Save a checkpoint every this many steps (and after the last). Default `1000`.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: usize,
@@ -458,6 +468,30 @@ impl Recipe {
         if d.text_field.is_empty() {
             return fail("data.text_field", "must not be empty".into());
         }
+        match &d.mqar {
+            Some(mqar) => {
+                for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some()), ("data.valid", d.valid.is_some())] {
+                    if set {
+                        return fail(key, "a recipe with [data.mqar] generates its own tokens and test set: remove this key".into());
+                    }
+                }
+                mqar.validate(d.seq_len).or_else(|(key, message)| fail(&format!("data.mqar.{key}"), message))?;
+                if self.model.vocab_size < mqar.vocab_size {
+                    return fail(
+                        "model.vocab_size",
+                        format!("must be at least data.mqar.vocab_size = {} (the task's token ids)", mqar.vocab_size),
+                    );
+                }
+            }
+            None => {
+                for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some())] {
+                    if !set {
+                        let hint = " (or a [data.mqar] section, to train on the synthetic recall task)".to_string();
+                        return Err(self.source.locator.error(&parse_dotted(key), ErrorKind::MissingKey { key: key.into(), hint }));
+                    }
+                }
+            }
+        }
 
         let o = &self.optim;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
@@ -525,6 +559,11 @@ impl Recipe {
                 return fail(key, "must be at least 1".into());
             }
         }
+        if let Some(goal) = t.stop_accuracy {
+            if !(goal > 0.0 && goal <= 1.0) {
+                return fail("train.stop_accuracy", format!("must be in (0, 1], got {goal}"));
+            }
+        }
         let device = t.device.split(':').next().unwrap_or_default();
         let index_ok = t.device.split_once(':').is_none_or(|(_, i)| i.parse::<usize>().is_ok());
         if !DEVICES.contains(&device) || !index_ok {
@@ -553,7 +592,8 @@ impl Recipe {
         Ok(())
     }
 
-    /// Resolves `data.tokenizer`, `data.train` and `data.valid` and checks that they exist.
+    /// Resolves `data.tokenizer`, `data.train` and `data.valid` (those given) and checks that
+    /// they exist.
     ///
     /// A relative path is tried, in order, relative to the current directory, to the recipe
     /// file's directory, and to that directory's parent (so a recipe in `recipes/` may say
@@ -591,12 +631,9 @@ impl Recipe {
             let kind = ErrorKind::FileNotFound { key: key.to_string(), what, path: path.to_path_buf(), tried };
             Err(self.source.locator.error(&parse_dotted(key), kind))
         };
-        let tokenizer = resolve("data.tokenizer", "file", &self.data.tokenizer, true)?;
-        let train = resolve("data.train", "path", &self.data.train, false)?;
-        let valid = match &self.data.valid {
-            Some(v) => Some(resolve("data.valid", "path", v, false)?),
-            None => None,
-        };
+        let tokenizer = self.data.tokenizer.as_ref().map(|p| resolve("data.tokenizer", "file", p, true)).transpose()?;
+        let train = self.data.train.as_ref().map(|p| resolve("data.train", "path", p, false)).transpose()?;
+        let valid = self.data.valid.as_ref().map(|p| resolve("data.valid", "path", p, false)).transpose()?;
         self.data.tokenizer = tokenizer;
         self.data.train = train;
         self.data.valid = valid;

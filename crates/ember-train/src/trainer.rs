@@ -10,7 +10,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, IGNORE};
+use ember_data::mqar::Split;
+use ember_data::{mqar_eval_batches, open_source_with, Batch, MqarLoader, PackedLoader, PrepareOptions, TokenShards, TrainLoader, IGNORE};
 use ember_models::Lm;
 use ember_ops::precision::{cast_params, supported, to_f32, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,8 +41,13 @@ pub struct TrainReport {
     pub val_losses: Vec<(usize, f64)>,
     pub tokens_per_sec: f64,
     pub last_checkpoint: Option<PathBuf>,
-    /// Unigram entropy of the training tokens, nats/token: the loss of a model that ignores context.
-    pub unigram_entropy: f64,
+    /// Validation accuracy at each evaluation (see [`Eval::accuracy`]).
+    pub val_accuracies: Vec<(usize, f64)>,
+    /// Whether the run stopped at `train.stop_accuracy` before its last step.
+    pub stopped_early: bool,
+    /// Unigram entropy of the training tokens, nats/token: the loss of a model that ignores
+    /// context (text data only).
+    pub unigram_entropy: Option<f64>,
 }
 
 /// Token ids of a batch as a `[batch, seq_len]` tensor.
@@ -67,26 +73,46 @@ impl<B: Backend> BatchLoss<B> {
     }
 }
 
-/// Cross-entropy and auxiliary loss of `model` on `batch`, computed in f32 whatever dtype the
-/// model computes in. When some targets are [`IGNORE`], only the scored positions go through
-/// the output head (MQAR scores a few positions per sequence; the head dominates its cost).
-pub fn batch_losses<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> BatchLoss<B> {
+/// The output-head logits (f32) of the scored positions of a batch, their targets, the batch row
+/// each came from, and the mixers' auxiliary loss. When some targets are [`IGNORE`], only the
+/// scored positions go through the head (MQAR scores a few positions per sequence; the head
+/// dominates its cost).
+struct Scored<B: Backend> {
+    logits: Tensor<B, 2>,
+    targets: Vec<i64>,
+    rows: Vec<usize>,
+    aux: Option<Tensor<B, 1>>,
+}
+
+fn scored<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Scored<B> {
     let (hidden, aux) = model.hidden_aux(batch_tensor::<B>(&batch.inputs, batch, device));
     let [b, t, d] = hidden.dims();
-    let scored: Vec<i64> = (0..b * t).filter(|&i| batch.targets[i] != IGNORE).map(|i| i as i64).collect();
-    let (hidden, targets) = if scored.len() == b * t {
-        (hidden, batch.targets.iter().map(|&x| x as i64).collect::<Vec<_>>())
+    let positions: Vec<usize> = (0..b * t).filter(|&i| batch.targets[i] != IGNORE).collect();
+    let hidden = if positions.len() == b * t {
+        hidden
     } else {
-        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(scored.clone(), [scored.len()]), device);
-        let targets = scored.iter().map(|&i| batch.targets[i as usize] as i64).collect();
-        (hidden.reshape([b * t, d]).select(0, rows).unsqueeze::<3>(), targets)
+        let index: Vec<i64> = positions.iter().map(|&i| i as i64).collect();
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), device);
+        hidden.reshape([b * t, d]).select(0, rows).unsqueeze::<3>()
     };
     let logits = to_f32(model.unembed(hidden));
-    let [_, n, v] = logits.dims();
-    let n = n * logits.dims()[0];
-    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), device);
-    let ce = CrossEntropyLossConfig::new().init(device).forward(logits.reshape([n, v]), targets);
-    BatchLoss { ce, aux: aux.map(to_f32) }
+    let [m, n, v] = logits.dims();
+    Scored {
+        logits: logits.reshape([m * n, v]),
+        targets: positions.iter().map(|&i| batch.targets[i] as i64).collect(),
+        rows: positions.iter().map(|&i| i / t).collect(),
+        aux: aux.map(to_f32),
+    }
+}
+
+/// Cross-entropy and auxiliary loss of `model` on `batch`, computed in f32 whatever dtype the
+/// model computes in (only the scored targets count).
+pub fn batch_losses<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> BatchLoss<B> {
+    let s = scored(model, batch, device);
+    let n = s.targets.len();
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(s.targets, [n]), device);
+    let ce = CrossEntropyLossConfig::new().init(device).forward(s.logits, targets);
+    BatchLoss { ce, aux: s.aux }
 }
 
 /// Mean next-token cross-entropy of `model` on `batch` (see [`batch_losses`]).
@@ -94,53 +120,135 @@ pub fn batch_loss<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) 
     batch_losses(model, batch, device).ce
 }
 
+/// The gradients of one optimizer step, its mean loss and the tokens it consumed.
+pub struct StepGrads {
+    pub grads: GradientsParams,
+    pub loss: f64,
+    pub tokens: u64,
+}
+
 /// Gradients of one optimizer step: the mean over `accum` micro-batches from `loader`, and
 /// their mean loss. With bf16 each micro-batch runs on a cast copy of the parameters; the cast
 /// is differentiable, so the gradients reach the f32 master weights.
 pub fn accumulated_grads<B: AutodiffBackend>(
     model: &Lm<B>,
-    loader: &mut PackedLoader,
+    loader: &mut TrainLoader,
     accum: usize,
     precision: Precision,
     device: &B::Device,
-) -> (GradientsParams, f64) {
+) -> StepGrads {
     let mut accumulator = GradientsAccumulator::<Lm<B>>::new();
-    let mut loss_sum = 0.0;
+    let (mut loss_sum, mut tokens) = (0.0, 0u64);
     for _ in 0..accum {
-        let losses = batch_losses(&cast_params(model.clone(), precision), &loader.next_batch(), device);
+        let batch = loader.next_batch();
+        tokens += (batch.batch_size * batch.seq_len) as u64;
+        let losses = batch_losses(&cast_params(model.clone(), precision), &batch, device);
         loss_sum += losses.ce.clone().into_scalar().elem::<f64>();
         let total = losses.total() / accum as f64;
         accumulator.accumulate(model, GradientsParams::from_grads(total.backward(), model));
     }
-    (accumulator.grads(), loss_sum / accum as f64)
+    StepGrads { grads: accumulator.grads(), loss: loss_sum / accum as f64, tokens }
 }
 
-/// Mean loss over evaluation batches (weighted by tokens).
-pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device) -> f64 {
-    let (mut total, mut tokens) = (0.0, 0usize);
+/// Loss and accuracy on evaluation batches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Eval {
+    /// Mean cross-entropy over the scored targets.
+    pub loss: f64,
+    /// Mean over sequences of the fraction of a sequence's scored targets that are the argmax
+    /// of the logits (MQAR's accuracy; next-token accuracy on text).
+    pub accuracy: f64,
+    /// Scored targets seen.
+    pub targets: usize,
+    /// Sequences with at least one scored target.
+    pub sequences: usize,
+}
+
+/// Loss and accuracy of `model` on `batches`.
+pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device) -> Eval {
+    let (mut loss_sum, mut targets, mut accuracy_sum, mut sequences) = (0.0, 0usize, 0.0, 0usize);
     for batch in batches {
-        let n = batch.targets.iter().filter(|&&t| t != IGNORE).count();
-        total += batch_loss(model, batch, device).into_scalar().elem::<f64>() * n as f64;
-        tokens += n;
+        let s = scored(model, batch, device);
+        let n = s.targets.len();
+        if n == 0 {
+            continue;
+        }
+        let predicted = s.logits.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
+        let target_tensor = Tensor::<B, 1, Int>::from_data(TensorData::new(s.targets.clone(), [n]), device);
+        let ce = CrossEntropyLossConfig::new().init(device).forward(s.logits, target_tensor);
+        loss_sum += ce.into_scalar().elem::<f64>() * n as f64;
+        targets += n;
+        // Per-row (correct, scored) counts; rows are in order.
+        let mut per_row: Vec<(usize, usize)> = vec![(0, 0); batch.batch_size];
+        for ((&row, &p), &t) in s.rows.iter().zip(&predicted).zip(&s.targets) {
+            per_row[row].0 += (p == t) as usize;
+            per_row[row].1 += 1;
+        }
+        for (correct, total) in per_row.into_iter().filter(|&(_, total)| total > 0) {
+            accuracy_sum += correct as f64 / total as f64;
+            sequences += 1;
+        }
     }
-    total / tokens.max(1) as f64
+    Eval {
+        loss: loss_sum / targets.max(1) as f64,
+        accuracy: accuracy_sum / sequences.max(1) as f64,
+        targets,
+        sequences,
+    }
 }
 
-/// Opens a recipe data source, preparing raw files into the cache on first use, and checks
-/// that the model's embedding can hold every token id in it.
+/// Opens a recipe's text data source, preparing raw files into the cache on first use, and
+/// checks that the model's embedding can hold every token id in it.
 pub fn open_data(recipe: &Recipe, source: &Path) -> Result<TokenShards> {
+    let tokenizer = recipe.data.tokenizer.as_deref().context("text data needs data.tokenizer")?;
     let opts = PrepareOptions { text_field: recipe.data.text_field.clone(), ..Default::default() };
-    let data = open_source_with(source, &recipe.data.tokenizer, &recipe.data.cache_dir, &opts)
+    let data = open_source_with(source, tokenizer, &recipe.data.cache_dir, &opts)
         .with_context(|| format!("preparing data source {}", source.display()))?;
     if data.vocab_size() > recipe.model.vocab_size {
         let msg = format!(
             "smaller than the vocabulary of the tokenizer the data was made with ({} tokens, {})",
             data.vocab_size(),
-            recipe.data.tokenizer.display()
+            tokenizer.display()
         );
         bail!("{}", recipe.error_at("model.vocab_size", msg));
     }
     Ok(data)
+}
+
+/// What a run trains and validates on.
+pub struct RunData {
+    pub loader: TrainLoader,
+    /// Validation batches (empty without validation data).
+    pub valid: Vec<Batch>,
+    /// Unigram entropy of the training tokens, nats/token (text data only).
+    pub unigram_entropy: Option<f64>,
+}
+
+/// The training loader and validation batches of `recipe`: its text corpus, or its MQAR task
+/// (validation on at most `train.eval_batches` batches of the test set, spread over it).
+pub fn open_run_data(recipe: &Recipe, with_valid: bool) -> Result<RunData> {
+    let (seq_len, batch_size, seed) = (recipe.data.seq_len, recipe.train.batch_size, recipe.train.seed);
+    if let Some(mqar) = &recipe.data.mqar {
+        let loader = TrainLoader::Mqar(MqarLoader::new(mqar.dataset(Split::Train, seq_len, seed), batch_size, seed)?);
+        let test = mqar.dataset(Split::Test, seq_len, seed);
+        let valid = match with_valid {
+            true => mqar_eval_batches(&test, batch_size, Some(recipe.train.eval_batches))?,
+            false => Vec::new(),
+        };
+        return Ok(RunData { loader, valid, unigram_entropy: None });
+    }
+    let train_path = recipe.data.train.as_deref().context("text data needs data.train")?;
+    let train_data = open_data(recipe, train_path)?;
+    let entropy = ember_data::unigram_entropy(&train_data);
+    let valid = match (&recipe.data.valid, with_valid) {
+        (Some(path), true) => {
+            let data = open_data(recipe, path)?;
+            PackedLoader::eval_batches(&data, seq_len, batch_size, recipe.train.eval_batches)?
+        }
+        _ => Vec::new(),
+    };
+    let loader = TrainLoader::Packed(PackedLoader::new(train_data, seq_len, batch_size, seed)?);
+    Ok(RunData { loader, valid, unigram_entropy: Some(entropy) })
 }
 
 pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<TrainReport> {
@@ -148,21 +256,11 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
     if !supported::<B>(precision, device) {
         bail!("{}", recipe.error_at("train.dtype", format!("this backend (device {device:?}) cannot compute in {precision} (ndarray and wgpu's WGSL shaders have no bf16; flex, tch and cuda do): use \"f32\"")));
     }
-    let train_data = open_data(recipe, &recipe.data.train)?;
-    let entropy = ember_data::unigram_entropy(&train_data);
-    let (seq_len, batch_size) = (recipe.data.seq_len, recipe.train.batch_size);
-    let valid = match &recipe.data.valid {
-        Some(path) => {
-            let data = open_data(recipe, path)?;
-            PackedLoader::eval_batches(&data, seq_len, batch_size, recipe.train.eval_batches)?
-        }
-        None => Vec::new(),
-    };
-    let mut loader = PackedLoader::new(train_data, seq_len, batch_size, recipe.train.seed)?;
+    let RunData { mut loader, valid, unigram_entropy } = open_run_data(recipe, true)?;
 
     let mut model: Lm<B> = recipe.model.init_seeded(recipe.train.seed, device);
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.optim.clone());
-    let mut state = TrainerState { step: 0, tokens: 0, loader: loader.state(), elapsed_secs: 0.0, last_val_loss: None };
+    let mut state = TrainerState { step: 0, tokens: 0, loader: loader.state(), elapsed_secs: 0.0, last_val_loss: None, last_val_accuracy: None, finished: false };
     if let Some(resume) = &opts.resume {
         let ckpt = checkpoint::resolve(resume)?;
         state = checkpoint::load_state(&ckpt)?;
@@ -189,20 +287,22 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
         val_losses: Vec::new(),
         tokens_per_sec: 0.0,
         last_checkpoint: None,
-        unigram_entropy: entropy,
+        unigram_entropy,
+        val_accuracies: Vec::new(),
+        stopped_early: false,
     };
     let started = Instant::now();
     let (elapsed_before, tokens_before) = (state.elapsed_secs, state.tokens);
-    while state.step < stop {
+    while state.step < stop && !state.finished {
         let lr = recipe.optim.lr_at(state.step, total);
-        let (grads, loss) = accumulated_grads(&model, &mut loader, accum, precision, device);
+        let StepGrads { grads, loss, tokens } = accumulated_grads(&model, &mut loader, accum, precision, device);
         if !loss.is_finite() {
             bail!("training diverged at step {}: loss is {loss} (last checkpoint is intact)", state.step);
         }
         let (updated, info) = optimizer.step(model, grads, lr);
         model = updated;
         state.step += 1;
-        state.tokens += (batch_size * seq_len * accum) as u64;
+        state.tokens += tokens;
         state.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
         report.losses.push((state.step, loss));
         let tok_s = (state.tokens - tokens_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -221,14 +321,29 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
         }
         let last = state.step == stop;
         if !valid.is_empty() && (state.step % recipe.train.eval_interval == 0 || state.step == total) {
-            let val = evaluate(&cast_params(model.valid(), precision), &valid, device);
+            let eval = evaluate(&cast_params(model.valid(), precision), &valid, device);
+            let val = eval.loss;
             state.last_val_loss = Some(val);
+            state.last_val_accuracy = Some(eval.accuracy);
             report.val_losses.push((state.step, val));
-            metrics.log(state.step, &[("valid/loss", val), ("valid/perplexity", val.exp())])?;
+            report.val_accuracies.push((state.step, eval.accuracy));
+            let values = [("valid/loss", val), ("valid/perplexity", val.exp()), ("valid/accuracy", eval.accuracy)];
+            metrics.log(state.step, &values)?;
             if !opts.quiet {
-                bar.println(format!("step {:>6}  valid loss {val:.4}  ppl {:.2}", state.step, val.exp()));
+                bar.println(format!(
+                    "step {:>6}  valid loss {val:.4}  ppl {:.2}  accuracy {:.4}",
+                    state.step,
+                    val.exp(),
+                    eval.accuracy
+                ));
+            }
+            if recipe.train.stop_accuracy.is_some_and(|goal| eval.accuracy >= goal) && state.step < total {
+                report.stopped_early = true;
+                state.finished = true;
             }
         }
+        state.finished |= state.step == total;
+        let last = last || state.finished;
         if state.step % recipe.train.checkpoint_interval == 0 || last {
             state.loader = loader.state();
             let path = checkpoint::save(
@@ -237,7 +352,7 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
                 &optimizer,
                 &state,
                 &recipe.source.text,
-                &recipe.data.tokenizer,
+                recipe.data.tokenizer.as_deref(),
                 recipe.train.keep_last,
             )?;
             report.last_checkpoint = Some(path);

@@ -13,7 +13,7 @@ type B = Autodiff<NdArray<f32>>;
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn options(level: Level) -> OpsOptions {
-    OpsOptions { level, kinds: None, form: None, precision: Precision::F32, warmup: 1, reps: 2, max_mem_bytes: 16.0 * GIB }
+    OpsOptions { level, kinds: None, form: None, mixer_sets: Vec::new(), precision: Precision::F32, warmup: 1, reps: 2, max_mem_bytes: 16.0 * GIB }
 }
 
 fn assert_timed(rows: &[OpsRow]) {

@@ -131,6 +131,8 @@ pub struct OpsOptions {
     pub kinds: Option<Vec<String>>,
     /// Force this training form (mixers whose config has a form; ops that have it).
     pub form: Option<Form>,
+    /// Mixer config keys to set (`--mixer-set`), in the configs that have them.
+    pub mixer_sets: Vec<(String, Value)>,
     pub precision: Precision,
     pub warmup: usize,
     pub reps: usize,
@@ -222,8 +224,9 @@ fn cases(opts: &OpsOptions) -> Result<Vec<Case>> {
 /// default training form or `form`, and the form's name ("-" when the config has none).
 ///
 /// Works for any registered kind: its default config is written out, and the keys `heads`,
-/// `head_dim` and `form` are set where it has them.
-pub fn mixer_config(kind: &str, shape: &Shape, form: Option<Form>) -> Result<(MixerConfig, String)> {
+/// `head_dim` and `form`, then `sets`, are set where it has them (each of `sets` applied is
+/// added to the label).
+pub fn mixer_config(kind: &str, shape: &Shape, form: Option<Form>, sets: &[(String, Value)]) -> Result<(MixerConfig, String)> {
     let default: MixerConfig = serde_json::from_value(json!({ "kind": kind }))?;
     let mut value = serde_json::to_value(default)?;
     let table = value.as_object_mut().context("a mixer config is a table")?;
@@ -240,7 +243,13 @@ pub fn mixer_config(kind: &str, shape: &Shape, form: Option<Form>) -> Result<(Mi
     if let Some(form) = form {
         set("form", serde_json::to_value(form)?);
     }
-    let label = table.get("form").and_then(Value::as_str).unwrap_or("-").to_string();
+    let mut label = table.get("form").and_then(Value::as_str).unwrap_or("-").to_string();
+    for (key, v) in sets {
+        if let Some(slot) = table.get_mut(key) {
+            *slot = v.clone();
+            label = format!("{label} {key}={v}");
+        }
+    }
     let config: MixerConfig = serde_json::from_value(value)?;
     config.validate(shape.heads * shape.head_dim).map_err(|e| anyhow::anyhow!("{kind} at {shape}: {e}"))?;
     Ok((config, label))
@@ -315,7 +324,7 @@ pub fn run<B: AutodiffBackend>(
 /// that cannot be built or fails (e.g. a GPU out of memory after all) is reported, not fatal.
 fn run_point<B: AutodiffBackend>(case: &Case, shape: &Shape, opts: &OpsOptions, device: &B::Device) -> OpsRow {
     let (name, config) = match case {
-        Case::Mixer(kind) => (kind.clone(), Some(mixer_config(kind, shape, opts.form))),
+        Case::Mixer(kind) => (kind.clone(), Some(mixer_config(kind, shape, opts.form, &opts.mixer_sets))),
         Case::Op(op, _) => (op.to_string(), None),
     };
     let form = match (case, &config) {
@@ -448,11 +457,11 @@ mod tests {
     fn every_mixer_kind_builds_at_a_shape_and_a_t_by_t_score_matrix_at_32k_is_skipped() {
         let shape = Shape { batch: 2, seq_len: 32768, heads: 16, head_dim: 64 };
         for kind in KINDS {
-            let (config, form) = mixer_config(kind, &shape, None).unwrap();
+            let (config, form) = mixer_config(kind, &shape, None, &[]).unwrap();
             assert_eq!(config.kind(), *kind);
             assert!(!form.is_empty());
         }
-        let (_, form) = mixer_config("based_linear", &shape, Some(Form::Parallel)).unwrap();
+        let (_, form) = mixer_config("based_linear", &shape, Some(Form::Parallel), &[]).unwrap();
         assert_eq!(form, "parallel");
         // 2·16·32768² scores alone are 128 GiB in f32.
         assert!(estimate_bytes(Level::Op, "softmax_attention", "parallel", &shape) > 128.0 * (1u64 << 30) as f64);

@@ -2,10 +2,9 @@
 use super::{median_ms, MemoryProbe};
 use crate::optim::AdamW;
 use crate::recipe::Recipe;
-use crate::trainer::{accumulated_grads, open_data};
+use crate::trainer::{accumulated_grads, open_run_data};
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
-use ember_data::PackedLoader;
 use ember_models::Lm;
 use ember_ops::precision::{supported, Precision};
 use std::time::Instant;
@@ -58,8 +57,7 @@ pub fn train_steps<B: AutodiffBackend>(
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let data = open_data(recipe, &recipe.data.train)?;
-    let mut loader = PackedLoader::new(data, recipe.data.seq_len, recipe.train.batch_size, recipe.train.seed)?;
+    let mut loader = open_run_data(recipe, false)?.loader;
     let mut model: Lm<B> = recipe.model.init_seeded(recipe.train.seed, device);
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.optim.clone());
     let accum = recipe.optim.grad_accum;
@@ -67,7 +65,7 @@ pub fn train_steps<B: AutodiffBackend>(
     memory.sample();
     for i in 0..opts.warmup + opts.steps {
         let started = Instant::now();
-        let (grads, _) = accumulated_grads(&model, &mut loader, accum, precision, device);
+        let grads = accumulated_grads(&model, &mut loader, accum, precision, device).grads;
         let (m, info) = optimizer.step(model, grads, recipe.optim.lr);
         model = m;
         std::hint::black_box(info.grad_norm); // the norm is read back, so the step has finished

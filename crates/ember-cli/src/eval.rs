@@ -1,0 +1,100 @@
+//! `ember eval mqar`: recall accuracy of MQAR checkpoints, or a whole suite trained and tabulated.
+use crate::backend;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use ember_train::mqar::{self, SuiteOptions, TestOverride};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Multi-query associative recall: accuracy per test segment of a checkpoint, or
+    /// (--suite) train every recipe of a directory and tabulate accuracy against state size.
+    Mqar(MqarArgs),
+}
+
+#[derive(Args)]
+pub struct MqarArgs {
+    /// Checkpoint directory (or run directory: its newest checkpoint) to evaluate (repeatable).
+    #[arg(long)]
+    checkpoint: Vec<PathBuf>,
+    /// A directory of MQAR recipes: train each (skipping finished runs, resuming interrupted
+    /// ones), evaluate each on its test set, and write results.md/.csv/.jsonl to --out.
+    #[arg(long, conflicts_with = "checkpoint")]
+    suite: Option<PathBuf>,
+    /// Suite runs trained at once (each uses about one CPU core on the cpu backend).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Where --suite writes its results.
+    #[arg(long, default_value = "checkpoints/mqar-suite")]
+    out: PathBuf,
+    /// Train every suite recipe at each of these widths (model.d_model, comma-separated);
+    /// runs are named NAME-dW. Default: each recipe's own width.
+    #[arg(long, value_delimiter = ',')]
+    widths: Vec<usize>,
+    /// Override any key of every suite recipe (repeatable), e.g. --set train.steps=100.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Test on these pair counts instead of the recipe's test set (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pairs: Vec<usize>,
+    /// Sequence length of the --pairs segments (default: the recipe's data.seq_len).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Examples per --pairs segment.
+    #[arg(long)]
+    examples: Option<usize>,
+    /// Sequences per evaluation batch.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Backend and device (see `ember train --help`).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Also write the results as JSON to this file (--checkpoint).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(command: EvalCommand) -> Result<()> {
+    let EvalCommand::Mqar(args) = command;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let device = backend::resolve(&args.device, Default::default());
+    if let Some(dir) = &args.suite {
+        let recipes = mqar::suite_recipes(dir)?;
+        let mut overrides = args.overrides.clone();
+        if args.device != "auto" {
+            overrides.push(format!("train.device={:?}", args.device));
+        }
+        let opts = SuiteOptions { overrides, widths: args.widths.clone(), batch_size: args.batch_size, jobs: args.jobs, quiet: args.quiet };
+        println!("MQAR suite: {} recipes from {} on {device}", recipes.len(), dir.display());
+        let rows = backend::with_backend!(&device, |B, dev| mqar::run_suite::<B>(&recipes, &opts, &dev))?;
+        let command: Vec<String> = std::env::args().skip(1).collect();
+        let written = mqar::write_suite(&rows, &args.out, &format!("ember {}", command.join(" ")))?;
+        print!("\n{}", mqar::suite_markdown(&rows));
+        for path in written {
+            println!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
+    if args.checkpoint.is_empty() {
+        bail!("give --checkpoint DIR (repeatable) or --suite DIR");
+    }
+    let over = TestOverride { pairs: args.pairs.clone(), seq_len: args.seq_len, examples: args.examples };
+    let mut all = Vec::new();
+    for dir in &args.checkpoint {
+        let (recipe, results) = backend::with_backend!(&device, |B, dev| {
+            mqar::evaluate_checkpoint::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(dir, &over, args.batch_size, &dev)
+        })?;
+        println!("{} ({}, {} parameters) on {device}", dir.display(), recipe.train.name, recipe.model.num_params());
+        print!("{}", mqar::results_table(&results));
+        all.push(serde_json::json!({ "checkpoint": dir, "name": recipe.train.name, "results": results }));
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! `ember eval mqar`: recall accuracy of a trained model on MQAR test segments, and the suite
+//! runner that trains every recipe of a directory and tabulates accuracy against state size.
+use crate::generate::load_model;
+use crate::recipe::Recipe;
+use crate::runs::{complete_run, parallel_map, RunAction};
+use crate::trainer::evaluate;
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use ember_data::mqar::{MqarConfig, MqarSegmentConfig, Split};
+use ember_data::mqar_batch;
+use ember_models::Lm;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Accuracy on one test segment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SegmentResult {
+    pub seq_len: usize,
+    pub pairs: usize,
+    pub examples: usize,
+    /// Mean over examples of the fraction of its queries answered correctly (argmax).
+    pub accuracy: f64,
+    /// Cross-entropy over the query positions.
+    pub loss: f64,
+}
+
+/// Evaluates `model` on every segment of the test set that `mqar` defines (for a recipe with
+/// `data.seq_len = seq_len` and seed `seed`: the same examples its training validated on).
+pub fn evaluate_mqar<B: Backend>(
+    model: &Lm<B>,
+    mqar: &MqarConfig,
+    seq_len: usize,
+    seed: u64,
+    batch_size: usize,
+    device: &B::Device,
+) -> Vec<SegmentResult> {
+    let test = mqar.dataset(Split::Test, seq_len, seed);
+    test.segments
+        .iter()
+        .enumerate()
+        .map(|(s, segment)| {
+            let batches: Vec<_> = (0..segment.examples)
+                .step_by(batch_size.max(1))
+                .map(|start| mqar_batch(&test, s, start..(start + batch_size).min(segment.examples)))
+                .collect();
+            let eval = evaluate(model, &batches, device);
+            SegmentResult {
+                seq_len: segment.spec.seq_len,
+                pairs: segment.spec.pairs,
+                examples: segment.examples,
+                accuracy: eval.accuracy,
+                loss: eval.loss,
+            }
+        })
+        .collect()
+}
+
+/// Which test set `ember eval mqar --checkpoint` uses.
+#[derive(Clone, Debug, Default)]
+pub struct TestOverride {
+    /// Replace the recipe's test segments by one per value (with `seq_len` and `examples`).
+    pub pairs: Vec<usize>,
+    pub seq_len: Option<usize>,
+    pub examples: Option<usize>,
+}
+
+/// A checkpoint's MQAR results: the recipe's test set, or the one `over` describes.
+pub fn evaluate_checkpoint<B: Backend>(
+    dir: &Path,
+    over: &TestOverride,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(Recipe, Vec<SegmentResult>)> {
+    let (model, recipe, ckpt) = load_model::<B>(dir, device)?;
+    let Some(mut mqar) = recipe.data.mqar.clone() else {
+        bail!("{} was not trained on MQAR (its recipe has no [data.mqar]), so there is no task vocabulary to test it on", ckpt.display());
+    };
+    if !over.pairs.is_empty() {
+        let seq_len = over.seq_len.unwrap_or(recipe.data.seq_len);
+        let examples = over.examples.unwrap_or(1000);
+        mqar.test = over.pairs.iter().map(|&pairs| MqarSegmentConfig { pairs, examples, seq_len: Some(seq_len) }).collect();
+    } else if over.seq_len.is_some() || over.examples.is_some() {
+        bail!("--seq-len and --examples describe the segments of --pairs; give --pairs too");
+    }
+    if mqar.test.is_empty() {
+        bail!("{}: the recipe has no data.mqar.test segments; name some with --pairs", ckpt.display());
+    }
+    mqar.validate(recipe.data.seq_len).map_err(|(key, message)| anyhow::anyhow!("test set: {key}: {message}"))?;
+    let results = evaluate_mqar(&model, &mqar, recipe.data.seq_len, recipe.train.seed, batch_size, device);
+    Ok((recipe, results))
+}
+
+/// The accuracy table of one or more models' results, one row per segment.
+pub fn results_table(results: &[SegmentResult]) -> String {
+    let mut t = format!("{:>8}  {:>6}  {:>8}  {:>9}  {:>8}\n", "seq_len", "pairs", "examples", "accuracy", "loss");
+    for r in results {
+        let _ = writeln!(t, "{:>8}  {:>6}  {:>8}  {:>9.4}  {:>8.4}", r.seq_len, r.pairs, r.examples, r.accuracy, r.loss);
+    }
+    t
+}
+
+/// One trained suite model and its results.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteRow {
+    /// Recipe file name without `.toml`.
+    pub recipe: String,
+    /// Mixer kinds of the model's layers, in order (e.g. `base_conv+gla`).
+    pub layers: String,
+    pub d_model: usize,
+    pub params: usize,
+    /// Generation state of the whole model per sequence after `seq_len` tokens, in floats (for
+    /// softmax attention this is the KV cache, which grows with the sequence).
+    pub state_floats: usize,
+    pub seq_len: usize,
+    pub steps: usize,
+    pub stopped_early: bool,
+    /// Training time recorded in the checkpoint (all sessions of the run).
+    pub train_secs: f64,
+    pub results: Vec<SegmentResult>,
+}
+
+/// Options of `ember eval mqar --suite`.
+#[derive(Clone, Debug, Default)]
+pub struct SuiteOptions {
+    /// Overrides applied to every recipe (e.g. a device, or a shorter run).
+    pub overrides: Vec<String>,
+    /// Train each recipe at each of these `model.d_model` values (run `NAME-dW` in
+    /// `OUT_DIR-dW`); empty means each recipe's own width, as written.
+    pub widths: Vec<usize>,
+    /// Evaluation batch size.
+    pub batch_size: usize,
+    /// Runs trained at once (threads).
+    pub jobs: usize,
+    pub quiet: bool,
+}
+
+/// Trains each recipe of `recipes` whose run is not finished (resuming an interrupted one,
+/// skipping a finished one), `opts.jobs` at a time, then evaluates each newest checkpoint on its
+/// test set. Rows come in the order of the recipes (and widths).
+pub fn run_suite<B: AutodiffBackend>(recipes: &[PathBuf], opts: &SuiteOptions, device: &B::Device) -> Result<Vec<SuiteRow>>
+where
+    B::Device: Sync,
+{
+    let load = |path: &Path, extra: Vec<String>| {
+        let overrides: Vec<String> = opts.overrides.iter().cloned().chain(extra).collect();
+        Recipe::load(path, &overrides).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let mut runs = Vec::new();
+    for path in recipes {
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let base = load(path, Vec::new())?;
+        if base.data.mqar.is_none() {
+            bail!("{} has no [data.mqar] section; an MQAR suite holds MQAR recipes only", path.display());
+        }
+        if opts.widths.is_empty() {
+            runs.push((stem, base));
+            continue;
+        }
+        for &width in &opts.widths {
+            let name = format!("{stem}-d{width}");
+            let out_dir = format!("{}-d{width}", base.train.out_dir.display());
+            let sets = vec![format!("model.d_model={width}"), format!("train.name={name:?}"), format!("train.out_dir={out_dir:?}")];
+            runs.push((name, load(path, sets)?));
+        }
+    }
+    // Several runs at once share the terminal: progress bars only when one runs at a time.
+    let quiet_training = opts.quiet || opts.jobs > 1;
+    parallel_map(runs, opts.jobs, |(name, recipe)| {
+        if !opts.quiet {
+            println!("{name}: {} parameters, {} steps, run directory {}", recipe.model.num_params(), recipe.steps(), recipe.train.out_dir.display());
+        }
+        let started = Instant::now();
+        let run = complete_run::<B>(&recipe, quiet_training, device)?;
+        let (_, results) = evaluate_checkpoint::<B::InnerBackend>(&run.checkpoint, &TestOverride::default(), opts.batch_size, device)?;
+        let seq_len = recipe.data.seq_len;
+        let summaries = recipe.model.layer_summaries(seq_len);
+        let row = SuiteRow {
+            recipe: name,
+            layers: summaries.iter().map(|l| l.kind).collect::<Vec<_>>().join("+"),
+            d_model: recipe.model.d_model,
+            params: recipe.model.num_params(),
+            state_floats: summaries.iter().map(|l| l.state_floats).sum(),
+            seq_len,
+            steps: run.state.step,
+            stopped_early: run.state.step < recipe.steps(),
+            train_secs: run.state.elapsed_secs,
+            results,
+        };
+        if !opts.quiet {
+            let done = match run.action {
+                RunAction::AlreadyFinished => "already trained".to_string(),
+                _ => format!("trained in {:.0} s", started.elapsed().as_secs_f64()),
+            };
+            println!("{}: {done}\n{}", row.recipe, results_table(&row.results));
+        }
+        Ok(row)
+    })
+}
+
+/// The recipes of a suite directory (`*.toml`, sorted by name).
+pub fn suite_recipes(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read suite directory {}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        bail!("{} holds no .toml recipes", dir.display());
+    }
+    Ok(paths)
+}
+
+/// The suite's results as a Markdown table: one row per model, one accuracy column per test
+/// segment `(seq_len, pairs)` found in any row.
+pub fn suite_markdown(rows: &[SuiteRow]) -> String {
+    let mut columns: Vec<(usize, usize)> = rows.iter().flat_map(|r| r.results.iter().map(|s| (s.seq_len, s.pairs))).collect();
+    columns.sort();
+    columns.dedup();
+    let mut t = String::from("| recipe | layers | d_model | params | state (floats) |");
+    for (l, k) in &columns {
+        let _ = write!(t, " T={l}, {k} pairs |");
+    }
+    t.push_str(" steps | train time |\n|---|---|---:|---:|---:|");
+    t.push_str(&"---:|".repeat(columns.len()));
+    t.push_str("---:|---:|\n");
+    for r in rows {
+        let _ = write!(t, "| {} | {} | {} | {} | {} |", r.recipe, r.layers, r.d_model, r.params, r.state_floats);
+        for c in &columns {
+            match r.results.iter().find(|s| (s.seq_len, s.pairs) == *c) {
+                Some(s) => {
+                    let _ = write!(t, " {:.3} |", s.accuracy);
+                }
+                None => t.push_str(" |"),
+            }
+        }
+        let early = if r.stopped_early { " (stopped at target)" } else { "" };
+        let _ = writeln!(t, " {}{early} | {:.0} s |", r.steps, r.train_secs);
+    }
+    t
+}
+
+/// Writes `results.md`, `results.csv` (one line per model and segment) and `results.jsonl`
+/// (one object per model) into `out`; returns the paths.
+pub fn write_suite(rows: &[SuiteRow], out: &Path, command: &str) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let md = out.join("results.md");
+    let body = format!("MQAR accuracy (made by `{command}`)\n\n{}", suite_markdown(rows));
+    std::fs::write(&md, body).with_context(|| format!("cannot write {}", md.display()))?;
+    let csv = out.join("results.csv");
+    let mut text = String::from("recipe,layers,d_model,params,state_floats,steps,seq_len,pairs,examples,accuracy,loss\n");
+    for r in rows {
+        for s in &r.results {
+            let _ = writeln!(
+                text,
+                "{},{},{},{},{},{},{},{},{},{:.6},{:.6}",
+                r.recipe, r.layers, r.d_model, r.params, r.state_floats, r.steps, s.seq_len, s.pairs, s.examples, s.accuracy, s.loss
+            );
+        }
+    }
+    std::fs::write(&csv, text).with_context(|| format!("cannot write {}", csv.display()))?;
+    let jsonl = out.join("results.jsonl");
+    let lines: Vec<String> = rows.iter().map(|r| serde_json::to_string(r).expect("rows serialize")).collect();
+    std::fs::write(&jsonl, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", jsonl.display()))?;
+    Ok(vec![md, csv, jsonl])
+}
