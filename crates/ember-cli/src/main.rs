@@ -2,6 +2,7 @@
 mod backend;
 mod bench;
 mod eval;
+mod sweep;
 
 // Training allocates and frees tensors of tens of MB every step; glibc hands those back to the
 // OS and page-faults them in again each time, which mimalloc avoids (measured in BENCHMARKS.md).
@@ -50,6 +51,8 @@ enum Command {
     /// Evaluate checkpoints on synthetic tasks.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Scaling-law sweeps: plan, run (or emit a Slurm/shell script), collect, fit.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Args)]
@@ -232,6 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Train(args)) => bench::train(args)?,
         Command::Bench(BenchCommand::Ops(args)) => bench::ops(args)?,
         Command::Eval(command) => eval::run(command)?,
+        Command::Sweep(args) => sweep::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

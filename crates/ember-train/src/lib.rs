@@ -9,4 +9,5 @@ pub mod mqar;
 pub mod optim;
 pub mod recipe;
 pub mod runs;
+pub mod sweep;
 pub mod trainer;
