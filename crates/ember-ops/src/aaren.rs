@@ -95,20 +95,26 @@ fn finish<B: Backend>(prefixes: Segment<B, 4>, dtype: DType) -> AarenOutput<B> {
 /// shifted slices, `O(T log T)` work.
 pub fn parallel<B: Backend>(s: Tensor<B, 3>, v: Tensor<B, 4>, state: Option<AarenState<B>>) -> AarenOutput<B> {
     let dtype = v.dtype();
-    let t = s.dims()[1];
-    let mut x = Segment::leaf(to_f32(s).unsqueeze_dim::<4>(3), to_f32(v));
+    let x = scan(Segment::leaf(to_f32(s).unsqueeze_dim::<4>(3), to_f32(v)), 1);
+    finish(after_state(x, state), dtype)
+}
+
+/// Inclusive prefix scan of segments along `dim` by doubling: `⌈log2 n⌉` rounds of shifted
+/// slices of the whole tensors.
+fn scan<B: Backend, const D: usize>(mut x: Segment<B, D>, dim: usize) -> Segment<B, D> {
+    let n = x.m.dims()[dim];
     let mut shift = 1;
-    while shift < t {
-        let merged = combine(x.narrow(1, 0, t - shift), x.narrow(1, shift, t - shift));
-        x = Segment::cat(vec![x.narrow(1, 0, shift), merged], 1);
+    while shift < n {
+        let merged = combine(x.narrow(dim, 0, n - shift), x.narrow(dim, shift, n - shift));
+        x = Segment::cat(vec![x.narrow(dim, 0, shift), merged], dim);
         shift *= 2;
     }
-    finish(after_state(x, state), dtype)
+    x
 }
 
 /// Chunked form: inside each chunk of `chunk` tokens a masked prefix softmax (`C × C` weights,
 /// the running max as a masked row max), then the segments carried over from earlier chunks
-/// combined in front (a loop over `T / C` chunks of `[B, H]`-sized work).
+/// (a scan over the chunk totals) combined in front.
 pub fn chunked<B: Backend>(
     s: Tensor<B, 3>,
     v: Tensor<B, 4>,
@@ -135,26 +141,32 @@ pub fn chunked<B: Backend>(
     let weights = (scores - m.clone()).exp(); // 0 above the diagonal
     let intra = Segment { u: weights.clone().sum_dim(4), w: weights.matmul(v), m }; // [B, H, n, C, *]
 
-    // Carry into chunk c = state ∘ totals of chunks 0..c (a total is the chunk's last row).
-    let mut carry = state.map(|st| st.map(|x| to_f32(x).unsqueeze_dim::<4>(2).unsqueeze_dim::<5>(2)));
-    let mut rows = Vec::with_capacity(n);
-    for c in 0..n {
-        let own = intra.narrow(2, c, 1);
-        let total = own.narrow(3, chunk - 1, 1);
-        rows.push(match &carry {
-            None => own,
-            Some(carry) => {
-                let spread = |x: Tensor<B, 5>, width| x.expand([b, h, 1, chunk, width]);
-                let c = carry.clone();
-                combine(Segment { m: spread(c.m, 1), u: spread(c.u, 1), w: spread(c.w, dv) }, own)
-            }
-        });
-        carry = Some(match carry {
-            None => total,
-            Some(carry) => combine(carry, total),
-        });
-    }
-    let prefixes = Segment::cat(rows, 2).map(|x| {
+    // Carry into chunk c = state ∘ totals of chunks 0..c−1 (a total is the chunk's last row),
+    // from one scan over the chunk totals: slicing the chunks one by one would cost `O(n²)` in
+    // the backward pass (each slice's gradient is a zero tensor of the full size).
+    let totals = scan(intra.narrow(3, chunk - 1, 1), 2); // [B, H, n, 1, *]: chunks 0..=c
+    let state = state.map(|st| st.map(|x| to_f32(x).unsqueeze_dim::<4>(2).unsqueeze_dim::<5>(2)));
+    // `[B, H, chunks or 1, 1, *]` segments broadcast to `[B, H, chunks, rows, *]`.
+    let spread = |x: Segment<B, 5>, chunks, rows| {
+        let m = x.m.expand([b, h, chunks, rows, 1]);
+        Segment { u: x.u.expand([b, h, chunks, rows, 1]), w: x.w.expand([b, h, chunks, rows, dv]), m }
+    };
+    let prefixes = match state {
+        Some(st) => {
+            let totals = combine(spread(st.clone(), n, 1), totals);
+            let carry = match n {
+                1 => st,
+                _ => Segment::cat(vec![st, totals.narrow(2, 0, n - 1)], 2),
+            };
+            combine(spread(carry, n, chunk), intra)
+        }
+        None if n == 1 => intra,
+        None => {
+            let later = combine(spread(totals.narrow(2, 0, n - 1), n - 1, chunk), intra.narrow(2, 1, n - 1));
+            Segment::cat(vec![intra.narrow(2, 0, 1), later], 2)
+        }
+    };
+    let prefixes = prefixes.map(|x| {
         let width = x.dims()[4];
         x.reshape([b, h, n * chunk, width]).swap_dims(1, 2).narrow(1, 0, t)
     });

@@ -75,9 +75,42 @@ pub fn parallel<B: Backend>(
     LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
 }
 
+/// Inclusive scan of `S_c = a_c ⊙ S_{c−1} + u_c` along dim 2 (chunks), from `S_{−1} = 0`:
+/// `a: [B, H, N, K or 1, 1]` decay factors (≤ 1), `u: [B, H, N, K, V]`. Hillis–Steele
+/// doubling over pairs `(a, u)`, `(a₁, u₁)` then `(a₂, u₂)` being `(a₁a₂, a₂u₁ + u₂)`: `⌈log₂ N⌉`
+/// rounds of whole-tensor ops. A loop over chunks would slice the tensors once per chunk, and
+/// autodiff's backward of each slice writes a zero tensor of the full size: `O(N²)` work.
+/// Each position only ever reads earlier ones, so causality stays exact.
+fn decay_scan<B: Backend>(mut a: Tensor<B, 5>, mut u: Tensor<B, 5>) -> Tensor<B, 5> {
+    let n = u.dims()[2];
+    let mut shift = 1;
+    while shift < n {
+        let (a_late, a_early) = (a.clone().narrow(2, shift, n - shift), a.clone().narrow(2, 0, n - shift));
+        let u_late = u.clone().narrow(2, shift, n - shift) + a_late.clone() * u.clone().narrow(2, 0, n - shift);
+        u = Tensor::cat(vec![u.narrow(2, 0, shift), u_late], 2);
+        a = Tensor::cat(vec![a.clone().narrow(2, 0, shift), a_late * a_early], 2);
+        shift *= 2;
+    }
+    u
+}
+
+/// The states entering each chunk, `[B, H, N, K, V]`, and the state after the last one, from
+/// each chunk's own contribution `u` (`k_outᵀ v`), its total log decay `total: [B, H, N, K or
+/// 1, 1]` and the initial state `h0: [B, H, K, V]`:
+/// `S_c = exp(total_c) ⊙ S_{c−1} + u_c`, with `h0` decayed by `exp(Σ_{j≤c} total_j)` added.
+fn chunk_states<B: Backend>(u: Tensor<B, 5>, total: Tensor<B, 5>, h0: Tensor<B, 4>) -> (Tensor<B, 5>, Tensor<B, 4>) {
+    let [b, h, n, k, v] = u.dims();
+    let after = decay_scan(total.clone().exp(), u) + total.cumsum(2).exp() * h0.clone().unsqueeze_dim::<5>(2);
+    let last = after.clone().narrow(2, n - 1, 1).reshape([b, h, k, v]);
+    let before = match n {
+        1 => h0.unsqueeze_dim::<5>(2),
+        _ => Tensor::cat(vec![h0.unsqueeze_dim::<5>(2), after.narrow(2, 0, n - 1)], 2),
+    };
+    (before, last)
+}
+
 /// Chunked form: the quadratic form inside chunks of `chunk` tokens (memory `T·C·K` per head),
-/// the state carried from chunk to chunk (a loop over `T / C` chunks: the decay rules out a
-/// prefix sum).
+/// the states between chunks from a doubling scan over the chunks ([`chunk_states`]).
 pub fn chunked<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -92,7 +125,7 @@ pub fn chunked<B: Backend>(
     let dv = v.dims()[3];
     let n = t.div_ceil(chunk);
     let [q, k, v, g] = [q, k, v, g].map(to_f32);
-    let mut state = h0.map_or_else(|| zero_state(&q, &v), to_f32);
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     // Padding: zero keys add nothing and zero log decay keeps the state; outputs are cut back.
     let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
     let (q, k, v, g) = (split(q, dk), split(k, dk), split(v, dv), split(g, dk));
@@ -101,14 +134,10 @@ pub fn chunked<B: Backend>(
     let total = g.sum_dim(3); // [B, H, N, 1, K], a sum for the reason given in `parallel`
     let q_in = q * cum.clone().exp(); // q_t ⊙ exp(G_t): reads the state entering the chunk
     let k_out = k * (total.clone() - cum).exp(); // k_s ⊙ exp(G_end − G_s): decayed to the chunk end
-    let mut outputs = Vec::with_capacity(n);
-    for c in 0..n {
-        let at = |x: &Tensor<B, 5>| x.clone().narrow(2, c, 1).squeeze_dim::<4>(2);
-        let inter = at(&q_in).matmul(state.clone());
-        outputs.push((at(&intra) + inter) * scale);
-        state = at(&total).swap_dims(2, 3).exp() * state + at(&k_out).swap_dims(2, 3).matmul(at(&v));
-    }
-    let output = Tensor::cat(outputs, 2).swap_dims(1, 2).narrow(1, 0, t);
+    let own = k_out.swap_dims(3, 4).matmul(v); // [B, H, N, K, V]
+    let (before, state) = chunk_states(own, total.swap_dims(3, 4), h0);
+    let output = (intra + q_in.matmul(before)) * scale;
+    let output = output.reshape([b, h, n * chunk, dv]).swap_dims(1, 2).narrow(1, 0, t);
     LinearAttnOutput { output: to_dtype(output, dtype), state }
 }
 
@@ -200,8 +229,8 @@ pub fn parallel_per_head<B: Backend>(
 }
 
 /// [`chunked`] for a per-head log decay `g: [B, T, H]` (Lightning-2 blocks of `chunk` tokens):
-/// intra-block `((Q Kᵀ) ⊙ D) V`, inter-block `diag(exp G_t) Q S`, then
-/// `S ← exp(G_end) S + (diag(exp(G_end − G_s)) K)ᵀ V`.
+/// intra-block `((Q Kᵀ) ⊙ D) V`, inter-block `diag(exp G_t) Q S`, with
+/// `S ← exp(G_end) S + (diag(exp(G_end − G_s)) K)ᵀ V` from one scan over the blocks.
 pub fn chunked_per_head<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -216,7 +245,7 @@ pub fn chunked_per_head<B: Backend>(
     let dv = v.dims()[3];
     let n = t.div_ceil(chunk);
     let [q, k, v] = [q, k, v].map(to_f32);
-    let mut state = h0.map_or_else(|| zero_state(&q, &v), to_f32);
+    let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     // Padding as in `chunked`: zero keys add nothing, zero log decay keeps the state.
     let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
     let (q, k, v) = (split(q, dk), split(k, dk), split(v, dv));
@@ -231,12 +260,8 @@ pub fn chunked_per_head<B: Backend>(
     let total = g.sum_dim(3); // [B, H, N, 1, 1]
     let q_in = q * cum.clone().exp();
     let k_out = k * (total.clone() - cum).exp();
-    let mut outputs = Vec::with_capacity(n);
-    for c in 0..n {
-        let at = |x: &Tensor<B, 5>| x.clone().narrow(2, c, 1).squeeze_dim::<4>(2);
-        outputs.push((at(&intra) + at(&q_in).matmul(state.clone())) * scale);
-        state = at(&total).exp() * state + at(&k_out).swap_dims(2, 3).matmul(at(&v));
-    }
-    let output = Tensor::cat(outputs, 2).swap_dims(1, 2).narrow(1, 0, t);
+    let (before, state) = chunk_states(k_out.swap_dims(3, 4).matmul(v), total, h0);
+    let output = (intra + q_in.matmul(before)) * scale;
+    let output = output.reshape([b, h, n * chunk, dv]).swap_dims(1, 2).narrow(1, 0, t);
     LinearAttnOutput { output: to_dtype(output, dtype), state }
 }
