@@ -270,7 +270,13 @@ pub fn ops(args: OpsArgs) -> Result<()> {
     let shapes = grid.shapes().map_err(anyhow::Error::msg)?;
     let form = args.form.as_deref().map(|f| if f == "chunked" { ember_ops::Form::Chunked } else { ember_ops::Form::Parallel });
     let device = backend::resolve(&args.device, args.dtype);
-    let rows = backend::with_backend!(&device, |B, dev| {
+    // Rows are written as they come, so a run that dies part-way (out of memory, say) keeps them.
+    let mut json = match &args.json {
+        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
+        None => None,
+    };
+    let mut json_error = None;
+    backend::with_backend!(&device, |B, dev| {
         let backend_name = <B as burn::tensor::backend::Backend>::name(&dev);
         let opts = OpsOptions {
             level: args.level,
@@ -295,12 +301,19 @@ pub fn ops(args: OpsArgs) -> Result<()> {
             if let Some(header) = header.take() {
                 println!("{header}");
             }
-            println!("{}", row.line())
+            println!("{}", row.line());
+            if let Some(file) = json.as_mut() {
+                use std::io::Write;
+                let written = serde_json::to_writer(&mut *file, row).map_err(std::io::Error::from).and_then(|_| writeln!(file));
+                if let Err(e) = written {
+                    json_error.get_or_insert(e);
+                }
+            }
         })
     })
     .with_context(|| format!("device {device}"))?;
-    if let Some(path) = &args.json {
-        b::write_jsonl(path, &rows)?;
+    if let (Some(e), Some(path)) = (json_error, &args.json) {
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
 use ember_ops::softmax_attention::{self, KvCache};
-use ember_ops::rope;
+use ember_ops::rope::{self, RopeScaling};
 use serde::{Deserialize, Serialize};
 
 /// `kind = "attention"`.
@@ -24,13 +24,19 @@ pub struct AttentionConfig {
     pub window: Option<usize>,
     /// RoPE base (rotate-half convention on the full head dimension).
     pub rope_base: f64,
+    /// RoPE frequency scaling of long-context checkpoints (`{ type = "llama3", ... }`, `linear`,
+    /// `dynamic`, `yarn`); absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
     /// Bias on the q/k/v projections (Qwen2 has one).
     pub qkv_bias: bool,
+    /// Bias on the output projection (Llama with `attention_bias`).
+    pub out_bias: bool,
 }
 
 impl Default for AttentionConfig {
     fn default() -> Self {
-        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope_base: 10_000.0, qkv_bias: false }
+        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope_base: 10_000.0, rope_scaling: None, qkv_bias: false, out_bias: false }
     }
 }
 
@@ -59,6 +65,9 @@ impl AttentionConfig {
         if self.rope_base <= 1.0 {
             return Err(format!("rope_base must be > 1, got {}", self.rope_base));
         }
+        if let Some(scaling) = &self.rope_scaling {
+            scaling.validate()?;
+        }
         Ok(())
     }
 
@@ -69,7 +78,7 @@ impl AttentionConfig {
 
     pub fn params(&self, d_model: usize) -> usize {
         let (q, kv) = self.widths(d_model);
-        let bias = if self.qkv_bias { q + 2 * kv } else { 0 };
+        let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.out_bias { d_model } else { 0 };
         d_model * (q + 2 * kv) + bias + q * d_model
     }
 
@@ -96,12 +105,13 @@ impl AttentionConfig {
         let (q, kv) = self.widths(d_model);
         Attention {
             qkv: linear(d_model, q + 2 * kv, self.qkv_bias, INIT_STD, device),
-            out: linear(q, d_model, false, out_std, device),
+            out: linear(q, d_model, self.out_bias, out_std, device),
             heads: self.heads,
             kv_heads: self.kv_heads(),
             head_dim: self.head_dim(d_model),
             window: self.window,
             rope_base: self.rope_base,
+            rope_scaling: self.rope_scaling.clone(),
         }
     }
 }
@@ -115,6 +125,8 @@ pub struct Attention<B: Backend> {
     pub head_dim: usize,
     pub window: Option<usize>,
     pub rope_base: f64,
+    #[module(skip)]
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 impl<B: Backend> Attention<B> {
@@ -126,7 +138,8 @@ impl<B: Backend> Attention<B> {
         let q = qkv.clone().narrow(2, 0, hq * dh).reshape([b, t, hq, dh]);
         let k = qkv.clone().narrow(2, hq * dh, hkv * dh).reshape([b, t, hkv, dh]);
         let v = qkv.narrow(2, (hq + hkv) * dh, hkv * dh).reshape([b, t, hkv, dh]);
-        (rope::apply(q, offset, self.rope_base), rope::apply(k, offset, self.rope_base), v)
+        let scaling = self.rope_scaling.as_ref();
+        (rope::apply_scaled(q, offset, self.rope_base, scaling), rope::apply_scaled(k, offset, self.rope_base, scaling), v)
     }
 
     fn scale(&self) -> f64 {

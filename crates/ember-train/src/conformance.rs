@@ -5,8 +5,9 @@
 //! upstream gradients `dX` for each output `X`, and `grad_Y` for each input `Y`.
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
-use ember_ops::precision::{to_dtype, to_f32, Precision};
+use burn::tensor::{Int, Tensor, TensorData};
+use ember_models::hf;
+use ember_ops::precision::{cast_params, to_dtype, to_f32, Precision};
 use ember_ops::{gated_linear_attention, linear_attention, softmax_attention, taylor, Form};
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ pub struct Row {
     pub form: String,
     /// Worst relative RMS error over the outputs (and final state).
     pub output_err: f64,
-    /// Worst relative RMS error over the input gradients.
+    /// Worst relative RMS error over the input gradients (NaN where there are none: teachers).
     pub grad_err: f64,
     pub pass: bool,
 }
@@ -57,9 +58,10 @@ impl Report {
             "fixture", "form", "output err", "grad err", "pass"
         );
         for r in &self.rows {
+            let grad = if r.grad_err.is_nan() { "-".to_string() } else { format!("{:.3e}", r.grad_err) };
             s += &format!(
-                "{:<28} {:<24} {:>12.3e} {:>12.3e}  {}\n",
-                r.fixture, r.form, r.output_err, r.grad_err, if r.pass { "ok" } else { "FAIL" }
+                "{:<28} {:<24} {:>12.3e} {:>12}  {}\n",
+                r.fixture, r.form, r.output_err, grad, if r.pass { "ok" } else { "FAIL" }
             );
         }
         for (name, why) in &self.skipped {
@@ -356,7 +358,10 @@ pub fn run<B: AutodiffBackend>(dir: &Path, precision: Precision, device: &B::Dev
     for path in paths {
         let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
         if path.is_dir() {
-            report.skipped.push((file, "directory (HF teacher fixtures are checked by the teacher loader)".into()));
+            match path.join("expected_logits.safetensors").is_file() {
+                true => report.rows.push(teacher_row::<B>(&file, &path, &ctx)?),
+                false => report.skipped.push((file, "a directory without expected_logits.safetensors".into())),
+            }
             continue;
         }
         let Some(name) = file.strip_suffix(".safetensors") else {
@@ -375,6 +380,32 @@ pub fn run<B: AutodiffBackend>(dir: &Path, precision: Precision, device: &B::Dev
         }
     }
     Ok(report)
+}
+
+/// A Hugging Face teacher directory (`hf_*`): load it through the HF loader, run its
+/// `input_ids` and compare the logits with `expected_logits` (no gradients: `grad_err` is NaN).
+fn teacher_row<B: AutodiffBackend>(name: &str, dir: &Path, ctx: &Ctx<B>) -> Result<Row> {
+    let teacher = hf::load::<B::InnerBackend>(dir, ctx.device).with_context(|| format!("loading teacher {}", dir.display()))?;
+    let path = dir.join("expected_logits.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt safetensors", path.display()))?;
+    let view = |n: &str| st.tensor(n).with_context(|| format!("{}: missing tensor {n}", path.display()));
+    let ids = view("input_ids")?;
+    let ids_data: Vec<i64> = match ids.dtype() {
+        safetensors::Dtype::I64 => ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+        other => bail!("{}: input_ids is {other:?}, expected I64", path.display()),
+    };
+    let logits = view("logits")?;
+    if logits.dtype() != safetensors::Dtype::F32 {
+        bail!("{}: logits is {:?}, expected F32", path.display(), logits.dtype());
+    }
+    let want: Vec<f32> = logits.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let tokens = Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(ids_data, ids.shape().to_vec()), ctx.device);
+    let model = cast_params(teacher.model, ctx.precision);
+    let got = to_f32(model.forward(tokens));
+    let want = Tensor::<B::InnerBackend, 3>::from_data(TensorData::new(want, logits.shape().to_vec()), ctx.device);
+    let output_err = rel_rms::<B, 3>(got, want);
+    Ok(Row { fixture: name.into(), form: "HF teacher logits".into(), output_err, grad_err: f64::NAN, pass: output_err <= tolerance(ctx.precision) })
 }
 
 /// Where the tests find the fixtures: `$EMBER_FIXTURES`, else `../shared/fixtures` beside the

@@ -18,7 +18,7 @@ fn fixtures() -> Option<PathBuf> {
 fn assert_complete(report: &conformance::Report) {
     println!("{}", report.table());
     for required in [
-        "based_taylor", "linear_attn", "softmax_attn_gqa", "sliding_window_attn_gqa", "gla", "gla_strong_decay",
+        "based_taylor", "linear_attn", "hf_llama", "hf_qwen2", "softmax_attn_gqa", "sliding_window_attn_gqa", "gla", "gla_strong_decay",
         "scalar_decay_linear_attn", "lightning_constant_decay",
     ] {
         assert!(report.rows.iter().any(|r| r.fixture == required), "fixture {required} was not checked");

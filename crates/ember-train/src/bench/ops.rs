@@ -285,6 +285,9 @@ pub fn estimate_bytes(level: Level, name: &str, form: &str, shape: &Shape) -> f6
     };
     // A mixer adds its input and output projections (and their gradients) to its op.
     let projections = if level == Level::Mixer && name != "base_conv" { 16.0 } else { 0.0 };
+    // A mixer's scores carry its mask and bias too: softmax attention's mixer peaked at about 11
+    // floats per head and score on ndarray (B, T, H, D = 1, 1024 and 2048, 4, 64: 272, 808 MiB).
+    let quad = if level == Level::Mixer && quad > 0.0 && form != "chunked" { quad + 2.0 } else { quad };
     let per_token = h * ((lin + projections) * d + quad * span + feat * features + states);
     let mask = if quad > 0.0 && form != "chunked" { t * t } else { 0.0 }; // one byte per entry
     batch as f64 * t * per_token * 4.0 + mask
