@@ -53,6 +53,39 @@ enum Command {
     Eval(eval::EvalCommand),
     /// Scaling-law sweeps: plan, run (or emit a Slurm/shell script), collect, fit.
     Sweep(sweep::SweepArgs),
+    /// Write a checkpoint's model as safetensors a PyTorch user can load: the Hugging Face
+    /// Llama layout (`--format hf`) or ember's own (`--format ember`).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// New directory to write into.
+    #[arg(long)]
+    out: PathBuf,
+    /// hf: config.json + model.safetensors + tokenizer.json as `transformers` reads them
+    /// (Llama, Qwen2 or Mistral; softmax-attention models with SwiGLU and RMSNorm only).
+    /// ember: any model, keyed by ember's module paths, with its recipe (docs/RECIPES.md).
+    #[arg(long, value_enum, default_value = "hf")]
+    format: ExportFormat,
+    /// Precision of the written weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: ExportDtypeArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Hf,
+    Ember,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportDtypeArg {
+    F32,
+    Bf16,
 }
 
 #[derive(Args)]
@@ -236,6 +269,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Ops(args)) => bench::ops(args)?,
         Command::Eval(command) => eval::run(command)?,
         Command::Sweep(args) => sweep::run(args)?,
+        Command::Export(args) => {
+            use ember_models::hf::export::ExportDtype;
+            use ember_train::export::Format;
+            let format = match args.format {
+                ExportFormat::Hf => Format::Hf,
+                ExportFormat::Ember => Format::Ember,
+            };
+            let dtype = match args.dtype {
+                ExportDtypeArg::F32 => ExportDtype::F32,
+                ExportDtypeArg::Bf16 => ExportDtype::Bf16,
+            };
+            // A file conversion: the CPU backend reads and writes the weights.
+            let files = ember_train::export::export::<burn::backend::NdArray<f32>>(&args.checkpoint, &args.out, format, dtype, &Default::default())?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

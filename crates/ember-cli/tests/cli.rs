@@ -152,6 +152,15 @@ fn train_then_generate_from_the_command_line() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("tokens/s") && text(&out).contains("recurrent state"), "{}", text(&out));
 
+    // ember's own export layout loads like a checkpoint; BASED has no Hugging Face layout.
+    let export = dir.path().join("export");
+    let out = ember(&["export", "--checkpoint", run.to_str().unwrap(), "--out", export.to_str().unwrap(), "--format", "ember"]);
+    assert!(out.status.success() && text(&out).contains("model.safetensors"), "{}", text(&out));
+    let out = ember(&["generate", "--checkpoint", export.to_str().unwrap(), "--prompt", "The", "--max-tokens", "4"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ember(&["export", "--checkpoint", run.to_str().unwrap(), "--out", dir.path().join("hf").to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("Hugging Face layout"), "{}", text(&out));
+
     let out = ember(&["generate", "--checkpoint", dir.path().join("nothing").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("nothing"), "{}", text(&out));

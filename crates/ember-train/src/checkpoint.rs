@@ -126,9 +126,10 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
 }
 
 /// Resolves `--resume`/`--checkpoint DIR`: a checkpoint directory itself, or a run directory
-/// (its newest complete checkpoint).
+/// (its newest complete checkpoint), or an `ember export --format ember` directory (weights and
+/// recipe, no trainer state: it can be loaded, not resumed).
 pub fn resolve(dir: &Path) -> Result<PathBuf> {
-    if dir.join(TRAINER_FILE).is_file() {
+    if dir.join(TRAINER_FILE).is_file() || (dir.join(MODEL_FILE).is_file() && dir.join(RECIPE_FILE).is_file()) {
         return Ok(dir.to_path_buf());
     }
     if !dir.exists() {
@@ -155,7 +156,8 @@ pub fn load_model<B: Backend, M: Module<B>>(ckpt: &Path, mut model: M) -> Result
     if !path.is_file() {
         bail!("checkpoint {} has no {MODEL_FILE}", ckpt.display());
     }
-    let mut store = SafetensorsStore::from_file(&path);
+    // Half-precision files (`ember export --dtype bf16`) are widened to the model's f32.
+    let mut store = SafetensorsStore::from_file(&path).with_from_adapter(WidenToF32);
     let result = model
         .load_from(&mut store)
         .map_err(|e| anyhow::anyhow!("cannot read model weights from {}: {e:?}", path.display()))?;
@@ -169,6 +171,33 @@ pub fn load_model<B: Backend, M: Module<B>>(ckpt: &Path, mut model: M) -> Result
         );
     }
     Ok(model)
+}
+
+/// Loads bf16/f16 tensors as f32 (the ndarray backend cannot hold them). burn-store's
+/// `HalfPrecisionAdapter` converts f16 only, and only in burn's own module types.
+#[derive(Clone)]
+struct WidenToF32;
+
+impl burn_store::ModuleAdapter for WidenToF32 {
+    fn adapt(&self, snapshot: &burn_store::TensorSnapshot) -> burn_store::TensorSnapshot {
+        use burn::tensor::DType;
+        if !matches!(snapshot.dtype, DType::BF16 | DType::F16) {
+            return snapshot.clone();
+        }
+        let source = snapshot.clone();
+        burn_store::TensorSnapshot::from_closure(
+            std::rc::Rc::new(move || source.to_data().map(|d| d.convert::<f32>())),
+            DType::F32,
+            snapshot.shape.clone(),
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn burn_store::ModuleAdapter> {
+        Box::new(self.clone())
+    }
 }
 
 fn save_optimizer<B: Backend>(path: &Path, opt: &AdamW<B>) -> Result<()> {

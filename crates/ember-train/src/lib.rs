@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod conformance;
+pub mod export;
 pub mod generate;
 pub mod metrics;
 pub mod mqar;

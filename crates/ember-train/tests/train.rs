@@ -15,6 +15,11 @@ fn repo() -> PathBuf {
 
 /// based-tiny.toml shrunk to run in seconds, writing into `out`.
 fn tiny(out: &Path, extra: &[&str]) -> Recipe {
+    tiny_from("based-tiny.toml", out, extra)
+}
+
+/// A bundled tiny recipe shrunk the same way.
+fn tiny_from(name: &str, out: &Path, extra: &[&str]) -> Recipe {
     let root = repo();
     let mut sets: Vec<String> = vec![
         "model.d_model=64".into(),
@@ -32,7 +37,7 @@ fn tiny(out: &Path, extra: &[&str]) -> Recipe {
         format!("data.valid={:?}", root.join("data/corpus/valid.jsonl").display().to_string()),
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
-    let mut recipe = Recipe::load(&root.join("recipes/based-tiny.toml"), &sets).unwrap();
+    let mut recipe = Recipe::load(&root.join("recipes").join(name), &sets).unwrap();
     recipe.log.progress = false;
     recipe
 }
@@ -143,4 +148,54 @@ fn tiny_based_learns_well_below_the_unigram_entropy() {
     for pair in report.val_losses.windows(2) {
         assert!(pair[1].1 < pair[0].1, "validation loss rose: {:?}", report.val_losses);
     }
+}
+
+fn logits_of(model: &ember_models::Lm<NdArray<f32>>) -> Vec<f32> {
+    let ids: Vec<i64> = (0..24).map(|i| (i * 37 % 500) as i64).collect();
+    let t = burn::tensor::Tensor::<NdArray<f32>, 2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(ids, [2, 12]), &Default::default());
+    model.forward(t).into_data().to_vec::<f32>().unwrap()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn exports_load_back_with_the_same_logits() {
+    use ember_models::hf::export::ExportDtype;
+    use ember_train::export::{export, Format};
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_from("attn-tiny.toml", &dir.path().join("run"), &["model.n_layers=2", "model.mixers.attn.kv_heads=2"]);
+    let report = train::<B>(&recipe, &quiet(), &Default::default()).unwrap();
+    let ckpt = report.last_checkpoint.unwrap();
+    let device = Default::default();
+    let (model, _, _) = generate::load_model::<NdArray<f32>>(&ckpt, &device).unwrap();
+    let want = logits_of(&model);
+
+    // The Hugging Face layout, read back through the teacher loader.
+    let hf_dir = dir.path().join("hf");
+    let files = export::<NdArray<f32>>(&ckpt, &hf_dir, Format::Hf, ExportDtype::F32, &device).unwrap();
+    assert!(files.iter().any(|f| f.ends_with("tokenizer.json")), "{files:?}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "llama");
+    assert_eq!(config["num_key_value_heads"], 2);
+    let teacher = ember_models::hf::load::<NdArray<f32>>(&hf_dir, &device).unwrap();
+    assert!(max_rel(&logits_of(&teacher.model), &want) < 1e-6);
+
+    // ember's own layout, loaded like a checkpoint (f32 exactly, bf16 within its rounding).
+    let own = dir.path().join("ember");
+    export::<NdArray<f32>>(&ckpt, &own, Format::Ember, ExportDtype::F32, &device).unwrap();
+    let loaded = generate::load::<NdArray<f32>>(&own, &device).unwrap();
+    assert_eq!(logits_of(&loaded.model), want);
+    let half = dir.path().join("bf16");
+    export::<NdArray<f32>>(&ckpt, &half, Format::Ember, ExportDtype::Bf16, &device).unwrap();
+    let (model, _, _) = generate::load_model::<NdArray<f32>>(&half, &device).unwrap();
+    let err = max_rel(&logits_of(&model), &want);
+    assert!(err > 0.0 && err < 2e-2, "{err}");
+
+    // Nothing is overwritten.
+    let e = export::<NdArray<f32>>(&ckpt, &own, Format::Ember, ExportDtype::F32, &device).unwrap_err().to_string();
+    assert!(e.contains("already holds"), "{e}");
 }
