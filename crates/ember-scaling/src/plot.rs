@@ -363,7 +363,7 @@ impl Figure for IsoFlopCurves<'_> {
                 .map(|r| r.loss)
                 .chain(shown_minima.iter().map(|m| m.2)),
         );
-        let axes = ("non-embedding parameters N", "validation loss");
+        let axes = ("parameters N (as the sweep counts them)", "validation loss");
         let mut chart = chart(root, &self.title, (n_lo, n_hi), y_lo..y_hi, axes, None)?;
 
         let count = budgets.len();

@@ -72,6 +72,14 @@ fn skips_budgets_without_a_minimum() {
         matches!(minimum, Err(SkipReason::NoInteriorMinimum { curvature }) if curvature < 0.0),
         "{minimum:?}"
     );
+
+    // A convex profile whose vertex lies below the smallest size trained: an extrapolation.
+    let beyond = parabola_runs(1e18, 1e6, 0.05, &[5e6, 1e7, 2e7, 4e7]);
+    let minimum = fit_budget(1e18, beyond).minimum;
+    assert!(
+        matches!(minimum, Err(SkipReason::MinimumOutsideSizes { n_opt, smallest, .. }) if rel(n_opt, 1e6) < 1e-6 && rel(smallest, 5e6) < 1e-9),
+        "{minimum:?}"
+    );
 }
 
 #[test]
