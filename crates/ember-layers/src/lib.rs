@@ -11,6 +11,8 @@ pub mod conv;
 pub mod gla;
 pub mod init;
 pub mod linear_attention;
+pub mod lolcats;
+pub mod lora;
 pub mod mixer;
 pub mod mlp;
 pub mod moh;

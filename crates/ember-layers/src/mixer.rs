@@ -5,6 +5,8 @@ use crate::conv::{BaseConv, BaseConvConfig};
 use crate::aaren::{Aaren, AarenConfig};
 use crate::gla::{Gla, GlaConfig, GlaState};
 use crate::linear_attention::{LinearAttention, LinearAttentionConfig};
+use crate::lolcats::{Lolcats, LolcatsConfig};
+use ember_ops::hybrid::HybridState;
 use crate::rat::{Rat, RatConfig};
 use ember_ops::aaren::AarenState;
 use ember_ops::rat::RatState;
@@ -39,10 +41,13 @@ pub enum MixerConfig {
     Aaren(AarenConfig),
     /// Mixture-of-Head attention: shared plus top-k routed heads, with a load-balance loss.
     Moh(MohConfig),
+    /// LoLCATs' sliding-window softmax + learned-feature linear attention (Lizard-style with
+    /// `decay` and `sinks`): the student of `ember linearize`.
+    Lolcats(LolcatsConfig),
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -56,6 +61,7 @@ impl MixerConfig {
             MixerConfig::Rat(_) => "rat",
             MixerConfig::Aaren(_) => "aaren",
             MixerConfig::Moh(_) => "moh",
+            MixerConfig::Lolcats(_) => "lolcats",
         }
     }
 
@@ -70,6 +76,7 @@ impl MixerConfig {
             MixerConfig::Rat(c) => c.validate(d_model),
             MixerConfig::Aaren(c) => c.validate(d_model),
             MixerConfig::Moh(c) => c.validate(d_model),
+            MixerConfig::Lolcats(c) => c.validate(d_model),
         }
     }
 
@@ -85,6 +92,7 @@ impl MixerConfig {
             MixerConfig::Rat(c) => c.params(d_model),
             MixerConfig::Aaren(c) => c.params(d_model),
             MixerConfig::Moh(c) => c.params(d_model),
+            MixerConfig::Lolcats(c) => c.params(d_model),
         }
     }
 
@@ -101,6 +109,7 @@ impl MixerConfig {
             MixerConfig::Rat(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Aaren(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Moh(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::Lolcats(c) => c.flops_per_token(d_model, seq_len),
         }
     }
 
@@ -117,6 +126,7 @@ impl MixerConfig {
             MixerConfig::Rat(c) => c.state_size(d_model, seq_len),
             MixerConfig::Aaren(c) => c.state_size(d_model, seq_len),
             MixerConfig::Moh(c) => c.state_size(d_model, seq_len),
+            MixerConfig::Lolcats(c) => c.state_size(d_model, seq_len),
         }
     }
 
@@ -131,6 +141,7 @@ impl MixerConfig {
             MixerConfig::Rat(c) => Mixer::Rat(c.init(at, out_std, device)),
             MixerConfig::Aaren(c) => Mixer::Aaren(c.init(at, out_std, device)),
             MixerConfig::Moh(c) => Mixer::Moh(c.init(at, out_std, device)),
+            MixerConfig::Lolcats(c) => Mixer::Lolcats(c.init(at, out_std, device)),
         }
     }
 }
@@ -146,6 +157,7 @@ pub enum Mixer<B: Backend> {
     Rat(Rat<B>),
     Aaren(Aaren<B>),
     Moh(Moh<B>),
+    Lolcats(Lolcats<B>),
 }
 
 /// A mixer's generation state.
@@ -161,6 +173,7 @@ pub enum MixerState<B: Backend> {
     Rat(RatState<B>),
     Aaren(AarenState<B>),
     Moh(MohState<B>),
+    Hybrid(HybridState<B>),
 }
 
 impl<B: Backend> MixerState<B> {
@@ -176,6 +189,7 @@ impl<B: Backend> MixerState<B> {
             MixerState::Rat(s) => s.numel(),
             MixerState::Aaren(s) => s.numel(),
             MixerState::Moh(s) => s.numel(),
+            MixerState::Hybrid(s) => s.numel(),
         }
     }
 }
@@ -193,6 +207,7 @@ impl<B: Backend> Mixer<B> {
             Mixer::Rat(m) => m.forward(x),
             Mixer::Aaren(m) => m.forward(x),
             Mixer::Moh(m) => m.forward(x),
+            Mixer::Lolcats(m) => m.forward(x),
         }
     }
 
@@ -228,6 +243,8 @@ impl<B: Backend> Mixer<B> {
             (Mixer::Aaren(m), Some(MixerState::Aaren(s))) => wrap(m.step(x, Some(s)), MixerState::Aaren),
             (Mixer::Moh(m), None) => wrap(m.step(x, None), MixerState::Moh),
             (Mixer::Moh(m), Some(MixerState::Moh(s))) => wrap(m.step(x, Some(s)), MixerState::Moh),
+            (Mixer::Lolcats(m), None) => wrap(m.step(x, None), MixerState::Hybrid),
+            (Mixer::Lolcats(m), Some(MixerState::Hybrid(s))) => wrap(m.step(x, Some(s)), MixerState::Hybrid),
             _ => panic!("mixer state does not match the mixer kind"),
         }
     }

@@ -9,6 +9,8 @@ use ember_layers::conv::BaseConvConfig;
 use ember_layers::aaren::AarenConfig;
 use ember_layers::gla::GlaConfig;
 use ember_layers::linear_attention::{LinearAttentionConfig, LinearFeatureMap};
+use ember_layers::lolcats::LolcatsConfig;
+use ember_layers::lora::LoraConfig;
 use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
 use ember_layers::transnormer::TransNormerConfig;
@@ -35,6 +37,23 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("rat", MixerConfig::Rat(RatConfig { head_dim: 8, chunk_size: 8, ..Default::default() })),
         ("aaren", MixerConfig::Aaren(AarenConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("moh", MixerConfig::Moh(MohConfig { heads: 4, shared_heads: 2, top_k: 1, ..Default::default() })),
+        ("lolcats_gqa_lora", MixerConfig::Lolcats(LolcatsConfig {
+            attention: AttentionConfig { heads: 4, kv_heads: Some(2), ..Default::default() },
+            feature_dim: 6,
+            window: 8,
+            lora: Some(LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q".into(), "v".into(), "o".into()] }),
+            ..Default::default()
+        })),
+        ("lizard", MixerConfig::Lolcats(LolcatsConfig {
+            attention: AttentionConfig { heads: 2, ..Default::default() },
+            feature_dim: 8,
+            window: 5,
+            decay: true,
+            decay_bias_init: 0.0,
+            decay_normalizer: 1.0,
+            sinks: 2,
+            ..Default::default()
+        })),
     ]
 }
 
