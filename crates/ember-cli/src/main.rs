@@ -56,6 +56,28 @@ enum Command {
     /// Write a checkpoint's model as safetensors a PyTorch user can load: the Hugging Face
     /// Llama layout (`--format hf`) or ember's own (`--format ember`).
     Export(ExportArgs),
+    /// Linearize a pretrained softmax Transformer (Hugging Face Llama / Qwen2 / Mistral) into a
+    /// LoLCATs, Lizard-style, GLA or BASED student: attention transfer, then LoRA fine-tuning.
+    Linearize(LinearizeArgs),
+}
+
+#[derive(Args)]
+struct LinearizeArgs {
+    /// Linearization recipe (e.g. recipes/linearize/lolcats-attn-tiny.toml).
+    #[arg(long)]
+    recipe: PathBuf,
+    /// Override a recipe key: `--set stage1.steps=100` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Backend device (overrides run.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// Stop stage 1 after this many steps (checkpointed); re-running resumes.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// No per-evaluation lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -69,8 +91,12 @@ struct ExportArgs {
     /// hf: config.json + model.safetensors + tokenizer.json as `transformers` reads them
     /// (Llama, Qwen2 or Mistral; softmax-attention models with SwiGLU and RMSNorm only).
     /// ember: any model, keyed by ember's module paths, with its recipe (docs/RECIPES.md).
+    /// fla: GLA models as flash-linear-attention's GLAForCausalLM.
     #[arg(long, value_enum, default_value = "hf")]
     format: ExportFormat,
+    /// Fold LoRA adapters (from `ember linearize`) into the weights they adapt.
+    #[arg(long)]
+    merge_lora: bool,
     /// Precision of the written weights.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: ExportDtypeArg,
@@ -80,6 +106,7 @@ struct ExportArgs {
 enum ExportFormat {
     Hf,
     Ember,
+    Fla,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -269,19 +296,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Ops(args)) => bench::ops(args)?,
         Command::Eval(command) => eval::run(command)?,
         Command::Sweep(args) => sweep::run(args)?,
+        Command::Linearize(args) => {
+            use ember_train::linearize::{linearize, LinearizeOptions, LinearizeRecipe};
+            let mut overrides = args.overrides.clone();
+            if let Some(device) = &args.device {
+                overrides.push(format!("run.device={device:?}"));
+            }
+            let recipe = LinearizeRecipe::load(&args.recipe, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let device = backend::resolve(&recipe.run.device, ember_ops::precision::Precision::F32);
+            let opts = LinearizeOptions { quiet: args.quiet, stop_after: args.stop_after };
+            println!("linearizing {} into {:?} students on {device}; run directory {}", recipe.teacher.path.display(), recipe.student.mixer.kind(), recipe.run.out_dir.display());
+            let report = backend::with_backend!(&device, |B, dev| linearize::<B>(&recipe, &opts, &dev))?;
+            if report.interrupted {
+                println!("stopped during stage 1 (checkpointed): run the same command again to resume");
+            } else {
+                print!("{}", report.markdown());
+                println!("\nreport: {}", recipe.run.out_dir.join("report.md").display());
+            }
+        }
         Command::Export(args) => {
             use ember_models::hf::export::ExportDtype;
             use ember_train::export::Format;
             let format = match args.format {
                 ExportFormat::Hf => Format::Hf,
                 ExportFormat::Ember => Format::Ember,
+                ExportFormat::Fla => Format::Fla,
             };
             let dtype = match args.dtype {
                 ExportDtypeArg::F32 => ExportDtype::F32,
                 ExportDtypeArg::Bf16 => ExportDtype::Bf16,
             };
             // A file conversion: the CPU backend reads and writes the weights.
-            let files = ember_train::export::export::<burn::backend::NdArray<f32>>(&args.checkpoint, &args.out, format, dtype, &Default::default())?;
+            let files = ember_train::export::export_with::<burn::backend::NdArray<f32>>(&args.checkpoint, &args.out, format, dtype, args.merge_lora, &Default::default())?;
             for f in files {
                 println!("wrote {}", f.display());
             }

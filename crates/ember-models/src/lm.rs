@@ -382,6 +382,20 @@ impl<B: Backend> Lm<B> {
         (self.final_norm.forward(x), aux)
     }
 
+    /// Every layer's mixer input (after its norm) and output, `[B, T, D]` each: what
+    /// layer-wise distillation matches a student mixer against.
+    pub fn mixer_io(&self, tokens: Tensor<B, 2, Int>) -> Vec<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let mut x = self.embed(tokens);
+        let mut io = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let input = block.mixer_norm.forward(x.clone());
+            let h = block.mixer.forward(input.clone());
+            io.push((input, h.clone()));
+            x = block.channel_mix(x + h);
+        }
+        io
+    }
+
     /// Hidden states `[.., D]` → logits `[.., vocab]` (the output head).
     pub fn unembed(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.head {

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod conformance;
 pub mod export;
 pub mod generate;
+pub mod linearize;
 pub mod metrics;
 pub mod mqar;
 pub mod optim;

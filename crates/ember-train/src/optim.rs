@@ -88,6 +88,33 @@ pub fn named_parameters<B: Backend, M: burn::module::Module<B>>(module: &M) -> V
     v.params
 }
 
+/// Sets which parameters train: those whose dotted path `trainable` accepts keep their
+/// gradients, every other one is detached (no gradient, so AdamW leaves it as it is).
+struct Trainable<F: Fn(&str) -> bool> {
+    path: Path,
+    trainable: F,
+}
+
+impl<B: AutodiffBackend, F: Fn(&str) -> bool> ModuleMapper<B> for Trainable<F> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = tensor.set_require_grad((self.trainable)(&self.path.name()));
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// `module` with only the parameters whose path `trainable` accepts left trainable (the
+/// paths of [`named_parameters`]); the rest are frozen.
+pub fn set_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(module: M, trainable: impl Fn(&str) -> bool) -> M {
+    module.map(&mut Trainable { path: Path::default(), trainable })
+}
+
 struct Update<'a, B: AutodiffBackend> {
     opt: &'a mut AdamW<B::InnerBackend>,
     grads: GradientsParams,

@@ -75,6 +75,56 @@ pub struct RecipeSource {
     locator: Locator,
 }
 
+impl RecipeSource {
+    /// An error about `key` (dotted), located at the line or `--set` that set it.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> RecipeError {
+        self.locator.error(&parse_dotted(key), ErrorKind::Invalid { key: key.to_string(), message: message.into() })
+    }
+
+    /// Resolves a path key the way [`Recipe::check_files`] resolves data paths: as written,
+    /// then beside the recipe, then one directory up. The error names the key and every place tried.
+    pub fn resolve_path(&self, key: &str, path: &Path) -> Result<PathBuf, RecipeError> {
+        let mut tried = vec![path.to_path_buf()];
+        if path.is_relative() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                tried.push(dir.join(path));
+                if let Some(up) = dir.parent() {
+                    tried.push(up.join(path));
+                }
+            }
+        }
+        tried.dedup();
+        match tried.iter().find(|p| p.exists()) {
+            Some(found) => Ok(found.clone()),
+            None => Err(self.locator.error(&parse_dotted(key), ErrorKind::FileNotFound { key: key.to_string(), what: "path", path: path.to_path_buf(), tried })),
+        }
+    }
+}
+
+/// Steps 2–4 of loading for any recipe-like document (a [`Recipe`], a linearization recipe):
+/// parse `text` as TOML, apply `--set` overrides, deserialize into `T` with errors naming the
+/// key and its line. Returns the value and its [`RecipeSource`].
+pub fn parse_document<T: DeserializeOwned>(text: &str, origin: &Path, overrides: &[String]) -> Result<(T, RecipeSource), RecipeError> {
+    let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
+        let (line, column) = e.span().map_or((1, 1), |s| doc::line_col(text, s.start));
+        let message = e.message().trim().to_string();
+        RecipeError::new(origin, Origin::Line { line, column: Some(column) }, ErrorKind::Syntax { message })
+    })?;
+    let mut locator = Locator::new(origin, text);
+    locator.apply_overrides(&mut table, overrides)?;
+    let value: T = deserialize(&table, &locator)?;
+    let text = if overrides.is_empty() {
+        text.to_string()
+    } else {
+        let mut header = format!("# {} with overrides:\n", origin.display());
+        for o in overrides {
+            let _ = writeln!(header, "#   --set {o}");
+        }
+        header + &toml::to_string(&table).expect("a parsed TOML table serializes")
+    };
+    Ok((value, RecipeSource { path: origin.to_path_buf(), text, overrides: overrides.to_vec(), locator }))
+}
+
 impl PartialEq for RecipeSource {
     fn eq(&self, other: &Self) -> bool {
         self.path == other.path && self.text == other.text && self.overrides == other.overrides
@@ -380,27 +430,11 @@ impl Recipe {
     /// data paths are left as written; call [`Recipe::check_files`] to resolve them.
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str, origin: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
-        let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
-            let (line, column) = e.span().map_or((1, 1), |s| doc::line_col(text, s.start));
-            let message = e.message().trim().to_string();
-            RecipeError::new(origin, Origin::Line { line, column: Some(column) }, ErrorKind::Syntax { message })
-        })?;
-        let mut locator = Locator::new(origin, text);
-        locator.apply_overrides(&mut table, overrides)?;
-        let mut recipe: Recipe = deserialize(&table, &locator)?;
+        let (mut recipe, source): (Recipe, _) = parse_document(text, origin, overrides)?;
         if recipe.train.out_dir.as_os_str().is_empty() {
             recipe.train.out_dir = Path::new("checkpoints").join(&recipe.train.name);
         }
-        let text = if overrides.is_empty() {
-            text.to_string()
-        } else {
-            let mut header = format!("# {} with overrides:\n", origin.display());
-            for o in overrides {
-                let _ = writeln!(header, "#   --set {o}");
-            }
-            header + &toml::to_string(&table).expect("a parsed TOML table serializes")
-        };
-        recipe.source = RecipeSource { path: origin.to_path_buf(), text, overrides: overrides.to_vec(), locator };
+        recipe.source = source;
         recipe.validate()?;
         Ok(recipe)
     }
@@ -451,8 +485,7 @@ impl Recipe {
     /// An error about `key` (dotted, e.g. `"model.vocab_size"`), located at the line that set it
     /// or the `--set` that did: for checks made after loading (e.g. against the tokenizer).
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> RecipeError {
-        let path = parse_dotted(key);
-        self.source.locator.error(&path, ErrorKind::Invalid { key: key.to_string(), message: message.into() })
+        self.source.error_at(key, message)
     }
 
     /// Checks values and constraints that the types alone cannot (already called by

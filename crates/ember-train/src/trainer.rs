@@ -120,6 +120,42 @@ pub fn batch_loss<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) 
     batch_losses(model, batch, device).ce
 }
 
+/// Knowledge distillation from a teacher's logits (linearization's stage 2): the loss is
+/// `ce_weight · CE + kl_weight · τ² · KL(softmax(teacher/τ) ‖ softmax(student/τ))`.
+pub struct Distill<B: Backend> {
+    pub teacher: Lm<B>,
+    pub ce_weight: f64,
+    pub kl_weight: f64,
+    pub temperature: f64,
+}
+
+/// A run that starts from a given model rather than a fresh one: linearization's stage 2.
+pub struct Start<B: AutodiffBackend> {
+    pub model: Lm<B>,
+    /// Only parameters whose path contains one of these substrings train; the rest are frozen.
+    pub trainable: Option<Vec<String>>,
+    pub distill: Option<Distill<B::InnerBackend>>,
+}
+
+/// The training loss of `batch` with distillation: `(loss to minimise, cross-entropy)`. Zero KL
+/// when the student is the teacher.
+pub fn distill_losses<B: AutodiffBackend>(model: &Lm<B>, batch: &Batch, d: &Distill<B::InnerBackend>, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    use burn::tensor::activation::{log_softmax, softmax};
+    let s = scored(model, batch, device);
+    let n = s.targets.len();
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(s.targets, [n]), device);
+    let ce = CrossEntropyLossConfig::new().init(device).forward(s.logits.clone(), targets);
+    let teacher = Tensor::<B, 2>::from_inner(scored(&d.teacher, batch, device).logits);
+    let tau = d.temperature;
+    let p = softmax(teacher.clone() / tau, 1);
+    let kl = (p * (log_softmax(teacher / tau, 1) - log_softmax(s.logits / tau, 1))).sum_dim(1).mean() * (tau * tau);
+    let mut total = ce.clone() * d.ce_weight + kl * d.kl_weight;
+    if let Some(aux) = s.aux {
+        total = total + aux;
+    }
+    (total, ce)
+}
+
 /// The gradients of one optimizer step, its mean loss and the tokens it consumed.
 pub struct StepGrads {
     pub grads: GradientsParams,
@@ -135,6 +171,7 @@ pub fn accumulated_grads<B: AutodiffBackend>(
     loader: &mut TrainLoader,
     accum: usize,
     precision: Precision,
+    distill: Option<&Distill<B::InnerBackend>>,
     device: &B::Device,
 ) -> StepGrads {
     let mut accumulator = GradientsAccumulator::<Lm<B>>::new();
@@ -142,9 +179,17 @@ pub fn accumulated_grads<B: AutodiffBackend>(
     for _ in 0..accum {
         let batch = loader.next_batch();
         tokens += (batch.batch_size * batch.seq_len) as u64;
-        let losses = batch_losses(&cast_params(model.clone(), precision), &batch, device);
-        loss_sum += losses.ce.clone().into_scalar().elem::<f64>();
-        let total = losses.total() / accum as f64;
+        let cast = cast_params(model.clone(), precision);
+        let (total, ce) = match distill {
+            Some(d) => distill_losses(&cast, &batch, d, device),
+            None => {
+                let losses = batch_losses(&cast, &batch, device);
+                let ce = losses.ce.clone();
+                (losses.total(), ce)
+            }
+        };
+        loss_sum += ce.into_scalar().elem::<f64>();
+        let total = total / accum as f64;
         accumulator.accumulate(model, GradientsParams::from_grads(total.backward(), model));
     }
     StepGrads { grads: accumulator.grads(), loss: loss_sum / accum as f64, tokens }
@@ -252,13 +297,22 @@ pub fn open_run_data(recipe: &Recipe, with_valid: bool) -> Result<RunData> {
 }
 
 pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<TrainReport> {
+    train_from::<B>(recipe, opts, device, None)
+}
+
+/// [`train`], from `start`'s model (frozen where it says, distilling if it says) instead of a
+/// fresh one from the recipe's seed. A resumed run loads its checkpoint over that model.
+pub fn train_from<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device, start: Option<Start<B>>) -> Result<TrainReport> {
     let precision = recipe.train.precision();
     if !supported::<B>(precision, device) {
         bail!("{}", recipe.error_at("train.dtype", format!("this backend (device {device:?}) cannot compute in {precision} (ndarray and wgpu's WGSL shaders have no bf16; flex, tch and cuda do): use \"f32\"")));
     }
     let RunData { mut loader, valid, unigram_entropy } = open_run_data(recipe, true)?;
 
-    let mut model: Lm<B> = recipe.model.init_seeded(recipe.train.seed, device);
+    let (mut model, trainable, distill) = match start {
+        Some(s) => (s.model, s.trainable, s.distill),
+        None => (recipe.model.init_seeded(recipe.train.seed, device), None, None),
+    };
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.optim.clone());
     let mut state = TrainerState { step: 0, tokens: 0, loader: loader.state(), elapsed_secs: 0.0, last_val_loss: None, last_val_accuracy: None, finished: false };
     if let Some(resume) = &opts.resume {
@@ -269,6 +323,9 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
         loader
             .restore(&state.loader)
             .with_context(|| format!("resuming the data loader from {}", ckpt.display()))?;
+    }
+    if let Some(patterns) = &trainable {
+        model = crate::optim::set_trainable(model, |path| patterns.iter().any(|p| path.contains(p.as_str())));
     }
 
     let run_dir = recipe.train.out_dir.clone();
@@ -295,7 +352,7 @@ pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &
     let (elapsed_before, tokens_before) = (state.elapsed_secs, state.tokens);
     while state.step < stop && !state.finished {
         let lr = recipe.optim.lr_at(state.step, total);
-        let StepGrads { grads, loss, tokens } = accumulated_grads(&model, &mut loader, accum, precision, device);
+        let StepGrads { grads, loss, tokens } = accumulated_grads(&model, &mut loader, accum, precision, distill.as_ref(), device);
         if !loss.is_finite() {
             bail!("training diverged at step {}: loss is {loss} (last checkpoint is intact)", state.step);
         }

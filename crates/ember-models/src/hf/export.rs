@@ -1,6 +1,6 @@
 //! Writing an ember model of the Llama family's shape as a Hugging Face checkpoint directory
 //! (`config.json` + `model.safetensors`) that `transformers` and [`super::load`] read.
-use super::{mappings, Family, HfConfig};
+use super::{mappings, Family, HfConfig, Mapping};
 use crate::lm::LmConfig;
 use crate::Lm;
 use burn::tensor::backend::Backend;
@@ -122,13 +122,20 @@ pub enum ExportDtype {
 
 /// The model's weights under their Hugging Face names (`[out, in]` orientation), as f32.
 pub fn hf_tensors<B: Backend>(model: &Lm<B>, c: &HfConfig) -> Result<BTreeMap<String, (Vec<f32>, Vec<usize>)>, String> {
+    mapped_tensors(model, &mappings(c), c.num_kv_heads * c.head_dim)
+}
+
+/// The weights of `model` renamed by `maps`: transposed back to `[out, in]` where marked, and
+/// cut along dim 0 where one ember tensor is several (a fused q/k/v with key/value width
+/// `kv_width` each; SwiGLU's fused up/gate in halves).
+pub(crate) fn mapped_tensors<B: Backend>(model: &Lm<B>, maps: &[Mapping], kv_width: usize) -> Result<BTreeMap<String, (Vec<f32>, Vec<usize>)>, String> {
     let ember: HashMap<String, burn::tensor::TensorData> = model
         .collect(None, None, false)
         .into_iter()
         .map(|s| Ok((s.full_path(), s.to_data().map_err(|e| e.to_string())?)))
         .collect::<Result<_, String>>()?;
     let mut out = BTreeMap::new();
-    for m in mappings(c) {
+    for m in maps {
         let data = ember.get(&m.ember).ok_or_else(|| format!("the model has no parameter {}", m.ember))?;
         let shape = data.shape.clone();
         let values: Vec<f32> = data.to_vec::<f32>().map_err(|e| format!("{}: {e:?}", m.ember))?;
@@ -142,10 +149,7 @@ pub fn hf_tensors<B: Backend>(model: &Lm<B>, c: &HfConfig) -> Result<BTreeMap<St
         let part_rows: Vec<usize> = match m.hf.len() {
             1 => vec![rows],
             // q, k, v: the query width then two equal key/value widths.
-            3 => {
-                let kv = c.num_kv_heads * c.head_dim;
-                vec![rows - 2 * kv, kv, kv]
-            }
+            3 => vec![rows - 2 * kv_width, kv_width, kv_width],
             // up and gate: two halves.
             _ => vec![rows / 2; 2],
         };

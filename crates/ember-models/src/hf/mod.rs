@@ -8,6 +8,7 @@
 //! that shape back in the Hugging Face layout. Nothing is downloaded: paths are local.
 mod weights;
 pub mod export;
+pub mod fla;
 
 pub use weights::Checkpoint;
 

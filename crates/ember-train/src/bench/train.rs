@@ -65,7 +65,7 @@ pub fn train_steps<B: AutodiffBackend>(
     memory.sample();
     for i in 0..opts.warmup + opts.steps {
         let started = Instant::now();
-        let grads = accumulated_grads(&model, &mut loader, accum, precision, device).grads;
+        let grads = accumulated_grads(&model, &mut loader, accum, precision, None, device).grads;
         let (m, info) = optimizer.step(model, grads, recipe.optim.lr);
         model = m;
         std::hint::black_box(info.grad_norm); // the norm is read back, so the step has finished
