@@ -227,20 +227,15 @@ impl LmConfig {
     /// lock, and then copied onto `device`: a seed means the same model on cpu, wgpu, cuda and
     /// libtorch, which is what lets their training curves be compared.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Lm<B> {
-        type Host = burn::backend::NdArray<f32>;
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let host_device = Default::default();
-        // The whole of it holds the lock: building the device model draws from its backend's
-        // generator too (eager `Tensor::random`, and `Param::consume` materialising lazy values),
-        // and on ndarray that is the host's generator, which another thread's init must not
-        // advance between this one's seed and its draws.
-        let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Host::seed(&host_device, seed);
-        let host: Lm<Host> = self.init(&host_device);
-        host.visit(&mut Materialize);
-        let mut values = CollectValues(Vec::new());
-        host.visit(&mut values);
-        self.init::<B>(device).map(&mut ReplaceValues(values.0.into_iter()))
+        with_host_seed(seed, |host_device| copy_values(self.init::<Host>(host_device), || self.init::<B>(device)))
+    }
+
+    /// One mixer of this model, initialised reproducibly from `seed` like [`LmConfig::init_seeded`]
+    /// (without building the rest of the model): linearization adds student mixers to a teacher.
+    pub fn init_mixer_seeded<B: Backend>(&self, config: &MixerConfig, layer: usize, seed: u64, device: &B::Device) -> Mixer<B> {
+        let at = LayerContext { d_model: self.d_model, layer, n_layers: self.n_layers };
+        let out_std = INIT_STD / (2.0 * self.n_layers as f64).sqrt();
+        with_host_seed(seed, |host_device| copy_values(config.init::<Host>(at, out_std, host_device), || config.init::<B>(at, out_std, device)))
     }
 
     /// Builds the model with lazily initialised parameters; prefer [`LmConfig::init_seeded`],
@@ -274,6 +269,30 @@ impl LmConfig {
             head: (!self.tie_embeddings).then(|| linear(self.d_model, vocab, false, INIT_STD, device)),
         }
     }
+}
+
+/// The backend whose seeded generator draws every initial value.
+type Host = burn::backend::NdArray<f32>;
+
+/// Runs `f` with the host generator seeded, holding a lock the whole time: building the
+/// device model draws from its backend's generator too (eager `Tensor::random`, and
+/// `Param::consume` materialising lazy values), and on ndarray that is the host's generator,
+/// which another thread's init must not advance between this one's seed and its draws.
+fn with_host_seed<R>(seed: u64, f: impl FnOnce(&burn::tensor::Device<Host>) -> R) -> R {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let host_device = Default::default();
+    Host::seed(&host_device, seed);
+    f(&host_device)
+}
+
+/// `target()` with every float parameter replaced by `host`'s, drawn (in module order) before
+/// `target` is built.
+fn copy_values<B: Backend, H: Module<Host>, M: Module<B>>(host: H, target: impl FnOnce() -> M) -> M {
+    host.visit(&mut Materialize);
+    let mut values = CollectValues(Vec::new());
+    host.visit(&mut values);
+    target().map(&mut ReplaceValues(values.0.into_iter()))
 }
 
 /// Forces lazily initialised parameters to draw their values now, in module order.

@@ -377,17 +377,16 @@ fn adopt<B: Backend>(student: Mixer<B>, teacher: &Attention<B>) -> Mixer<B> {
     }
 }
 
-/// The stage-1 student: the teacher everywhere, with fresh student mixers (seeded) that have
-/// taken over the teacher's projections in the replaced layers.
+/// The stage-1 student: the teacher everywhere, with fresh student mixers (seeded, layer `l`
+/// from `seed + l`) that have taken over the teacher's projections in the replaced layers.
+/// Only the new mixers are allocated: the rest shares the teacher's tensors.
 fn graft<B: Backend>(teacher: &Lm<B>, student_config: &LmConfig, layers: &[usize], seed: u64, device: &B::Device) -> Lm<B> {
-    let fresh = student_config.init_seeded::<B>(seed, device);
     let mut student = teacher.clone();
-    for (l, block) in fresh.blocks.into_iter().enumerate() {
-        if !layers.contains(&l) {
-            continue;
-        }
+    let spec = &student_config.mixers[STUDENT];
+    for &l in layers {
         if let Mixer::Attention(att) = &teacher.blocks[l].mixer {
-            student.blocks[l].mixer = adopt(block.mixer, att);
+            let fresh = student_config.init_mixer_seeded::<B>(spec, l, seed.wrapping_add(l as u64), device);
+            student.blocks[l].mixer = adopt(fresh, att);
         }
     }
     student
@@ -574,19 +573,15 @@ pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeO
             // The teacher's activations (no autodiff): every replaced layer sees the teacher's
             // own input, so the layers train independently of each other.
             let io = teacher_eval.mixer_io(batch_tensor::<B::InnerBackend>(&batch.inputs, &batch, device));
-            let mut loss: Option<Tensor<B, 1>> = None;
+            // Block-wise: each layer's loss is backpropagated on its own (the layers share no
+            // trainable parameter), so only one layer's graph is alive at a time.
             for &l in &layers {
                 let (x, y) = io[l].clone();
                 let y_hat = student.blocks[l].mixer.forward(Tensor::from_inner(x));
-                let mse = (y_hat - Tensor::from_inner(y)).powi_scalar(2).mean();
-                loss = Some(match loss {
-                    None => mse,
-                    Some(acc) => acc + mse,
-                });
+                let loss = (y_hat - Tensor::from_inner(y)).powi_scalar(2).mean() * recipe.stage1.mse_weight;
+                loss_sum += loss.clone().into_scalar().elem::<f64>();
+                accumulated.accumulate(&student, GradientsParams::from_grads((loss / accum as f64).backward(), &student));
             }
-            let loss = loss.expect("at least one layer") * recipe.stage1.mse_weight;
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            accumulated.accumulate(&student, GradientsParams::from_grads((loss / accum as f64).backward(), &student));
         }
         let loss = loss_sum / accum as f64;
         if !loss.is_finite() {
