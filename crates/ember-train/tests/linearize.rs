@@ -208,3 +208,26 @@ fn distillation_loss_is_plain_cross_entropy_when_the_student_is_the_teacher() {
     let (total, ce, plain): (f32, f32, f32) = (total.into_scalar(), ce.into_scalar(), plain.into_scalar());
     assert!((total - plain).abs() < 1e-5 && (ce - plain).abs() < 1e-6, "{total} {ce} {plain}");
 }
+
+#[test]
+fn shipped_linearize_recipes_parse_and_mistakes_name_their_line() {
+    let dir = repo().join("recipes/linearize");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        LinearizeRecipe::from_str(&text, &path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 3, "lolcats, gla and a real-teacher recipe ship");
+    // RAT has a chunk_size too, so only the kind is wrong.
+    let path = dir.join("gla-attn-tiny.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let bad = text.replace("kind = \"gla\"", "kind = \"rat\"");
+    let line = bad.lines().position(|l| l.contains("kind = \"rat\"")).unwrap() + 1;
+    let err = LinearizeRecipe::from_str(&bad, &path, &[]).unwrap_err().to_string();
+    assert!(err.contains("student.mixer.kind") && err.contains(&format!(":{line}")), "{err}");
+    let lolcats = std::fs::read_to_string(dir.join("lolcats-attn-tiny.toml")).unwrap();
+    let err = LinearizeRecipe::from_str(&lolcats, &path, &["stage2.lora.rank=0".into()]).unwrap_err().to_string();
+    assert!(err.contains("stage2.lora") && err.contains("rank"), "{err}");
+}

@@ -243,6 +243,11 @@ pub fn mixer_config(kind: &str, shape: &Shape, form: Option<Form>, sets: &[(Stri
     if let Some(form) = form {
         set("form", serde_json::to_value(form)?);
     }
+    // LoLCATs keeps its projections' shape in a nested attention table.
+    if let Some(Value::Object(attention)) = table.get_mut("attention") {
+        attention.insert("heads".into(), json!(shape.heads));
+        attention.insert("head_dim".into(), json!(shape.head_dim));
+    }
     let mut label = table.get("form").and_then(Value::as_str).unwrap_or("-").to_string();
     for (key, v) in sets {
         if let Some(slot) = table.get_mut(key) {
