@@ -392,6 +392,27 @@ fn graft<B: Backend>(teacher: &Lm<B>, student_config: &LmConfig, layers: &[usize
     student
 }
 
+/// What a stage-1 checkpoint holds: the replaced layers' mixers only (the rest is the teacher's,
+/// unchanged), so a large teacher is not written again at every checkpoint.
+#[derive(burn::module::Module, Debug)]
+struct StudentMixers<B: Backend> {
+    layers: Vec<Mixer<B>>,
+}
+
+impl<B: Backend> StudentMixers<B> {
+    /// The mixers of `layers` (a module clone shares the tensors).
+    fn of(student: &Lm<B>, layers: &[usize]) -> Self {
+        Self { layers: layers.iter().map(|&l| student.blocks[l].mixer.clone()).collect() }
+    }
+
+    fn put_into(self, mut student: Lm<B>, layers: &[usize]) -> Lm<B> {
+        for (mixer, &l) in self.layers.into_iter().zip(layers) {
+            student.blocks[l].mixer = mixer;
+        }
+        student
+    }
+}
+
 /// Whether `path` is a stage-1 trainable parameter: inside a replaced layer's mixer and not
 /// one of the projections it took over (`blocks.3.mixer.Lolcats.feature_q` yes,
 /// `blocks.3.mixer.Lolcats.qkv.weight` no).
@@ -551,7 +572,8 @@ pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeO
     let mut state = TrainerState { step: 0, tokens: 0, loader: loader.state(), elapsed_secs: 0.0, last_val_loss: None, last_val_accuracy: None, finished: false };
     if let Ok(ckpt) = checkpoint::resolve(&stage1_dir) {
         state = checkpoint::load_state(&ckpt)?;
-        student = checkpoint::load_model(&ckpt, student)?;
+        let saved = checkpoint::load_model(&ckpt, StudentMixers::of(&student, &layers))?;
+        student = saved.put_into(student, &layers);
         optimizer = checkpoint::load_optimizer(&ckpt, recipe.stage1.optim.clone(), device)?;
         loader.restore(&state.loader).with_context(|| format!("resuming stage 1 from {}", ckpt.display()))?;
         say(format!("stage 1: resuming from {} (step {})", ckpt.display(), state.step));
@@ -562,6 +584,7 @@ pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeO
     std::fs::create_dir_all(&stage1_dir).with_context(|| format!("cannot create {}", stage1_dir.display()))?;
     let mut metrics = Metrics::open(&stage1_dir, recipe.log.jsonl, recipe.log.tensorboard)?;
     let (started, elapsed_before) = (Instant::now(), state.elapsed_secs);
+    let bar = trainer::progress_bar(total, state.step, opts.quiet || !recipe.log.progress);
     while state.step < stop && !state.finished {
         let lr = recipe.stage1.optim.lr_at(state.step, total);
         let mut accumulated = GradientsAccumulator::<Lm<B>>::new();
@@ -591,6 +614,8 @@ pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeO
         student = updated;
         state.step += 1;
         state.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("stage 1  mse {loss:.4}  lr {lr:.2e}"));
         if state.step % recipe.log.every == 0 || state.step == total {
             metrics.log(state.step, &[("stage1/loss", loss), ("stage1/lr", lr), ("stage1/grad_norm", info.grad_norm), ("stage1/tokens", state.tokens as f64)])?;
         }
@@ -598,14 +623,17 @@ pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeO
             let errors = layer_errors(&teacher_eval, &student.valid(), &layers, &valid, device);
             let mean = errors.iter().map(|e| e.1).sum::<f64>() / errors.len() as f64;
             metrics.log(state.step, &[("stage1/valid_relative_error", mean)])?;
-            say(format!("stage 1 step {:>5}  loss {loss:.5}  valid relative error {mean:.4}", state.step));
+            if !opts.quiet {
+                trainer::print_line(&bar, format!("stage 1 step {:>5}  loss {loss:.5}  valid relative error {mean:.4}", state.step));
+            }
         }
         state.finished = state.step == total;
         if state.step % recipe.run.checkpoint_interval == 0 || state.step == stop || state.finished {
             state.loader = loader.state();
-            checkpoint::save(&stage1_dir, &student, &optimizer, &state, &recipe.source.text, recipe.data.tokenizer.as_deref(), recipe.run.keep_last)?;
+            checkpoint::save(&stage1_dir, &StudentMixers::of(&student, &layers), &optimizer, &state, &recipe.source.text, recipe.data.tokenizer.as_deref(), recipe.run.keep_last)?;
         }
     }
+    bar.finish_and_clear();
     if !state.finished && total > 0 {
         report.interrupted = true;
         return Ok(report);

@@ -387,7 +387,7 @@ pub fn train_from<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, devi
             let values = [("valid/loss", val), ("valid/perplexity", val.exp()), ("valid/accuracy", eval.accuracy)];
             metrics.log(state.step, &values)?;
             if !opts.quiet {
-                bar.println(format!(
+                print_line(&bar, format!(
                     "step {:>6}  valid loss {val:.4}  ppl {:.2}  accuracy {:.4}",
                     state.step,
                     val.exp(),
@@ -421,7 +421,17 @@ pub fn train_from<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, devi
     Ok(report)
 }
 
-fn progress_bar(total: usize, at: usize, hidden: bool) -> ProgressBar {
+/// Prints `line` above `bar`, or to stderr when the bar is hidden (indicatif drops lines printed
+/// through a hidden bar, e.g. when output goes to a file).
+pub(crate) fn print_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+pub(crate) fn progress_bar(total: usize, at: usize, hidden: bool) -> ProgressBar {
     if hidden {
         return ProgressBar::hidden();
     }

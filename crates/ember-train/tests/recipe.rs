@@ -282,7 +282,8 @@ fn unknown_mixer_kind_suggests_the_closest() {
 fn mixer_kind_of_the_wrong_type() {
     let text = edit("kind = \"based_linear\"", "kind = 3");
     let e = err(&text, &[]);
-    assert_at(&e, line_of(&text, "kind = 3"), "model.mixers.lin.kind", "expected a string (one of: attention, based_linear, linear_attention, base_conv, gla, transnormer, rat, aaren, moh)");
+    let kinds = ember_layers::mixer::KINDS.join(", ");
+    assert_at(&e, line_of(&text, "kind = 3"), "model.mixers.lin.kind", &format!("expected a string (one of: {kinds})"));
 }
 
 #[test]

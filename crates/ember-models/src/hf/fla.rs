@@ -1,17 +1,22 @@
-//! Writing a GLA model (every layer GLA, or GLA with some softmax-attention layers) in the
-//! layout of flash-linear-attention's `GLAForCausalLM` (`config.json` with `model_type = "gla"`
-//! and `model.safetensors`), so `fla` loads it with `AutoModelForCausalLM.from_pretrained`.
+//! GLA models (every layer GLA, or GLA with some softmax-attention layers) in the layout of
+//! flash-linear-attention's `GLAForCausalLM` (`config.json` with `model_type = "gla"` and
+//! safetensors): [`export`] writes one so `fla` loads it with
+//! `AutoModelForCausalLM.from_pretrained`, and [`load`] reads one (ember's export, or a
+//! checkpoint trained with fla in the settings ember has).
 //!
 //! fla's `GLABlock` builds its GLA layers with the layer defaults for the gate
 //! (`gate_low_rank_dim = 16`, `gate_logit_normalizer = 16`) and one `norm_eps` for every norm,
 //! so only models that match those can be written; the error says which key does not.
 use super::export::{mapped_tensors, write_safetensors, ExportDtype};
-use super::Mapping;
+use super::{load_mapped, HfError, Mapping};
 use crate::lm::LmConfig;
 use crate::Lm;
 use burn::tensor::backend::Backend;
 use ember_layers::attention::AttentionConfig;
 use ember_layers::gla::GlaConfig;
+use ember_layers::mlp::MlpConfig;
+use crate::lm::Schedule;
+use std::collections::BTreeMap;
 use ember_layers::mlp::MlpKind;
 use ember_layers::norm::NormKind;
 use ember_layers::MixerConfig;
@@ -153,4 +158,89 @@ pub fn export<B: Backend>(model: &Lm<B>, lm: &LmConfig, dir: &Path, dtype: Expor
     let weights = dir.join("model.safetensors");
     write_safetensors(&weights, &tensors, dtype, Some(HashMap::from([("format".to_string(), "pt".to_string())])))?;
     Ok(vec![config_path, weights])
+}
+
+/// The ember model of an fla `GLAConfig` (`config.json` of `dir`).
+pub fn lm_config(v: &Value, path: &Path) -> Result<LmConfig, HfError> {
+    let err = |key: &str, message: String| HfError::Config { path: path.to_path_buf(), key: key.into(), message };
+    let num = |key: &str| v[key].as_u64().map(|x| x as usize).ok_or_else(|| err(key, "missing or not a whole number".into()));
+    let float = |key: &str, default: f64| v.get(key).and_then(Value::as_f64).unwrap_or(default);
+    if v["model_type"].as_str() != Some("gla") {
+        return Err(err("model_type", format!("{} is not fla's \"gla\"", v["model_type"])));
+    }
+    for (key, ok) in [
+        ("use_short_conv", !v["use_short_conv"].as_bool().unwrap_or(false)),
+        ("feature_map", v["feature_map"].is_null()),
+        ("use_gv", !v["use_gv"].as_bool().unwrap_or(false)),
+        ("hidden_act", v["hidden_act"].as_str().unwrap_or("swish") == "swish"),
+    ] {
+        if !ok {
+            return Err(err(key, format!("{}: ember's GLA has no such variant", v[key])));
+        }
+    }
+    let (d, heads) = (num("hidden_size")?, num("num_heads")?);
+    if v["num_kv_heads"].as_u64().is_some_and(|k| k as usize != heads) {
+        return Err(err("num_kv_heads", "grouped key/value heads in GLA layers are not supported".into()));
+    }
+    let intermediate = match v["intermediate_size"].as_u64() {
+        Some(x) => x as usize,
+        // fla's GatedMLP: 2/3 · hidden_ratio · hidden, rounded up to a multiple of 256.
+        None => (((d as f64 * float("hidden_ratio", 4.0) * 2.0 / 3.0) as usize).div_ceil(256)) * 256,
+    };
+    let norm_eps = float("norm_eps", 1e-6);
+    let gla = GlaConfig {
+        heads,
+        expand_k: float("expand_k", 0.5),
+        expand_v: float("expand_v", 1.0),
+        gate_low_rank: 16,
+        gate_normalizer: 16.0,
+        gate_clamp_min: v["clamp_min"].as_f64(),
+        output_gate: v["use_output_gate"].as_bool().unwrap_or(true),
+        norm_eps,
+        ..Default::default()
+    };
+    let mut mixers = BTreeMap::from([("gla".to_string(), MixerConfig::Gla(gla))]);
+    let mut at = BTreeMap::new();
+    if let Some(attn) = v.get("attn").filter(|a| !a.is_null()) {
+        let layers: Vec<usize> = serde_json::from_value(attn["layers"].clone()).map_err(|e| err("attn.layers", e.to_string()))?;
+        let attn_heads = attn["num_heads"].as_u64().ok_or_else(|| err("attn.num_heads", "missing".into()))? as usize;
+        let attention = AttentionConfig {
+            heads: attn_heads,
+            kv_heads: Some(attn["num_kv_heads"].as_u64().map_or(attn_heads, |k| k as usize)),
+            head_dim: None,
+            window: attn["window_size"].as_u64().map(|w| (w as usize).saturating_sub(1)),
+            rope_base: attn["rope_theta"].as_f64().unwrap_or(10_000.0),
+            rope_scaling: None,
+            qkv_bias: attn["qkv_bias"].as_bool().unwrap_or(false),
+            out_bias: false,
+        };
+        mixers.insert("attn".into(), MixerConfig::Attention(attention));
+        at.insert("attn".to_string(), layers);
+    }
+    let lm = LmConfig {
+        vocab_size: num("vocab_size")?,
+        pad_vocab_to: 1,
+        d_model: d,
+        n_layers: num("num_hidden_layers")?,
+        mixers,
+        schedule: Schedule { default: "gla".into(), pattern: None, at },
+        mlp: MlpConfig { kind: MlpKind::Swiglu, hidden: Some(intermediate), ..Default::default() },
+        norm: NormKind::Rmsnorm,
+        norm_eps,
+        tie_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+        scale_embeddings: false,
+    };
+    lm.validate().map_err(|(key, message)| err(&key, message))?;
+    Ok(lm)
+}
+
+/// Reads an fla `GLAForCausalLM` directory (`config.json`, safetensors) onto `device` in f32.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(LmConfig, Lm<B>), HfError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| HfError::File { path: path.clone(), message: e.to_string() })?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| HfError::File { path: path.clone(), message: format!("not JSON: {e}") })?;
+    let lm = lm_config(&value, &path)?;
+    let MixerConfig::Gla(gla) = &lm.mixers["gla"] else { unreachable!("lm_config puts GLA under \"gla\"") };
+    let model = load_mapped(dir, &lm, &fla_mappings(&lm, gla), device)?;
+    Ok((lm, model))
 }

@@ -272,18 +272,25 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Teacher<B>, Hf
     lm_config
         .validate()
         .map_err(|(key, message)| HfError::Config { path: dir.join("config.json"), key, message })?;
+    let model = load_mapped(dir, &lm_config, &mappings(&config), device)?;
+    Ok(Teacher { config, lm_config, model })
+}
+
+/// `lm_config`'s model with every parameter read from the safetensors in `dir` through `maps`;
+/// the error lists every missing or mismatched tensor.
+pub(crate) fn load_mapped<B: Backend>(dir: &Path, lm_config: &LmConfig, maps: &[Mapping], device: &B::Device) -> Result<Lm<B>, HfError> {
     let checkpoint = Checkpoint::open(dir)?;
     let mut model: Lm<B> = lm_config.init(device);
     let expected: BTreeMap<String, Vec<usize>> =
         model.collect(None, None, false).into_iter().map(|s| (s.full_path(), s.shape.to_vec())).collect();
     let mut problems = Vec::new();
     let mut snapshots = Vec::new();
-    for mapping in mappings(&config) {
+    for mapping in maps {
         let Some(shape) = expected.get(&mapping.ember) else {
             problems.push(format!("  ember has no parameter {} (a bug in the mapping)", mapping.ember));
             continue;
         };
-        match checkpoint.snapshot(&mapping, shape) {
+        match checkpoint.snapshot(mapping, shape) {
             Ok(snapshot) => snapshots.push(snapshot),
             Err(problem) => problems.push(format!("  {problem}")),
         }
@@ -291,7 +298,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Teacher<B>, Hf
     if !problems.is_empty() {
         return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
     }
-    let used: Vec<String> = mappings(&config).into_iter().flat_map(|m| m.hf).collect();
+    let used: Vec<String> = maps.iter().flat_map(|m| m.hf.clone()).collect();
     let result = model.apply(snapshots, None, None, false);
     if !result.errors.is_empty() || !result.missing.is_empty() {
         let mut problems: Vec<String> = result.errors.iter().map(|e| format!("  {e:?}")).collect();
@@ -299,7 +306,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Teacher<B>, Hf
         return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
     }
     let _unused = checkpoint.unused(&used);
-    Ok(Teacher { config, lm_config, model })
+    Ok(model)
 }
 
 /// A snapshot of `data` at the ember path `path` (for [`ModuleSnapshot::apply`]).
