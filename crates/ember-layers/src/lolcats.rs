@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{log_sigmoid, sigmoid, softmax};
 use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
-use ember_ops::hybrid::{hybrid, HybridInputs, HybridParams, HybridState};
+use ember_ops::hybrid::{self, HybridInputs, HybridParams, HybridState};
 use ember_ops::rope::{self, RopeScaling};
 use serde::{Deserialize, Serialize};
 
@@ -255,14 +255,13 @@ impl<B: Backend> Lolcats<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let (y, _) = hybrid(self.inputs(x, 0), &self.params(), None);
-        self.merge(y)
+        self.merge(hybrid::parallel(self.inputs(x, 0), &self.params()))
     }
 
     /// Consumes `x: [B, T, D]` (a prompt or one token) after `state`.
     pub fn step(&self, x: Tensor<B, 3>, state: Option<HybridState<B>>) -> (Tensor<B, 3>, HybridState<B>) {
         let offset = state.as_ref().map_or(0, |s| s.position);
-        let (y, state) = hybrid(self.inputs(x, offset), &self.params(), state);
+        let (y, state) = hybrid::hybrid(self.inputs(x, offset), &self.params(), state);
         (self.merge(y), state)
     }
 

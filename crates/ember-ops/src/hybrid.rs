@@ -76,7 +76,24 @@ pub fn hybrid<B: Backend>(
     params: &HybridParams<B>,
     state: Option<HybridState<B>>,
 ) -> (Tensor<B, 4>, HybridState<B>) {
+    let (y, state) = attend(inputs, params, state, true);
+    (y, state.expect("asked for the state"))
+}
+
+/// The training form: [`hybrid`] of a whole sequence from no state, without building the
+/// state it would leave (the fold of every evicted key into `S`, work training does not need).
+pub fn parallel<B: Backend>(inputs: HybridInputs<B>, params: &HybridParams<B>) -> Tensor<B, 4> {
+    attend(inputs, params, None, false).0
+}
+
+fn attend<B: Backend>(
+    inputs: HybridInputs<B>,
+    params: &HybridParams<B>,
+    state: Option<HybridState<B>>,
+    keep_state: bool,
+) -> (Tensor<B, 4>, Option<HybridState<B>>) {
     let dtype = inputs.v.dtype();
+    let gated = inputs.log_decay.is_some();
     let [b, n, h, _] = inputs.q.dims();
     let device = inputs.q.device();
     let heads = |x: Tensor<B, 4>| to_f32(x).swap_dims(1, 2); // [B, H, T, *]
@@ -110,10 +127,6 @@ pub fn hybrid<B: Backend>(
     let outside_window = hidden_keys::<B>(n, keys, c, Some(w - 1), &device).unsqueeze::<4>();
     let future = hidden_keys::<B>(n, keys, c, None, &device).unsqueeze::<4>();
     let not_earlier = outside_window.clone().bool_xor(future).bool_not(); // all but j ≤ i + c − w
-    // −∞ before exp, so no masked entry overflows (inf · 0 would poison the backward).
-    let decay = (cum_q.clone().unsqueeze_dim::<4>(3) - cum.clone().unsqueeze_dim::<4>(2))
-        .mask_fill(not_earlier, f32::NEG_INFINITY)
-        .exp(); // [B, H, n, keys], zero outside E(i)
 
     let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * params.scale; // [B,H,n,keys]
     let scores = scores.mask_fill(outside_window, f32::NEG_INFINITY);
@@ -131,7 +144,16 @@ pub fn hybrid<B: Backend>(
         window_num = window_num + e.clone().matmul(to_f32(sv.clone()).unsqueeze::<4>());
         window_den = window_den + e.sum_dim(3);
     }
-    let linear = fq.clone().matmul(fk.clone().swap_dims(2, 3)) * decay;
+    let kernel = fq.clone().matmul(fk.clone().swap_dims(2, 3)); // [B, H, n, keys]
+    let linear = if gated {
+        // −∞ before exp, so no masked entry overflows (inf · 0 would poison the backward).
+        let decay = (cum_q.clone().unsqueeze_dim::<4>(3) - cum.clone().unsqueeze_dim::<4>(2))
+            .mask_fill(not_earlier, f32::NEG_INFINITY)
+            .exp(); // zero outside E(i)
+        kernel * decay
+    } else {
+        kernel.mask_fill(not_earlier, 0.0)
+    };
     let mut num = window_num * gamma.clone() + linear.clone().matmul(v.clone());
     let mut den = window_den * gamma + linear.sum_dim(3);
     // Log decay of the cached keys: the prior (S, z) is decayed up to the token before them.
@@ -146,7 +168,10 @@ pub fn hybrid<B: Backend>(
         num = num + fq.clone().matmul(s.clone()) * to_query.clone();
         den = den + fq.clone().matmul(z.clone().unsqueeze_dim::<4>(3)) * to_query;
     }
-    let y = (num / den).swap_dims(1, 2);
+    let y = to_dtype((num / den).swap_dims(1, 2), dtype);
+    if !keep_state {
+        return (y, None);
+    }
 
     // The next state: keep the last w − 1 keys, fold the rest into (S, z) decayed to the end.
     let keep = (w - 1).min(keys);
@@ -178,5 +203,5 @@ pub fn hybrid<B: Backend>(
         z,
         position: position + n,
     };
-    (to_dtype(y, dtype), state)
+    (y, Some(state))
 }

@@ -172,7 +172,7 @@ impl LinearizeRecipe {
         })?;
         let mut recipe = Self::from_str(&text, &path, overrides)?;
         let s = &recipe.source;
-        recipe.teacher.path = s.resolve_path("teacher.path", &recipe.teacher.path)?;
+        recipe.teacher.path = s.resolve_path("teacher.path", "directory", &recipe.teacher.path)?;
         Ok(recipe)
     }
 
@@ -187,8 +187,10 @@ impl LinearizeRecipe {
             MixerConfig::Lolcats(_) | MixerConfig::Gla(_) | MixerConfig::BasedLinear(_) => {}
             other => return fail("student.mixer.kind", &format!("a student is \"lolcats\", \"gla\" or \"based_linear\", not {:?}", other.kind())),
         }
-        if recipe.stage1.batch_size == 0 || recipe.stage2.batch_size == 0 {
-            return fail("stage1.batch_size", "batch sizes must be positive");
+        for (key, size) in [("stage1.batch_size", recipe.stage1.batch_size), ("stage2.batch_size", recipe.stage2.batch_size)] {
+            if size == 0 {
+                return fail(key, "must be positive");
+            }
         }
         if let Some(lora) = &recipe.stage2.lora {
             if let Err(e) = lora.validate() {
@@ -669,12 +671,15 @@ pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeO
             kl_weight: recipe.stage2.kl_weight,
             temperature: recipe.stage2.temperature,
         });
+        // The trained student is read back into this model's shape (sharing the teacher's
+        // tensors until then) rather than into a freshly initialised copy.
+        let shape = model.valid();
         let start = Start { model, trainable: Some(recipe.stage2.trainable.clone()), distill };
         say(format!("stage 2: {} steps of {} (trainable: {:?})", recipe.stage2.steps, student_recipe.train.name, recipe.stage2.trainable));
         let topts = TrainOptions { resume, stop_after: None, quiet: opts.quiet };
         trainer::train_from::<B>(&student_recipe, &topts, device, Some(start))?;
         let ckpt = checkpoint::resolve(stage2_dir)?;
-        let trained: Lm<B::InnerBackend> = checkpoint::load_model(&ckpt, student_recipe.model.init(device))?;
+        let trained: Lm<B::InnerBackend> = checkpoint::load_model(&ckpt, shape)?;
         let tokens = checkpoint::load_state(&ckpt)?.tokens;
         report.rows.push(measured("student after stage 2", &trained, stage1_tokens + tokens, &valid, device));
         say(format!("stage 2 done: student valid loss {:.4} (ppl {:.2})", report.rows[2].valid_loss, report.rows[2].valid_perplexity));

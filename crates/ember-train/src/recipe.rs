@@ -81,9 +81,10 @@ impl RecipeSource {
         self.locator.error(&parse_dotted(key), ErrorKind::Invalid { key: key.to_string(), message: message.into() })
     }
 
-    /// Resolves a path key the way [`Recipe::check_files`] resolves data paths: as written,
-    /// then beside the recipe, then one directory up. The error names the key and every place tried.
-    pub fn resolve_path(&self, key: &str, path: &Path) -> Result<PathBuf, RecipeError> {
+    /// Resolves the path `key` holds: as written, then beside the recipe, then one directory
+    /// up (the first that exists). The error names the key, `what` was expected and every
+    /// place tried.
+    pub fn resolve_path(&self, key: &str, what: &'static str, path: &Path) -> Result<PathBuf, RecipeError> {
         let mut tried = vec![path.to_path_buf()];
         if path.is_relative() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -93,10 +94,15 @@ impl RecipeSource {
                 }
             }
         }
-        tried.dedup();
-        match tried.iter().find(|p| p.exists()) {
+        let mut unique: Vec<PathBuf> = Vec::new();
+        for p in tried {
+            if !unique.contains(&p) {
+                unique.push(p);
+            }
+        }
+        match unique.iter().find(|p| p.exists()) {
             Some(found) => Ok(found.clone()),
-            None => Err(self.locator.error(&parse_dotted(key), ErrorKind::FileNotFound { key: key.to_string(), what: "path", path: path.to_path_buf(), tried })),
+            None => Err(self.locator.error(&parse_dotted(key), ErrorKind::FileNotFound { key: key.to_string(), what, path: path.to_path_buf(), tried: unique })),
         }
     }
 }
@@ -635,34 +641,12 @@ impl Recipe {
     /// The tokenizer must be a file; data sources may be files or directories.
     /// Reads only file metadata; writes nothing.
     pub fn check_files(&mut self) -> Result<(), RecipeError> {
-        let base = self.source.path.parent().map(Path::to_path_buf);
         let resolve = |key: &str, what: &'static str, path: &Path, want_file: bool| {
-            let mut tried = vec![path.to_path_buf()];
-            if path.is_relative() {
-                if let Some(dir) = base.as_ref().filter(|d| !d.as_os_str().is_empty()) {
-                    tried.push(dir.join(path));
-                    if let Some(up) = dir.parent() {
-                        tried.push(up.join(path));
-                    }
-                }
+            let found = self.source.resolve_path(key, what, path)?;
+            if want_file && !found.is_file() {
+                return Err(self.error_at(key, format!("{} is a directory, expected a file", found.display())));
             }
-            let mut unique: Vec<PathBuf> = Vec::new();
-            for p in tried {
-                if !unique.contains(&p) {
-                    unique.push(p);
-                }
-            }
-            let tried = unique;
-            for candidate in &tried {
-                if candidate.exists() {
-                    if want_file && !candidate.is_file() {
-                        return Err(self.error_at(key, format!("{} is a directory, expected a file", candidate.display())));
-                    }
-                    return Ok(candidate.clone());
-                }
-            }
-            let kind = ErrorKind::FileNotFound { key: key.to_string(), what, path: path.to_path_buf(), tried };
-            Err(self.source.locator.error(&parse_dotted(key), kind))
+            Ok(found)
         };
         let tokenizer = self.data.tokenizer.as_ref().map(|p| resolve("data.tokenizer", "file", p, true)).transpose()?;
         let train = self.data.train.as_ref().map(|p| resolve("data.train", "path", p, false)).transpose()?;

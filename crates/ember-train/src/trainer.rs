@@ -109,10 +109,13 @@ fn scored<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Score
 /// model computes in (only the scored targets count).
 pub fn batch_losses<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> BatchLoss<B> {
     let s = scored(model, batch, device);
-    let n = s.targets.len();
-    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(s.targets, [n]), device);
-    let ce = CrossEntropyLossConfig::new().init(device).forward(s.logits, targets);
-    BatchLoss { ce, aux: s.aux }
+    BatchLoss { ce: cross_entropy(s.logits, &s.targets, device), aux: s.aux }
+}
+
+/// Mean cross-entropy of `logits: [n, vocab]` against `targets` (n ids).
+fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[i64], device: &B::Device) -> Tensor<B, 1> {
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [targets.len()]), device);
+    CrossEntropyLossConfig::new().init(device).forward(logits, targets)
 }
 
 /// Mean next-token cross-entropy of `model` on `batch` (see [`batch_losses`]).
@@ -142,9 +145,7 @@ pub struct Start<B: AutodiffBackend> {
 pub fn distill_losses<B: AutodiffBackend>(model: &Lm<B>, batch: &Batch, d: &Distill<B::InnerBackend>, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
     use burn::tensor::activation::{log_softmax, softmax};
     let s = scored(model, batch, device);
-    let n = s.targets.len();
-    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(s.targets, [n]), device);
-    let ce = CrossEntropyLossConfig::new().init(device).forward(s.logits.clone(), targets);
+    let ce = cross_entropy(s.logits.clone(), &s.targets, device);
     let teacher = Tensor::<B, 2>::from_inner(scored(&d.teacher, batch, device).logits);
     let tau = d.temperature;
     let p = softmax(teacher.clone() / tau, 1);
@@ -219,8 +220,7 @@ pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device
             continue;
         }
         let predicted = s.logits.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
-        let target_tensor = Tensor::<B, 1, Int>::from_data(TensorData::new(s.targets.clone(), [n]), device);
-        let ce = CrossEntropyLossConfig::new().init(device).forward(s.logits, target_tensor);
+        let ce = cross_entropy(s.logits, &s.targets, device);
         loss_sum += ce.into_scalar().elem::<f64>() * n as f64;
         targets += n;
         // Per-row (correct, scored) counts; rows are in order.
