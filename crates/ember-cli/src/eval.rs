@@ -1,8 +1,10 @@
-//! `ember eval mqar`: recall accuracy of MQAR checkpoints, or a whole suite trained and tabulated.
+//! `ember eval mqar`: recall accuracy of MQAR checkpoints, or a whole suite trained and tabulated;
+//! `ember eval niah`: needle-in-a-haystack accuracy of checkpoints on a grid of lengths × depths.
 use crate::backend;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use ember_train::mqar::{self, SuiteOptions, TestOverride};
+use ember_train::niah::{self, NiahOptions};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -10,6 +12,47 @@ pub enum EvalCommand {
     /// Multi-query associative recall: accuracy per test segment of a checkpoint, or
     /// (--suite) train every recipe of a directory and tabulate accuracy against state size.
     Mqar(MqarArgs),
+    /// Needle in a haystack: accuracy of a checkpoint on a grid of lengths × depths (rows are
+    /// depths, columns lengths), or on its recipe's [data.niah] test segments.
+    Niah(NiahArgs),
+}
+
+#[derive(Args)]
+pub struct NiahArgs {
+    /// Checkpoint directory (or run directory: its newest checkpoint) to evaluate (repeatable).
+    /// Any synthetic-task checkpoint ([data.niah] or [data.mqar]) whose vocabulary holds the
+    /// NIAH vocabulary.
+    #[arg(long, required = true)]
+    checkpoint: Vec<PathBuf>,
+    /// Grid lengths (comma-separated; default data.seq_len when --depths is given). Without
+    /// --lengths and --depths: the recipe's data.niah.test segments.
+    #[arg(long, value_delimiter = ',')]
+    lengths: Vec<usize>,
+    /// Grid depths in [0, 1] (comma-separated; default 0,0.25,0.5,0.75,1 when --lengths is given).
+    #[arg(long, value_delimiter = ',')]
+    depths: Vec<f64>,
+    /// Examples per cell (default 200 for a grid; replaces the recipe segments' own).
+    #[arg(long)]
+    examples: Option<usize>,
+    /// Needles per example (default 1 for a grid; replaces the recipe segments' own).
+    #[arg(long)]
+    needles: Option<usize>,
+    /// Task vocabulary (default [data.niah].vocab_size, else model.vocab_size); at most
+    /// model.vocab_size.
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Sequences per evaluation batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Backend and device (see `ember train --help`).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No per-cell progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -58,7 +101,10 @@ pub struct MqarArgs {
 }
 
 pub fn run(command: EvalCommand) -> Result<()> {
-    let EvalCommand::Mqar(args) = command;
+    let args = match command {
+        EvalCommand::Mqar(args) => args,
+        EvalCommand::Niah(args) => return run_niah(args),
+    };
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -92,6 +138,50 @@ pub fn run(command: EvalCommand) -> Result<()> {
         println!("{} ({}, {} parameters) on {device}", dir.display(), recipe.train.name, recipe.model.num_params());
         print!("{}", mqar::results_table(&results));
         all.push(serde_json::json!({ "checkpoint": dir, "name": recipe.train.name, "results": results }));
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
+    }
+    Ok(())
+}
+
+fn run_niah(args: NiahArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if args.examples == Some(0) {
+        bail!("--examples must be at least 1");
+    }
+    let device = backend::resolve(&args.device, Default::default());
+    let opts = NiahOptions {
+        lengths: args.lengths.clone(),
+        depths: args.depths.clone(),
+        needles: args.needles,
+        examples: args.examples,
+        vocab_size: args.vocab_size,
+        progress: !args.quiet,
+    };
+    let mut all = Vec::new();
+    for dir in &args.checkpoint {
+        let report = backend::with_backend!(&device, |B, dev| {
+            niah::evaluate_checkpoint::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(dir, &opts, args.batch_size, &dev)
+        })?;
+        let recipe = &report.recipe;
+        println!(
+            "{} ({}, {} parameters, trained at seq_len {}) on {device}: NIAH accuracy, vocabulary {}",
+            dir.display(),
+            recipe.train.name,
+            recipe.model.num_params(),
+            recipe.data.seq_len,
+            report.vocab_size
+        );
+        print!("\n{}", niah::grid_table(&report.results));
+        all.push(serde_json::json!({
+            "checkpoint": dir,
+            "name": recipe.train.name,
+            "vocab_size": report.vocab_size,
+            "results": report.results,
+        }));
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&all)?)?;

@@ -189,3 +189,66 @@ fn bench_ops_prints_a_row_per_mixer_and_writes_jsonl() {
     assert!(!out.status.success());
     assert!(text(&out).contains("device cpu") && text(&out).contains("cannot compute in bf16"), "{}", text(&out));
 }
+
+#[test]
+fn eval_niah_prints_a_grid_of_depths_by_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("niah");
+    // recipes/niah/attention-tiny.toml shrunk to seconds: vocabulary 64, T = 32, 10 steps.
+    let sets = [
+        "model.vocab_size=64".to_string(),
+        "data.niah.vocab_size=64".into(),
+        "model.d_model=32".into(),
+        "data.seq_len=32".into(),
+        "data.niah.train=[{ needles = 2, examples = 200 }]".into(),
+        "data.niah.test=[{ examples = 16 }, { examples = 16, seq_len = 48 }]".into(),
+        "train.steps=10".into(),
+        "optim.warmup_steps=2".into(),
+        "train.eval_interval=5".into(),
+        format!("train.out_dir={:?}", run.to_str().unwrap()),
+    ];
+    let mut args = vec!["train", "--recipe", "recipes/niah/attention-tiny.toml", "--quiet"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let out = ember(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("accuracy"), "{}", text(&out));
+    let ckpt = run.to_str().unwrap();
+
+    let json = dir.path().join("niah.json");
+    let grid = ["--lengths", "32,48", "--depths", "0,0.5,1", "--examples", "8"];
+    let mut args = vec!["eval", "niah", "--checkpoint", ckpt, "--device", "cpu", "--json", json.to_str().unwrap()];
+    args.extend(grid);
+    let out = ember(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(table.len(), 2 + 3, "{stdout}");
+    assert!(table[0].contains("depth") && table[0].ends_with("| 32 | 48 |"), "{stdout}");
+    for (row, depth) in table[2..].iter().zip(["0.00", "0.50", "1.00"]) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells[0], depth, "{stdout}");
+        for cell in &cells[1..] {
+            let accuracy: f64 = cell.parse().unwrap_or_else(|_| panic!("{cell:?} in {stdout}"));
+            assert!((0.0..=1.0).contains(&accuracy), "{stdout}");
+        }
+    }
+    // A progress line per cell on stderr.
+    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("accuracy").count(), 6, "{}", text(&out));
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cells = results[0]["results"].as_array().unwrap();
+    assert_eq!(cells.len(), 6);
+    assert!(cells.iter().all(|c| c["examples"] == 8 && c["needles"] == 1));
+
+    // Without a grid: the recipe's test segments (random depths), quietly.
+    let out = ember(&["eval", "niah", "--checkpoint", ckpt, "--device", "cpu", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("| depth \\ length | 32 | 48 |") && text(&out).contains("| random |"), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("accuracy"), "{}", text(&out));
+
+    let out = ember(&["eval", "niah", "--checkpoint", ckpt, "--device", "cpu", "--depths", "1.5"]);
+    assert!(!out.status.success() && text(&out).contains("depth"), "{}", text(&out));
+    let out = ember(&["generate", "--checkpoint", ckpt]);
+    assert!(!out.status.success() && text(&out).contains("ember eval niah"), "{}", text(&out));
+}

@@ -1,5 +1,5 @@
 //! Data pipeline for ember: tokenizers, prepared token shards, the packed, resumable training
-//! loader, and synthetic tasks ([`mqar`]).
+//! loader, and synthetic tasks ([`mqar`], [`niah`], sharing [`synthetic`]).
 //!
 //! The flow is `text files -> prepare() -> shard-*.bin + manifest.json ->
 //! TokenShards::open() -> PackedLoader`. [`open_source`] does the first two steps
@@ -10,13 +10,16 @@ mod cache;
 mod documents;
 mod loader;
 pub mod mqar;
+pub mod niah;
 mod prepare;
 mod shards;
+pub mod synthetic;
 mod tokenizer;
 
 pub use cache::{open_source, open_source_with};
 pub use loader::{Batch, LoaderState, PackedLoader, TrainLoader, IGNORE};
 pub use mqar::{mqar_batch, mqar_eval_batches, MqarLoader};
+pub use niah::NiahLoader;
 pub use prepare::{
     prepare, Dtype, Manifest, PrepareOptions, ShardInfo, MANIFEST_FILE, MANIFEST_VERSION,
 };

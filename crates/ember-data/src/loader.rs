@@ -12,9 +12,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::mqar::MqarLoader;
+use crate::niah::NiahLoader;
 use crate::shards::TokenShards;
 
-/// A target that contributes no loss (synthetic tasks such as MQAR label a few positions only).
+/// A target that contributes no loss (synthetic tasks such as MQAR and NIAH label a few positions only).
 pub const IGNORE: u32 = u32::MAX;
 
 /// `batch_size` rows of `seq_len` tokens, row-major. A target of [`IGNORE`] is not scored.
@@ -42,6 +43,7 @@ pub struct LoaderState {
 pub enum TrainLoader {
     Packed(PackedLoader),
     Mqar(MqarLoader),
+    Niah(NiahLoader),
 }
 
 impl TrainLoader {
@@ -49,6 +51,7 @@ impl TrainLoader {
         match self {
             TrainLoader::Packed(l) => l.next_batch(),
             TrainLoader::Mqar(l) => l.next_batch(),
+            TrainLoader::Niah(l) => l.next_batch(),
         }
     }
 
@@ -56,6 +59,7 @@ impl TrainLoader {
         match self {
             TrainLoader::Packed(l) => l.state(),
             TrainLoader::Mqar(l) => l.state(),
+            TrainLoader::Niah(l) => l.state(),
         }
     }
 
@@ -64,6 +68,7 @@ impl TrainLoader {
         match self {
             TrainLoader::Packed(l) => l.restore(state),
             TrainLoader::Mqar(l) => l.restore(state),
+            TrainLoader::Niah(l) => l.restore(state),
         }
     }
 }

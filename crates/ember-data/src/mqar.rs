@@ -12,11 +12,12 @@
 //! Training batches hold examples of one length each (Zoology's rule), so a training mixture
 //! may mix lengths: short, easy sequences teach recall fastest.
 
-use crate::loader::{below, permutation, Batch, LoaderState, IGNORE};
-use anyhow::{bail, Result};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use crate::loader::{below, IGNORE};
+use crate::synthetic::{distinct, unit, Dataset, Example, Loader, Segment, Task};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+pub use crate::synthetic::{eval_batches as mqar_eval_batches, segment_batch as mqar_batch, Split};
 
 /// The distribution one segment draws from.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,18 +35,7 @@ pub struct MqarSpec {
 }
 
 /// One example: `inputs` and next-token `targets`, both `seq_len` long.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MqarExample {
-    pub inputs: Vec<u32>,
-    pub targets: Vec<u32>,
-}
-
-impl MqarExample {
-    /// Positions whose target is scored (the `K` queries).
-    pub fn queries(&self) -> impl Iterator<Item = usize> + '_ {
-        self.targets.iter().enumerate().filter(|(_, &t)| t != IGNORE).map(|(i, _)| i)
-    }
-}
+pub type MqarExample = Example;
 
 impl MqarSpec {
     /// Checks Zoology's constraints: `L` even, `V > L`, `4K ≤ L`, and room for `K` distinct
@@ -123,17 +113,6 @@ pub fn assemble(seq_len: usize, pairs: &[(u32, u32)], slots: &[usize]) -> MqarEx
     MqarExample { inputs: full[..seq_len].to_vec(), targets: labels[1..].to_vec() }
 }
 
-/// `n` distinct integers from `lo..hi`, in random order (a partial Fisher–Yates shuffle).
-fn distinct(rng: &mut ChaCha8Rng, lo: usize, hi: usize, n: usize) -> Vec<u32> {
-    let mut pool: Vec<u32> = (lo as u32..hi as u32).collect();
-    for i in 0..n {
-        let j = i + below(rng, (pool.len() - i) as u64) as usize;
-        pool.swap(i, j);
-    }
-    pool.truncate(n);
-    pool
-}
-
 /// `n` distinct indices drawn one after another with probabilities `p` renormalised over the
 /// indices not yet drawn (NumPy's `choice(replace=False, p=p)` distribution).
 fn weighted_distinct(rng: &mut ChaCha8Rng, p: &[f64], n: usize) -> Vec<usize> {
@@ -157,67 +136,26 @@ fn weighted_distinct(rng: &mut ChaCha8Rng, p: &[f64], n: usize) -> Vec<usize> {
     out
 }
 
-/// Uniform in `[0, 1)` with 53 random bits.
-fn unit(rng: &mut ChaCha8Rng) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Train or test examples: the two never share a random stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Split {
-    Train,
-    Test,
+impl Task for MqarSpec {
+    const NAME: &'static str = "MQAR";
+    const SECTION: &'static str = "data.mqar";
+    const STREAM: u8 = 0;
+    fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+    fn sample(&self, rng: &mut ChaCha8Rng) -> Example {
+        MqarSpec::sample(self, rng)
+    }
 }
 
 /// `examples` draws from one [`MqarSpec`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MqarSegment {
-    pub spec: MqarSpec,
-    pub examples: usize,
-}
+pub type MqarSegment = Segment<MqarSpec>;
 
 /// A dataset of MQAR segments; example `i` counts through the segments in order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MqarDataset {
-    pub segments: Vec<MqarSegment>,
-    pub seed: u64,
-    pub split: Split,
-}
+pub type MqarDataset = Dataset<MqarSpec>;
 
-impl MqarDataset {
-    pub fn len(&self) -> usize {
-        self.segments.iter().map(|s| s.examples).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Example `index` of the whole dataset.
-    pub fn example(&self, mut index: usize) -> MqarExample {
-        for (s, segment) in self.segments.iter().enumerate() {
-            if index < segment.examples {
-                return self.segment_example(s, index);
-            }
-            index -= segment.examples;
-        }
-        panic!("MQAR example index past the end of the dataset");
-    }
-
-    /// Example `index` of segment `segment`.
-    pub fn segment_example(&self, segment: usize, index: usize) -> MqarExample {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&self.seed.to_le_bytes());
-        key[8] = match self.split {
-            Split::Train => 1,
-            Split::Test => 2,
-        };
-        key[9..17].copy_from_slice(&(segment as u64).to_le_bytes());
-        let mut rng = ChaCha8Rng::from_seed(key);
-        rng.set_stream(index as u64);
-        self.segments[segment].spec.sample(&mut rng)
-    }
-}
+/// Endless shuffled training batches of an MQAR dataset (see [`Loader`]).
+pub type MqarLoader = Loader<MqarSpec>;
 
 /// `[data.mqar]` of a recipe: train on MQAR instead of text.
 ///
@@ -313,138 +251,4 @@ impl MqarConfig {
         let segments = list.iter().map(|s| MqarSegment { spec: self.spec(s, seq_len), examples: s.examples }).collect();
         MqarDataset { segments, seed: self.seed.unwrap_or(seed), split }
     }
-}
-
-impl Batch {
-    fn push(&mut self, example: MqarExample) {
-        self.inputs.extend(example.inputs);
-        self.targets.extend(example.targets);
-    }
-}
-
-/// Examples `range` of segment `segment` as one batch.
-pub fn mqar_batch(data: &MqarDataset, segment: usize, range: std::ops::Range<usize>) -> Batch {
-    let mut batch = Batch::empty(range.len(), data.segments[segment].spec.seq_len);
-    for i in range {
-        batch.push(data.segment_example(segment, i));
-    }
-    batch
-}
-
-/// Evaluation batches of an MQAR test set: each batch holds examples of one segment, in order.
-/// With `max_batches`, that many batches spread evenly over all of them.
-pub fn mqar_eval_batches(data: &MqarDataset, batch_size: usize, max_batches: Option<usize>) -> Result<Vec<Batch>> {
-    if batch_size == 0 {
-        bail!("batch_size must be at least 1");
-    }
-    let mut plan = Vec::new();
-    for (s, segment) in data.segments.iter().enumerate() {
-        for start in (0..segment.examples).step_by(batch_size) {
-            plan.push((s, start, (segment.examples - start).min(batch_size)));
-        }
-    }
-    if let Some(max) = max_batches.filter(|&m| m < plan.len()) {
-        let total = plan.len();
-        plan = (0..max).map(|i| plan[i * total / max]).collect();
-    }
-    Ok(plan.into_iter().map(|(s, start, n)| mqar_batch(data, s, start..start + n)).collect())
-}
-
-/// Endless shuffled training batches of an MQAR dataset. Each epoch shuffles the examples of
-/// each length, cuts them into batches (the last of a length may be smaller), and shuffles the
-/// batches, all as pure functions of (seed, epoch); the position is (epoch, batches handed out).
-pub struct MqarLoader {
-    data: MqarDataset,
-    batch_size: usize,
-    seed: u64,
-    epoch: u64,
-    cursor: usize,
-    /// This epoch's batches: (segment, example) pairs.
-    plan: Vec<Vec<(usize, usize)>>,
-}
-
-impl MqarLoader {
-    pub fn new(data: MqarDataset, batch_size: usize, seed: u64) -> Result<Self> {
-        if batch_size == 0 {
-            bail!("batch_size must be at least 1");
-        }
-        if data.is_empty() {
-            bail!("the MQAR training set has no examples");
-        }
-        let plan = epoch_plan(&data, batch_size, seed, 0);
-        Ok(Self { data, batch_size, seed, epoch: 0, cursor: 0, plan })
-    }
-
-    pub fn next_batch(&mut self) -> Batch {
-        if self.cursor == self.plan.len() {
-            self.epoch += 1;
-            self.cursor = 0;
-            self.plan = epoch_plan(&self.data, self.batch_size, self.seed, self.epoch);
-        }
-        let members = &self.plan[self.cursor];
-        self.cursor += 1;
-        let seq_len = self.data.segments[members[0].0].spec.seq_len;
-        let mut batch = Batch::empty(members.len(), seq_len);
-        for &(s, i) in members {
-            batch.push(self.data.segment_example(s, i));
-        }
-        batch
-    }
-
-    /// The position; `num_windows` counts batches per epoch, `seq_len` is the longest length.
-    pub fn state(&self) -> LoaderState {
-        LoaderState {
-            epoch: self.epoch,
-            cursor: self.cursor as u64,
-            seed: self.seed,
-            seq_len: self.data.segments.iter().map(|s| s.spec.seq_len).max().unwrap_or(0),
-            batch_size: self.batch_size,
-            num_windows: self.plan.len() as u64,
-        }
-    }
-
-    /// Continues from `state`; its seed replaces this loader's.
-    pub fn restore(&mut self, state: &LoaderState) -> Result<()> {
-        let plan = epoch_plan(&self.data, self.batch_size, state.seed, state.epoch);
-        if state.batch_size != self.batch_size || state.num_windows != plan.len() as u64 || state.cursor > state.num_windows {
-            bail!(
-                "cannot restore the MQAR loader: the state (batch_size {}, {} batches per epoch, at batch {}) does not fit \
-                 this training set (batch_size {}, {} batches per epoch); was data.mqar or train.batch_size changed?",
-                state.batch_size,
-                state.num_windows,
-                state.cursor,
-                self.batch_size,
-                plan.len()
-            );
-        }
-        self.seed = state.seed;
-        self.epoch = state.epoch;
-        self.cursor = state.cursor as usize;
-        self.plan = plan;
-        Ok(())
-    }
-}
-
-/// The batches of one epoch (see [`MqarLoader`]).
-fn epoch_plan(data: &MqarDataset, batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<(usize, usize)>> {
-    let mut lengths: Vec<usize> = data.segments.iter().map(|s| s.spec.seq_len).collect();
-    lengths.sort();
-    lengths.dedup();
-    let mut batches = Vec::new();
-    for (g, &len) in lengths.iter().enumerate() {
-        let members: Vec<(usize, usize)> = data
-            .segments
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.spec.seq_len == len)
-            .flat_map(|(s, seg)| (0..seg.examples).map(move |i| (s, i)))
-            .collect();
-        // Each length has its own shuffle stream.
-        let order = permutation(members.len(), seed.wrapping_add((g as u64 + 1) << 32), epoch);
-        for chunk in order.chunks(batch_size) {
-            batches.push(chunk.iter().map(|&k| members[k]).collect::<Vec<_>>());
-        }
-    }
-    let order = permutation(batches.len(), seed, epoch);
-    order.into_iter().map(|k| std::mem::take(&mut batches[k])).collect()
 }

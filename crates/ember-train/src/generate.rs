@@ -54,8 +54,13 @@ pub struct Loaded<B: Backend> {
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
     let (model, recipe, ckpt) = load_model(dir, device)?;
     let path = ckpt.join(TOKENIZER_FILE);
-    if !path.is_file() && recipe.data.mqar.is_some() {
-        bail!("{} was trained on MQAR (synthetic tokens, no tokenizer): evaluate it with `ember eval mqar --checkpoint {}`", ckpt.display(), dir.display());
+    let task = match (&recipe.data.mqar, &recipe.data.niah) {
+        (Some(_), _) => Some(("MQAR", "mqar")),
+        (None, Some(_)) => Some(("NIAH", "niah")),
+        (None, None) => None,
+    };
+    if let (false, Some((name, command))) = (path.is_file(), task) {
+        bail!("{} was trained on {name} (synthetic tokens, no tokenizer): evaluate it with `ember eval {command} --checkpoint {}`", ckpt.display(), dir.display());
     }
     let tokenizer = Tokenizer::from_file(path)?;
     Ok(Loaded { model, tokenizer, recipe })

@@ -3,11 +3,10 @@
 use crate::generate::load_model;
 use crate::recipe::Recipe;
 use crate::runs::{complete_run, parallel_map, RunAction};
-use crate::trainer::evaluate;
+use crate::trainer::evaluate_segments;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ember_data::mqar::{MqarConfig, MqarSegmentConfig, Split};
-use ember_data::mqar_batch;
 use ember_models::Lm;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -37,22 +36,16 @@ pub fn evaluate_mqar<B: Backend>(
     device: &B::Device,
 ) -> Vec<SegmentResult> {
     let test = mqar.dataset(Split::Test, seq_len, seed);
+    let evals = evaluate_segments(model, &test, batch_size, device, |_, _| {});
     test.segments
         .iter()
-        .enumerate()
-        .map(|(s, segment)| {
-            let batches: Vec<_> = (0..segment.examples)
-                .step_by(batch_size.max(1))
-                .map(|start| mqar_batch(&test, s, start..(start + batch_size).min(segment.examples)))
-                .collect();
-            let eval = evaluate(model, &batches, device);
-            SegmentResult {
-                seq_len: segment.spec.seq_len,
-                pairs: segment.spec.pairs,
-                examples: segment.examples,
-                accuracy: eval.accuracy,
-                loss: eval.loss,
-            }
+        .zip(evals)
+        .map(|(segment, eval)| SegmentResult {
+            seq_len: segment.spec.seq_len,
+            pairs: segment.spec.pairs,
+            examples: segment.examples,
+            accuracy: eval.accuracy,
+            loss: eval.loss,
         })
         .collect()
 }

@@ -22,6 +22,7 @@ use doc::{dotted, parse_dotted, suggest, Locator, Seg};
 use ember_layers::mixer::KINDS;
 pub use ember_ops::precision::Precision;
 use ember_data::mqar::MqarConfig;
+use ember_data::niah::NiahConfig;
 use ember_layers::MixerConfig;
 use ember_models::LmConfig;
 use serde::de::DeserializeOwned;
@@ -137,15 +138,16 @@ impl PartialEq for RecipeSource {
     }
 }
 
-/// `[data]`: a tokenized corpus (`tokenizer` + `train`), or a synthetic task (`[data.mqar]`).
+/// `[data]`: a tokenized corpus (`tokenizer` + `train`), or a synthetic task (`[data.mqar]` or
+/// `[data.niah]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Hugging Face `tokenizer.json`. Required unless `[data.mqar]` is given.
+    /// Hugging Face `tokenizer.json`. Required unless `[data.mqar]` or `[data.niah]` is given.
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
     /// Training data: a `.txt`, `.jsonl`, `.json` or `.parquet` file, a directory of them, or a
-    /// prepared shard directory (one with `manifest.json`). Required unless `[data.mqar]` is given.
+    /// prepared shard directory (one with `manifest.json`). Required unless `[data.mqar]` or `[data.niah]` is given.
     #[serde(default)]
     pub train: Option<PathBuf>,
     /// Validation data, same forms as `train`. Without it there is no evaluation.
@@ -163,6 +165,20 @@ pub struct DataConfig {
     /// `[data.mqar]`: train and validate on multi-query associative recall instead of text.
     #[serde(default)]
     pub mqar: Option<MqarConfig>,
+    /// `[data.niah]`: train and validate on needle-in-a-haystack retrieval instead of text.
+    #[serde(default)]
+    pub niah: Option<NiahConfig>,
+}
+
+impl DataConfig {
+    /// The `[data.*]` section of the synthetic task the recipe trains on, if any.
+    pub fn synthetic_section(&self) -> Option<&'static str> {
+        match (&self.mqar, &self.niah) {
+            (Some(_), _) => Some("data.mqar"),
+            (None, Some(_)) => Some("data.niah"),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Learning-rate schedule after warm-up.
@@ -507,27 +523,41 @@ impl Recipe {
         if d.text_field.is_empty() {
             return fail("data.text_field", "must not be empty".into());
         }
-        match &d.mqar {
-            Some(mqar) => {
-                for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some()), ("data.valid", d.valid.is_some())] {
-                    if set {
-                        return fail(key, "a recipe with [data.mqar] generates its own tokens and test set: remove this key".into());
-                    }
-                }
-                mqar.validate(d.seq_len).or_else(|(key, message)| fail(&format!("data.mqar.{key}"), message))?;
-                if self.model.vocab_size < mqar.vocab_size {
-                    return fail(
-                        "model.vocab_size",
-                        format!("must be at least data.mqar.vocab_size = {} (the task's token ids)", mqar.vocab_size),
-                    );
+        if let Some(section) = d.synthetic_section() {
+            if d.mqar.is_some() && d.niah.is_some() {
+                return fail("data.niah", "a recipe trains on one synthetic task: remove [data.mqar] or [data.niah]".into());
+            }
+            for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some()), ("data.valid", d.valid.is_some())] {
+                if set {
+                    return fail(key, format!("a recipe with [{section}] generates its own tokens and test set: remove this key"));
                 }
             }
-            None => {
-                for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some())] {
-                    if !set {
-                        let hint = " (or a [data.mqar] section, to train on the synthetic recall task)".to_string();
-                        return Err(self.source.locator.error(&parse_dotted(key), ErrorKind::MissingKey { key: key.into(), hint }));
-                    }
+        }
+        let model_vocab = self.model.vocab_size;
+        if let Some(mqar) = &d.mqar {
+            mqar.validate(d.seq_len).or_else(|(key, message)| fail(&format!("data.mqar.{key}"), message))?;
+            if model_vocab < mqar.vocab_size {
+                return fail("model.vocab_size", format!("must be at least data.mqar.vocab_size = {} (the task's token ids)", mqar.vocab_size));
+            }
+        }
+        if let Some(niah) = &d.niah {
+            niah.validate(d.seq_len, model_vocab).or_else(|(key, message)| {
+                // The vocabulary defaults to the model's: a mistake there is model.vocab_size's.
+                let key = match key.as_str() {
+                    "vocab_size" if niah.vocab_size.is_none() => "model.vocab_size".to_string(),
+                    _ => format!("data.niah.{key}"),
+                };
+                fail(&key, message)
+            })?;
+            if model_vocab < niah.vocab(model_vocab) {
+                return fail("model.vocab_size", format!("must be at least data.niah.vocab_size = {} (the task's token ids)", niah.vocab(model_vocab)));
+            }
+        }
+        if d.synthetic_section().is_none() {
+            for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some())] {
+                if !set {
+                    let hint = " (or a [data.mqar] or [data.niah] section, to train on a synthetic task)".to_string();
+                    return Err(self.source.locator.error(&parse_dotted(key), ErrorKind::MissingKey { key: key.into(), hint }));
                 }
             }
         }

@@ -10,8 +10,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use ember_data::mqar::Split;
-use ember_data::{mqar_eval_batches, open_source_with, Batch, MqarLoader, PackedLoader, PrepareOptions, TokenShards, TrainLoader, IGNORE};
+use ember_data::synthetic::{eval_batches, segment_batches, Dataset, Loader, Split, Task};
+use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, TrainLoader, IGNORE};
 use ember_models::Lm;
 use ember_ops::precision::{cast_params, supported, to_f32, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -75,8 +75,8 @@ impl<B: Backend> BatchLoss<B> {
 
 /// The output-head logits (f32) of the scored positions of a batch, their targets, the batch row
 /// each came from, and the mixers' auxiliary loss. When some targets are [`IGNORE`], only the
-/// scored positions go through the head (MQAR scores a few positions per sequence; the head
-/// dominates its cost).
+/// scored positions go through the head (MQAR and NIAH score a few positions per sequence; the
+/// head dominates their cost).
 struct Scored<B: Backend> {
     logits: Tensor<B, 2>,
     targets: Vec<i64>,
@@ -202,7 +202,7 @@ pub struct Eval {
     /// Mean cross-entropy over the scored targets.
     pub loss: f64,
     /// Mean over sequences of the fraction of a sequence's scored targets that are the argmax
-    /// of the logits (MQAR's accuracy; next-token accuracy on text).
+    /// of the logits (MQAR's and NIAH's accuracy; next-token accuracy on text).
     pub accuracy: f64,
     /// Scored targets seen.
     pub targets: usize,
@@ -242,6 +242,24 @@ pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device
     }
 }
 
+/// Loss and accuracy of `model` on each segment of a synthetic test set (all its examples, in
+/// batches of `batch_size`), in order; `each` sees every segment's result as it comes.
+pub fn evaluate_segments<B: Backend, T: Task>(
+    model: &Lm<B>,
+    data: &Dataset<T>,
+    batch_size: usize,
+    device: &B::Device,
+    mut each: impl FnMut(usize, &Eval),
+) -> Vec<Eval> {
+    (0..data.segments.len())
+        .map(|s| {
+            let eval = evaluate(model, &segment_batches(data, s, batch_size), device);
+            each(s, &eval);
+            eval
+        })
+        .collect()
+}
+
 /// Opens a recipe's text data source, preparing raw files into the cache on first use, and
 /// checks that the model's embedding can hold every token id in it.
 pub fn open_data(recipe: &Recipe, source: &Path) -> Result<TokenShards> {
@@ -269,18 +287,19 @@ pub struct RunData {
     pub unigram_entropy: Option<f64>,
 }
 
-/// The training loader and validation batches of `recipe`: its text corpus, or its MQAR task
-/// (validation on at most `train.eval_batches` batches of the test set, spread over it).
+/// The training loader and validation batches of `recipe`: its text corpus, or its synthetic
+/// task (MQAR or NIAH; validation on at most `train.eval_batches` batches of the test set,
+/// spread over it).
 pub fn open_run_data(recipe: &Recipe, with_valid: bool) -> Result<RunData> {
     let (seq_len, batch_size, seed) = (recipe.data.seq_len, recipe.train.batch_size, recipe.train.seed);
     if let Some(mqar) = &recipe.data.mqar {
-        let loader = TrainLoader::Mqar(MqarLoader::new(mqar.dataset(Split::Train, seq_len, seed), batch_size, seed)?);
-        let test = mqar.dataset(Split::Test, seq_len, seed);
-        let valid = match with_valid {
-            true => mqar_eval_batches(&test, batch_size, Some(recipe.train.eval_batches))?,
-            false => Vec::new(),
-        };
-        return Ok(RunData { loader, valid, unigram_entropy: None });
+        let (train, test) = (mqar.dataset(Split::Train, seq_len, seed), mqar.dataset(Split::Test, seq_len, seed));
+        return synthetic_run_data(recipe, train, test, TrainLoader::Mqar, with_valid);
+    }
+    if let Some(niah) = &recipe.data.niah {
+        let vocab = recipe.model.vocab_size;
+        let (train, test) = (niah.dataset(Split::Train, seq_len, vocab, seed), niah.dataset(Split::Test, seq_len, vocab, seed));
+        return synthetic_run_data(recipe, train, test, TrainLoader::Niah, with_valid);
     }
     let train_path = recipe.data.train.as_deref().context("text data needs data.train")?;
     let train_data = open_data(recipe, train_path)?;
@@ -294,6 +313,23 @@ pub fn open_run_data(recipe: &Recipe, with_valid: bool) -> Result<RunData> {
     };
     let loader = TrainLoader::Packed(PackedLoader::new(train_data, seq_len, batch_size, seed)?);
     Ok(RunData { loader, valid, unigram_entropy: Some(entropy) })
+}
+
+/// The [`RunData`] of a synthetic task's train and test sets.
+fn synthetic_run_data<T: Task>(
+    recipe: &Recipe,
+    train: Dataset<T>,
+    test: Dataset<T>,
+    wrap: fn(Loader<T>) -> TrainLoader,
+    with_valid: bool,
+) -> Result<RunData> {
+    let (batch_size, seed) = (recipe.train.batch_size, recipe.train.seed);
+    let loader = wrap(Loader::new(train, batch_size, seed)?);
+    let valid = match with_valid {
+        true => eval_batches(&test, batch_size, Some(recipe.train.eval_batches))?,
+        false => Vec::new(),
+    };
+    Ok(RunData { loader, valid, unigram_entropy: None })
 }
 
 pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<TrainReport> {
