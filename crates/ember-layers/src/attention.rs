@@ -2,10 +2,10 @@
 //! (the baseline mixer, and BASED's sliding-window layer, LAYERS.md §1.2).
 use crate::LayerContext;
 use crate::init::{linear, INIT_STD};
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{backend::Backend, Tensor};
-use ember_ops::softmax_attention::{self, KvCache};
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+use ember_ops::softmax_attention::{self, KvCache, Prefix};
 use ember_ops::rope::{self, RopeScaling};
 use serde::{Deserialize, Serialize};
 
@@ -32,11 +32,19 @@ pub struct AttentionConfig {
     pub qkv_bias: bool,
     /// Bias on the output projection (Llama with `attention_bias`).
     pub out_bias: bool,
+    /// Learned key/value pairs every query attends to, whatever its window (Titans' persistent
+    /// memory, LAYERS.md §4.3; position-free, no RoPE). 0 = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub persistent: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for AttentionConfig {
     fn default() -> Self {
-        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope_base: 10_000.0, rope_scaling: None, qkv_bias: false, out_bias: false }
+        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope_base: 10_000.0, rope_scaling: None, qkv_bias: false, out_bias: false, persistent: 0 }
     }
 }
 
@@ -79,13 +87,14 @@ impl AttentionConfig {
     pub fn params(&self, d_model: usize) -> usize {
         let (q, kv) = self.widths(d_model);
         let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.out_bias { d_model } else { 0 };
-        d_model * (q + 2 * kv) + bias + q * d_model
+        d_model * (q + 2 * kv) + bias + q * d_model + 2 * self.persistent * kv
     }
 
     /// Forward FLOPs per token at sequence length `seq_len` (projections + scores + mixing).
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
         let (q, _) = self.widths(d_model);
-        2.0 * self.params(d_model) as f64 + 4.0 * q as f64 * self.visible_keys(seq_len)
+        let persistent = (2 * self.persistent * self.widths(d_model).1) as f64;
+        2.0 * (self.params(d_model) as f64 - persistent) + 4.0 * q as f64 * (self.visible_keys(seq_len) + self.persistent as f64)
     }
 
     /// Mean number of keys a query sees over a sequence of `seq_len` tokens.
@@ -103,8 +112,14 @@ impl AttentionConfig {
     pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Attention<B> {
         let d_model = at.d_model;
         let (q, kv) = self.widths(d_model);
+        let dh = self.head_dim(d_model);
+        let persistent = (self.persistent > 0).then(|| {
+            let shape = [2, self.persistent, self.kv_heads(), dh];
+            Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, INIT_STD), device))
+        });
         Attention {
             qkv: linear(d_model, q + 2 * kv, self.qkv_bias, INIT_STD, device),
+            persistent,
             out: linear(q, d_model, self.out_bias, out_std, device),
             heads: self.heads,
             kv_heads: self.kv_heads(),
@@ -119,6 +134,8 @@ impl AttentionConfig {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     pub qkv: Linear<B>,
+    /// Persistent keys and values `[2, P, Hkv, Dh]` (absent with `persistent = 0`).
+    pub persistent: Option<Param<Tensor<B, 4>>>,
     pub out: Linear<B>,
     pub heads: usize,
     pub kv_heads: usize,
@@ -151,16 +168,26 @@ impl<B: Backend> Attention<B> {
         self.out.forward(o.reshape([b, t, h * d]))
     }
 
+    fn prefix(&self) -> Option<Prefix<B>> {
+        self.persistent.as_ref().map(|p| {
+            let [_, n, h, d] = p.dims();
+            let kv = p.val();
+            Prefix { k: kv.clone().narrow(0, 0, 1).reshape([n, h, d]), v: kv.narrow(0, 1, 1).reshape([n, h, d]) }
+        })
+    }
+
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let (q, k, v) = self.project(x, 0);
-        self.merge(softmax_attention::parallel(q, k, v, self.scale(), self.window, 0))
+        let prefix = self.prefix();
+        self.merge(softmax_attention::parallel_with_prefix(q, k, v, prefix.as_ref(), self.scale(), self.window, 0))
     }
 
     /// Consumes `x: [B, T, D]` after the tokens in `cache`.
     pub fn step(&self, x: Tensor<B, 3>, cache: Option<KvCache<B>>) -> (Tensor<B, 3>, KvCache<B>) {
         let offset = cache.as_ref().map_or(0, |c| c.position);
         let (q, k, v) = self.project(x, offset);
-        let (o, cache) = softmax_attention::step(q, k, v, cache, self.scale(), self.window);
+        let prefix = self.prefix();
+        let (o, cache) = softmax_attention::step_with_prefix(q, k, v, prefix.as_ref(), cache, self.scale(), self.window);
         (self.merge(o), cache)
     }
 }

@@ -12,6 +12,7 @@ use ember_ops::aaren::AarenState;
 use ember_ops::rat::RatState;
 use crate::moh::{Moh, MohConfig, MohState};
 use crate::transnormer::{TransNormer, TransNormerConfig, TransNormerState};
+use crate::titans::{Mag, MagConfig, MagState, Memory, MemoryConfig, Preset, TitansState};
 use crate::LayerContext;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
@@ -44,10 +45,18 @@ pub enum MixerConfig {
     /// LoLCATs' sliding-window softmax + learned-feature linear attention (Lizard-style with
     /// `decay` and `sinks`): the student of `ember linearize`.
     Lolcats(LolcatsConfig),
+    /// Titans' neural long-term memory: an MLP written by gradient steps with momentum and decay.
+    Titans(MemoryConfig),
+    /// Miras' Moneta: the memory with an ℓp objective and ℓq retention.
+    Moneta(MemoryConfig),
+    /// Miras' Yaad: the memory with a Huber objective.
+    Yaad(MemoryConfig),
+    /// Titans MAG: sliding-window attention gated by the memory.
+    TitansMag(MagConfig),
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "titans_mag"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -62,6 +71,20 @@ impl MixerConfig {
             MixerConfig::Aaren(_) => "aaren",
             MixerConfig::Moh(_) => "moh",
             MixerConfig::Lolcats(_) => "lolcats",
+            MixerConfig::Titans(_) => "titans",
+            MixerConfig::Moneta(_) => "moneta",
+            MixerConfig::Yaad(_) => "yaad",
+            MixerConfig::TitansMag(_) => "titans_mag",
+        }
+    }
+
+    /// The memory config and named model of a test-time-memory kind.
+    fn memory(&self) -> Option<(&MemoryConfig, Preset)> {
+        match self {
+            MixerConfig::Titans(c) => Some((c, Preset::Titans)),
+            MixerConfig::Moneta(c) => Some((c, Preset::Moneta)),
+            MixerConfig::Yaad(c) => Some((c, Preset::Yaad)),
+            _ => None,
         }
     }
 
@@ -77,6 +100,8 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.validate(d_model),
             MixerConfig::Moh(c) => c.validate(d_model),
             MixerConfig::Lolcats(c) => c.validate(d_model),
+            MixerConfig::Titans(c) | MixerConfig::Moneta(c) | MixerConfig::Yaad(c) => c.validate(d_model),
+            MixerConfig::TitansMag(c) => c.validate(d_model),
         }
     }
 
@@ -93,6 +118,11 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.params(d_model),
             MixerConfig::Moh(c) => c.params(d_model),
             MixerConfig::Lolcats(c) => c.params(d_model),
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+                let (c, preset) = self.memory().expect("a memory kind");
+                c.params(d_model, preset)
+            }
+            MixerConfig::TitansMag(c) => c.params(d_model),
         }
     }
 
@@ -110,6 +140,11 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Moh(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Lolcats(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+                let (c, preset) = self.memory().expect("a memory kind");
+                c.flops_per_token(d_model, seq_len, preset)
+            }
+            MixerConfig::TitansMag(c) => c.flops_per_token(d_model, seq_len),
         }
     }
 
@@ -127,6 +162,11 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.state_size(d_model, seq_len),
             MixerConfig::Moh(c) => c.state_size(d_model, seq_len),
             MixerConfig::Lolcats(c) => c.state_size(d_model, seq_len),
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+                let (c, preset) = self.memory().expect("a memory kind");
+                c.state_size(d_model, seq_len, preset)
+            }
+            MixerConfig::TitansMag(c) => c.state_size(d_model, seq_len),
         }
     }
 
@@ -142,6 +182,11 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => Mixer::Aaren(c.init(at, out_std, device)),
             MixerConfig::Moh(c) => Mixer::Moh(c.init(at, out_std, device)),
             MixerConfig::Lolcats(c) => Mixer::Lolcats(c.init(at, out_std, device)),
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+                let (c, preset) = self.memory().expect("a memory kind");
+                Mixer::Memory(c.init(at, out_std, preset, device))
+            }
+            MixerConfig::TitansMag(c) => Mixer::Mag(c.init(at, out_std, device)),
         }
     }
 }
@@ -158,6 +203,9 @@ pub enum Mixer<B: Backend> {
     Aaren(Aaren<B>),
     Moh(Moh<B>),
     Lolcats(Lolcats<B>),
+    /// Titans / Moneta / Yaad.
+    Memory(Memory<B>),
+    Mag(Mag<B>),
 }
 
 /// A mixer's generation state.
@@ -174,6 +222,8 @@ pub enum MixerState<B: Backend> {
     Aaren(AarenState<B>),
     Moh(MohState<B>),
     Hybrid(HybridState<B>),
+    Titans(TitansState<B>),
+    Mag(MagState<B>),
 }
 
 impl<B: Backend> MixerState<B> {
@@ -190,6 +240,8 @@ impl<B: Backend> MixerState<B> {
             MixerState::Aaren(s) => s.numel(),
             MixerState::Moh(s) => s.numel(),
             MixerState::Hybrid(s) => s.numel(),
+            MixerState::Titans(s) => s.numel(),
+            MixerState::Mag(s) => s.numel(),
         }
     }
 }
@@ -208,6 +260,8 @@ impl<B: Backend> Mixer<B> {
             Mixer::Aaren(m) => m.forward(x),
             Mixer::Moh(m) => m.forward(x),
             Mixer::Lolcats(m) => m.forward(x),
+            Mixer::Memory(m) => m.forward(x),
+            Mixer::Mag(m) => m.forward(x),
         }
     }
 
@@ -245,6 +299,10 @@ impl<B: Backend> Mixer<B> {
             (Mixer::Moh(m), Some(MixerState::Moh(s))) => wrap(m.step(x, Some(s)), MixerState::Moh),
             (Mixer::Lolcats(m), None) => wrap(m.step(x, None), MixerState::Hybrid),
             (Mixer::Lolcats(m), Some(MixerState::Hybrid(s))) => wrap(m.step(x, Some(s)), MixerState::Hybrid),
+            (Mixer::Memory(m), None) => wrap(m.step(x, None), MixerState::Titans),
+            (Mixer::Memory(m), Some(MixerState::Titans(s))) => wrap(m.step(x, Some(s)), MixerState::Titans),
+            (Mixer::Mag(m), None) => wrap(m.step(x, None), MixerState::Mag),
+            (Mixer::Mag(m), Some(MixerState::Mag(s))) => wrap(m.step(x, Some(s)), MixerState::Mag),
             _ => panic!("mixer state does not match the mixer kind"),
         }
     }

@@ -3,11 +3,8 @@
 use crate::init::{linear, INIT_STD};
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::{
-    activation::{gelu, silu},
-    backend::Backend,
-    Tensor,
-};
+use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use ember_ops::gelu;
 use serde::{Deserialize, Serialize};
 
 /// `[model.mlp] kind`.

@@ -14,6 +14,8 @@ use ember_layers::lora::LoraConfig;
 use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
 use ember_layers::transnormer::TransNormerConfig;
+use ember_layers::titans::{MagConfig, MemoryConfig, ObjectiveKind};
+use ember_ops::titans::Update;
 use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
 use ember_ops::Form;
@@ -54,6 +56,16 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
             sinks: 2,
             ..Default::default()
         })),
+        ("titans", MixerConfig::Titans(MemoryConfig { heads: 2, chunk_size: 8, persistent: 3, ..Default::default() })),
+        ("titans_chunk_update", MixerConfig::Titans(MemoryConfig { heads: 4, depth: 1, chunk_size: 5, update: Update::Chunk, ..Default::default() })),
+        ("moneta", MixerConfig::Moneta(MemoryConfig { heads: 2, chunk_size: 4, ..Default::default() })),
+        ("titans_mag", MixerConfig::TitansMag(MagConfig {
+            attention: AttentionConfig { heads: 4, window: Some(6), persistent: 2, ..Default::default() },
+            memory: MemoryConfig { heads: 2, chunk_size: 8, persistent: 2, ..Default::default() },
+            ..Default::default()
+        })),
+        ("swa_persistent", MixerConfig::Attention(AttentionConfig { heads: 4, window: Some(5), persistent: 3, ..Default::default() })),
+        ("yaad", MixerConfig::Yaad(MemoryConfig { heads: 2, chunk_size: 8, objective: Some(ObjectiveKind::Huber), ..Default::default() })),
     ]
 }
 

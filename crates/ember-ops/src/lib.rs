@@ -17,6 +17,7 @@ pub mod rat;
 pub mod rope;
 pub mod softmax_attention;
 pub mod taylor;
+pub mod titans;
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -36,6 +37,17 @@ pub fn scan_tokens<B: Backend, S, const N: usize>(
         state = s;
     }
     (Tensor::cat(outputs, 1), state)
+}
+
+/// GELU, `z·Φ(z)` with `Φ` through `erf`. Burn 0.21's `gelu` has this forward but the backward of
+/// the tanh approximation (gradients off by ~5e-4 relative; `tests/autodiff_gates.rs`).
+pub fn gelu<B: Backend, const D: usize>(z: Tensor<B, D>) -> Tensor<B, D> {
+    normal_cdf(z.clone()) * z
+}
+
+/// `Φ(z)`, the standard normal CDF.
+pub fn normal_cdf<B: Backend, const D: usize>(z: Tensor<B, D>) -> Tensor<B, D> {
+    (z / std::f64::consts::SQRT_2).erf().add_scalar(1.0) / 2.0
 }
 
 /// Which algorithm computes a sequence op during training.

@@ -18,6 +18,14 @@ fn expand_heads<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2).expand([b, hkv, groups, s, d]).reshape([b, hkv * groups, s, d])
 }
 
+/// Learned key/value pairs that every query sees whatever its window or position (Titans'
+/// persistent memory, LAYERS.md §4.3): `[P, Hkv, D]` each, shared by the batch, without RoPE.
+#[derive(Clone, Debug)]
+pub struct Prefix<B: Backend> {
+    pub k: Tensor<B, 3>,
+    pub v: Tensor<B, 3>,
+}
+
 /// Materialised masked softmax attention. The queries sit at absolute positions
 /// `q_offset..q_offset+T` and the keys at `0..S` (so a KV cache can be attended to).
 pub fn parallel<B: Backend>(
@@ -28,14 +36,37 @@ pub fn parallel<B: Backend>(
     window: Option<usize>,
     q_offset: usize,
 ) -> Tensor<B, 4> {
-    let [_, t, hq, _] = q.dims();
-    let [_, s, hkv, _] = k.dims();
+    parallel_with_prefix(q, k, v, None, scale, window, q_offset)
+}
+
+/// [`parallel`] with a [`Prefix`] of always-visible keys before the sequence's own.
+pub fn parallel_with_prefix<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    prefix: Option<&Prefix<B>>,
+    scale: f64,
+    window: Option<usize>,
+    q_offset: usize,
+) -> Tensor<B, 4> {
+    let [b, t, hq, _] = q.dims();
+    let [_, s, hkv, d] = k.dims();
     assert!(hq % hkv == 0, "query heads ({hq}) must be a multiple of key/value heads ({hkv})");
+    let mut hidden = hidden_keys::<B>(t, s, q_offset, window, &q.device());
+    let (k, v) = match prefix {
+        None => (k, v),
+        Some(p) => {
+            let n = p.k.dims()[0];
+            let batch = |x: Tensor<B, 3>| x.unsqueeze_dim::<4>(0).expand([b, n, hkv, d]);
+            hidden = Tensor::cat(vec![hidden_keys::<B>(t, n, n, None, &q.device()), hidden], 1); // all visible
+            (Tensor::cat(vec![batch(p.k.clone()), k], 1), Tensor::cat(vec![batch(p.v.clone()), v], 1))
+        }
+    };
     let groups = hq / hkv;
     let (k, v) = (expand_heads(k, groups), expand_heads(v, groups));
     let q = q.swap_dims(1, 2);
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-    let hidden = hidden_keys::<B>(t, s, q_offset, window, &scores.device()).unsqueeze::<4>();
+    let hidden = hidden.unsqueeze::<4>();
     // The softmax runs in f32 whatever the compute dtype; the products with V in that dtype.
     let probs = softmax(to_f32(scores).mask_fill(hidden, f32::NEG_INFINITY), 3);
     to_dtype(probs, v.dtype()).matmul(v).swap_dims(1, 2)
@@ -67,6 +98,19 @@ pub fn step<B: Backend>(
     scale: f64,
     window: Option<usize>,
 ) -> (Tensor<B, 4>, KvCache<B>) {
+    step_with_prefix(q, k, v, None, cache, scale, window)
+}
+
+/// [`step`] with a [`Prefix`] (kept out of the cache: it is the same for every token).
+pub fn step_with_prefix<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    prefix: Option<&Prefix<B>>,
+    cache: Option<KvCache<B>>,
+    scale: f64,
+    window: Option<usize>,
+) -> (Tensor<B, 4>, KvCache<B>) {
     let t = q.dims()[1];
     let (k_all, v_all, start) = match cache {
         None => (k, v, 0),
@@ -75,7 +119,7 @@ pub fn step<B: Backend>(
     let cached = k_all.dims()[1];
     // Keys in the buffer start at absolute position `start + t - cached`.
     let first_key = start + t - cached;
-    let output = parallel(q, k_all.clone(), v_all.clone(), scale, window, start - first_key);
+    let output = parallel_with_prefix(q, k_all.clone(), v_all.clone(), prefix, scale, window, start - first_key);
     let keep = window.map_or(cached, |w| cached.min(w + 1));
     let cache = KvCache {
         k: k_all.narrow(1, cached - keep, keep),

@@ -31,6 +31,7 @@ fn split(lm: &LmConfig) -> Result<(GlaConfig, Option<(AttentionConfig, Vec<usize
     for (i, name) in lm.layer_mixers().into_iter().enumerate() {
         match &lm.mixers[name] {
             MixerConfig::Gla(c) if gla.is_none_or(|g| g == c) => gla = Some(c),
+            MixerConfig::Attention(a) if a.persistent > 0 => return Err("fla has no persistent attention tokens".into()),
             MixerConfig::Attention(a) if attn.is_none_or(|x| x == a) => {
                 attn = Some(a);
                 attn_layers.push(i);
@@ -213,6 +214,7 @@ pub fn lm_config(v: &Value, path: &Path) -> Result<LmConfig, HfError> {
             rope_scaling: None,
             qkv_bias: attn["qkv_bias"].as_bool().unwrap_or(false),
             out_bias: false,
+            persistent: 0,
         };
         mixers.insert("attn".into(), MixerConfig::Attention(attention));
         at.insert("attn".to_string(), layers);

@@ -202,6 +202,7 @@ pub fn lm_config(c: &HfConfig) -> LmConfig {
         rope_scaling: c.rope_scaling.clone(),
         qkv_bias: c.qkv_bias,
         out_bias: c.o_bias,
+        persistent: 0,
     };
     LmConfig {
         vocab_size: c.vocab_size,

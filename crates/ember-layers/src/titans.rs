@@ -1,0 +1,512 @@
+//! Titans' neural long-term memory (LMM, LAYERS.md §4.1) as a token mixer, and the Miras
+//! models built on it (§5): Moneta (ℓp objective, ℓq retention) and Yaad (Huber objective).
+//!
+//! `x → [q | k | v] = x W` → causal depthwise conv → SiLU → ℓ2-normalised `q`, `k` per head →
+//! a memory MLP per head, written with `(k, v)` by gradient steps and read with `q`
+//! ([`ember_ops::titans`]) → per-head RMSNorm ⊙ SiLU(x W_g) → `W_o`. The gates come from one
+//! linear map of `x` per head: θ = θ_max·σ(·), η = σ(·), α = σ(·) and Huber's δ = softplus(·).
+//! Optional persistent memory (§4.3): `N_p` learned tokens the memory reads before the
+//! sequence (in generation, before the first token).
+//!
+//! The Titans architectures: MAL (memory as a layer) is a schedule of memory layers followed by
+//! sliding-window attention layers with persistent keys (`attention.persistent`); MAG (memory
+//! as a gate) is the [`Mag`] mixer below.
+use crate::attention::{Attention, AttentionConfig};
+use crate::init::{linear, INIT_STD};
+use crate::LayerContext;
+use crate::norm::{rms_norm, srms_norm, RmsNorm};
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, Linear};
+use burn::tensor::activation::{log_sigmoid, silu};
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+use ember_ops::conv::{causal_conv, next_history};
+use ember_ops::softmax_attention::KvCache;
+use ember_ops::titans::{self as op, probability, Activation, MemoryInputs, MemoryRule, MemoryState, Objective, Retention, Update};
+use serde::{Deserialize, Serialize};
+
+/// Which named model a `[model.mixers.NAME]` table is: it sets the defaults of `objective`,
+/// `retention` and `momentum`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// `kind = "titans"`: ℓ2 objective, decay, momentum.
+    Titans,
+    /// `kind = "moneta"`: ℓp objective (p = 3), ℓq retention (q = 4), no momentum.
+    Moneta,
+    /// `kind = "yaad"`: Huber objective, decay, no momentum.
+    Yaad,
+}
+
+/// The inner loss a write descends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    L2,
+    Lp,
+    Huber,
+}
+
+/// What keeps the memory bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetentionKind {
+    Decay,
+    Lq,
+}
+
+/// `kind = "titans" | "moneta" | "yaad"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Memories per layer; each reads and writes `d_model / heads` channels.
+    pub heads: usize,
+    /// Layers of the memory MLP `L_M` (1 = a matrix memory).
+    pub depth: usize,
+    /// Hidden width of the memory MLP as a multiple of the head width.
+    pub expansion: usize,
+    pub activation: Activation,
+    /// `M(k) = k + MLP(k)` instead of `MLP(k)`.
+    pub residual: bool,
+    /// Tokens whose inner gradients share the chunk-start weights (1 = exact recurrence).
+    pub chunk_size: usize,
+    /// "token": every token reads its own weights; "chunk": one write per chunk, read from the
+    /// last completed chunk (the reference implementation's semantics).
+    pub update: Update,
+    /// Carry the surprise with momentum η (default: on for titans, off for moneta and yaad).
+    pub momentum: Option<bool>,
+    /// Inner loss: "l2", "lp" or "huber" (default per kind).
+    pub objective: Option<ObjectiveKind>,
+    /// Exponent of the ℓp objective.
+    pub p: f64,
+    /// `a` in the smooth sign `tanh(a·x)` of the ℓp and Huber objectives.
+    pub sharpness: f64,
+    /// "decay" (forget gate α) or "lq" (Moneta's `A / ‖A‖_q^{q−2}`; default per kind).
+    pub retention: Option<RetentionKind>,
+    /// Exponent of the ℓq retention.
+    pub q: f64,
+    /// Kernel of the causal depthwise convolution after the q/k/v projections.
+    pub conv_kernel: usize,
+    /// Upper bound of the inner learning rate: θ = θ_max·σ(·).
+    pub theta_max: f64,
+    /// Upper bound of the momentum: η = eta_max·σ(·) (η → 1 makes the effective step
+    /// θ/(1 − η) unbounded).
+    pub eta_max: f64,
+    /// Initial gate values (their biases start at the matching logits).
+    pub theta_init: f64,
+    pub eta_init: f64,
+    pub alpha_init: f64,
+    /// Initial Huber threshold δ (δ = softplus(·)).
+    pub delta_init: f64,
+    /// Persistent memory tokens `N_p` read before the sequence.
+    pub persistent: usize,
+    /// Multiply the normalised read by `SiLU(x W_g)`.
+    pub output_gate: bool,
+    pub norm_eps: f64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            heads: 4,
+            depth: 2,
+            expansion: 4,
+            activation: Activation::Gelu,
+            residual: true,
+            chunk_size: 16,
+            update: Update::Token,
+            momentum: None,
+            objective: None,
+            p: 3.0,
+            sharpness: 10.0,
+            retention: None,
+            q: 4.0,
+            conv_kernel: 4,
+            // The reference implementation's θ_max = 1 scales a loss averaged over the d_head
+            // output channels (÷64 at the papers' widths); ours is summed. At 1 the memories
+            // of every tiny recipe with momentum diverged within 10 steps (lr 5e-3).
+            theta_max: 0.1,
+            eta_max: 0.9,
+            theta_init: 0.01,
+            eta_init: 0.5,
+            alpha_init: 0.01,
+            delta_init: 1.0,
+            persistent: 0,
+            output_gate: true,
+            norm_eps: 1e-6,
+        }
+    }
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+impl MemoryConfig {
+    pub fn head_dim(&self, d_model: usize) -> usize {
+        d_model / self.heads.max(1)
+    }
+
+    /// The learning rule with this kind's defaults filled in.
+    pub fn rule(&self, preset: Preset) -> MemoryRule {
+        let (objective, retention, momentum) = match preset {
+            Preset::Titans => (ObjectiveKind::L2, RetentionKind::Decay, true),
+            Preset::Moneta => (ObjectiveKind::Lp, RetentionKind::Lq, false),
+            Preset::Yaad => (ObjectiveKind::Huber, RetentionKind::Decay, false),
+        };
+        let objective = match self.objective.unwrap_or(objective) {
+            ObjectiveKind::L2 => Objective::L2,
+            ObjectiveKind::Lp => Objective::Lp { p: self.p, sharpness: self.sharpness },
+            ObjectiveKind::Huber => Objective::Huber { sharpness: self.sharpness },
+        };
+        let retention = match self.retention.unwrap_or(retention) {
+            RetentionKind::Decay => Retention::Decay,
+            RetentionKind::Lq => Retention::Lq { q: self.q },
+        };
+        MemoryRule {
+            residual: self.residual,
+            activation: self.activation,
+            objective,
+            retention,
+            update: self.update,
+            chunk: self.chunk_size,
+            momentum: self.momentum.unwrap_or(momentum),
+            eta_max: self.eta_max,
+        }
+    }
+
+    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+        if self.heads == 0 || d_model % self.heads != 0 {
+            return Err(format!("heads ({}) must be positive and divide d_model ({d_model})", self.heads));
+        }
+        if self.depth == 0 || self.expansion == 0 || self.chunk_size == 0 || self.conv_kernel == 0 {
+            return Err("depth, expansion, chunk_size and conv_kernel must be positive".into());
+        }
+        for (key, value, max) in [("theta_init", self.theta_init / self.theta_max, "theta_max"), ("eta_init", self.eta_init / self.eta_max, "eta_max"), ("alpha_init", self.alpha_init, "1")] {
+            if !(value > 0.0 && value < 1.0) {
+                return Err(format!("{key} must lie strictly between 0 and {max}"));
+            }
+        }
+        if !(self.eta_max > 0.0 && self.eta_max <= 1.0) {
+            return Err(format!("eta_max must lie in (0, 1], got {}", self.eta_max));
+        }
+        if !(self.p >= 1.0 && self.q >= 2.0) {
+            return Err(format!("p must be ≥ 1 and q ≥ 2 (got p = {}, q = {})", self.p, self.q));
+        }
+        if !(self.delta_init > 0.0 && self.sharpness > 0.0) {
+            return Err("delta_init and sharpness must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Widths `(in, out)` of the memory MLP's layers for a head of `d` channels.
+    fn layer_dims(&self, d: usize) -> Vec<(usize, usize)> {
+        let hidden = self.expansion * d;
+        (0..self.depth)
+            .map(|l| (if l == 0 { d } else { hidden }, if l + 1 == self.depth { d } else { hidden }))
+            .collect()
+    }
+
+    /// Gates per head: θ, η, α (+ δ for Huber).
+    fn gates(&self, preset: Preset) -> usize {
+        3 + matches!(self.rule(preset).objective, Objective::Huber { .. }) as usize
+    }
+
+    fn memory_floats(&self, d_model: usize) -> usize {
+        self.heads * self.layer_dims(self.head_dim(d_model)).iter().map(|(i, o)| i * o).sum::<usize>()
+    }
+
+    pub fn params(&self, d_model: usize, preset: Preset) -> usize {
+        let d = d_model;
+        let gates = self.gates(preset) * self.heads;
+        let gate = if self.output_gate { d * d } else { 0 };
+        3 * d * d + 3 * d * self.conv_kernel + (d + 1) * gates + self.memory_floats(d) + self.head_dim(d) + gate + d * d + self.persistent * d
+    }
+
+    /// Projections, convolution, and per head and token: one inner gradient (forward and
+    /// backward through the memory, ~3 passes) and a read of the token's own weights (the
+    /// chunk-start weights, the momentum, and `C` rank-one updates per layer).
+    pub fn flops_per_token(&self, d_model: usize, seq_len: usize, preset: Preset) -> f64 {
+        let d = d_model as f64;
+        let gate = if self.output_gate { d * d } else { 0.0 };
+        let matmuls = 2.0 * (3.0 * d * d + d * (self.gates(preset) * self.heads) as f64 + gate + d * d);
+        let momentum = self.rule(preset).momentum as usize as f64;
+        let c = self.chunk_size.min(seq_len.max(1)) as f64;
+        let per_head: f64 = self
+            .layer_dims(self.head_dim(d_model))
+            .iter()
+            .map(|&(i, o)| {
+                let (i, o) = (i as f64, o as f64);
+                6.0 * i * o + 2.0 * i * o * (1.0 + momentum) + 2.0 * c * (i + o)
+            })
+            .sum();
+        matmuls + 2.0 * 3.0 * d * self.conv_kernel as f64 + self.heads as f64 * per_head
+    }
+
+    /// The memory (and its momentum), the convolution's history, and the inputs of the tokens
+    /// since the last chunk boundary (`seq_len mod chunk_size` of them).
+    pub fn state_size(&self, d_model: usize, seq_len: usize, preset: Preset) -> usize {
+        let copies = 1 + self.rule(preset).momentum as usize;
+        let pending = (seq_len % self.chunk_size) * (2 * d_model + self.gates(preset) * self.heads);
+        copies * self.memory_floats(d_model) + (self.conv_kernel - 1) * 3 * d_model + pending
+    }
+
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, preset: Preset, device: &B::Device) -> Memory<B> {
+        let d_model = at.d_model;
+        let (h, dh) = (self.heads, self.head_dim(d_model));
+        let gates = self.gates(preset);
+        let gate_proj = linear(d_model, gates * h, true, INIT_STD, device);
+        // Biases at the logits of the initial gate values: [θ | η | α | δ] blocks of H.
+        let mut bias = vec![logit(self.theta_init / self.theta_max); h];
+        bias.extend(vec![logit(self.eta_init / self.eta_max); h]);
+        bias.extend(vec![logit(self.alpha_init); h]);
+        if gates == 4 {
+            bias.extend(vec![(self.delta_init.exp() - 1.0).ln(); h]); // softplus⁻¹
+        }
+        let gate_proj = Linear { bias: Some(Param::from_tensor(Tensor::from_floats(bias.as_slice(), device))), ..gate_proj };
+        let bound = 1.0 / (self.conv_kernel as f64).sqrt();
+        let memory = self
+            .layer_dims(dh)
+            .into_iter()
+            .map(|(i, o)| {
+                let std = (2.0 / (i + o) as f64).sqrt(); // Xavier
+                Param::from_tensor(Tensor::random([h, i, o], Distribution::Normal(0.0, std), device))
+            })
+            .collect();
+        Memory {
+            qkv: linear(d_model, 3 * d_model, false, INIT_STD, device),
+            conv: Initializer::Uniform { min: -bound, max: bound }.init([3 * d_model, self.conv_kernel], device),
+            gates: gate_proj,
+            memory,
+            persistent: (self.persistent > 0)
+                .then(|| Param::from_tensor(Tensor::random([self.persistent, d_model], Distribution::Normal(0.0, INIT_STD), device))),
+            norm_gain: Param::from_tensor(Tensor::ones([dh], device)),
+            gate: self.output_gate.then(|| linear(d_model, d_model, false, INIT_STD, device)),
+            out: linear(d_model, d_model, false, out_std, device),
+            heads: h,
+            theta_max: self.theta_max,
+            norm_eps: self.norm_eps,
+            rule: self.rule(preset),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Memory<B: Backend> {
+    /// `[W_Q | W_K | W_V]`.
+    pub qkv: Linear<B>,
+    /// Depthwise kernel over the q, k, v channels, `[3D, K]`.
+    pub conv: Param<Tensor<B, 2>>,
+    /// θ, η, α (and δ) logits per head.
+    pub gates: Linear<B>,
+    /// The memory's initial weights `M_0`, per layer `[H, in, out]`.
+    pub memory: Vec<Param<Tensor<B, 3>>>,
+    /// Persistent memory tokens `[N_p, D]`.
+    pub persistent: Option<Param<Tensor<B, 2>>>,
+    /// Per-head RMSNorm gain `[d_head]`.
+    pub norm_gain: Param<Tensor<B, 1>>,
+    pub gate: Option<Linear<B>>,
+    pub out: Linear<B>,
+    pub heads: usize,
+    pub theta_max: f64,
+    pub norm_eps: f64,
+    #[module(skip)]
+    pub rule: MemoryRule,
+}
+
+/// Generation state: the memory ([`MemoryState`]) and the convolution's last `K−1` inputs.
+#[derive(Clone, Debug)]
+pub struct TitansState<B: Backend> {
+    pub memory: MemoryState<B>,
+    pub conv: Tensor<B, 3>,
+}
+
+impl<B: Backend> TitansState<B> {
+    pub fn numel(&self) -> usize {
+        self.memory.numel() + self.conv.shape().num_elements()
+    }
+}
+
+impl<B: Backend> Memory<B> {
+    fn head_dim(&self) -> usize {
+        self.norm_gain.dims()[0]
+    }
+
+    /// A fresh state for `batch` sequences: `M_0` and an empty convolution history.
+    pub fn initial_state(&self, batch: usize, device: &B::Device) -> TitansState<B> {
+        let weights = self.memory.iter().map(|w| w.val().unsqueeze_dim::<4>(0).repeat_dim(0, batch)).collect();
+        let [channels, k] = self.conv.dims();
+        TitansState { memory: MemoryState::new(weights, self.rule.momentum), conv: Tensor::zeros([batch, k - 1, channels], device) }
+    }
+
+    /// The memory's per-token inputs for `x: [B, T, D]` after the convolution history `conv`;
+    /// returns them with the new history.
+    fn inputs(&self, x: Tensor<B, 3>, conv: Tensor<B, 3>) -> (MemoryInputs<B>, Tensor<B, 3>) {
+        let [b, t, d] = x.dims();
+        let (h, dh) = (self.heads, self.head_dim());
+        let u = self.qkv.forward(x.clone());
+        let mixed = silu(causal_conv(u.clone(), self.conv.val(), Some(conv.clone())));
+        let history = next_history(conv, u);
+        let part = |i: usize| mixed.clone().narrow(2, i * d, d).reshape([b, t, h, dh]);
+        let unit = |x: Tensor<B, 4>| x.clone() / (x.powi_scalar(2).sum_dim(3) + 1e-12).sqrt();
+        let g = self.gates.forward(x);
+        let gate = |i: usize| g.clone().narrow(2, i * h, h);
+        let delta = (g.dims()[2] == 4 * h).then(|| log_sigmoid(gate(3).neg()).neg()); // softplus
+        let inputs = MemoryInputs {
+            q: unit(part(0)),
+            k: unit(part(1)),
+            v: part(2),
+            theta: probability(gate(0)) * self.theta_max,
+            eta: gate(1),
+            alpha: gate(2),
+            delta,
+        };
+        (inputs, history)
+    }
+
+    /// Per-head RMSNorm, output gate and `W_o` of the reads `y: [B, T, H, d_head]`.
+    fn output(&self, x: Tensor<B, 3>, y: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, t, h, dh] = y.dims();
+        let y = srms_norm(y, self.norm_eps) * self.norm_gain.val().reshape([1, 1, 1, dh]);
+        let y = y.reshape([b, t, h * dh]);
+        let y = match &self.gate {
+            Some(gate) => y * silu(gate.forward(x)),
+            None => y,
+        };
+        self.out.forward(y)
+    }
+
+    /// The persistent tokens before `x` (for a sequence start), and how many were added.
+    fn with_persistent(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, usize) {
+        match &self.persistent {
+            Some(p) => {
+                let [n, d] = p.dims();
+                let prefix = p.val().unsqueeze_dim::<3>(0).repeat_dim(0, x.dims()[0]).reshape([x.dims()[0], n, d]);
+                (Tensor::cat(vec![prefix, x], 1), n)
+            }
+            None => (x, 0),
+        }
+    }
+
+    /// Consumes `x: [B, T, D]` after `state` (a fresh one: from the persistent tokens), with the
+    /// chunked form or (`sequential`) the token-by-token reference.
+    pub fn run(&self, x: Tensor<B, 3>, state: Option<TitansState<B>>, sequential: bool) -> (Tensor<B, 3>, TitansState<B>) {
+        let (x, skip) = match state {
+            Some(_) => (x, 0),
+            None => self.with_persistent(x),
+        };
+        let state = state.unwrap_or_else(|| self.initial_state(x.dims()[0], &x.device()));
+        let (inputs, conv) = self.inputs(x.clone(), state.conv);
+        let (reads, memory) = match sequential {
+            true => op::sequential(&self.rule, inputs, state.memory),
+            false => op::chunked(&self.rule, inputs, state.memory),
+        };
+        let y = self.output(x, reads);
+        let t = y.dims()[1];
+        (y.narrow(1, skip, t - skip), TitansState { memory, conv })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.run(x, None, false).0
+    }
+
+    /// Recurrent form: one token or a prompt after `state`. The chunked form started from the
+    /// state serves both: a single token replays at most `chunk_size − 1` pending ones.
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<TitansState<B>>) -> (Tensor<B, 3>, TitansState<B>) {
+        self.run(x, state, false)
+    }
+}
+
+/// `kind = "titans_mag"`: Titans' memory as a gate (LAYERS.md §4.4). A sliding-window attention
+/// branch and a memory branch read the same input; `o = (RMSNorm_a(y_attn) ⊙ σ(RMSNorm_b(y_mem)))
+/// W_o` (the spec's choice for the paper's unspecified `⊗`). Persistent tokens are set per
+/// branch (`attention.persistent`, `memory.persistent`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MagConfig {
+    pub attention: AttentionConfig,
+    pub memory: MemoryConfig,
+    pub norm_eps: f64,
+}
+
+impl Default for MagConfig {
+    fn default() -> Self {
+        Self {
+            attention: AttentionConfig { heads: 4, window: Some(64), persistent: 4, ..Default::default() },
+            memory: MemoryConfig { persistent: 4, ..Default::default() },
+            norm_eps: 1e-6,
+        }
+    }
+}
+
+impl MagConfig {
+    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+        self.attention.validate(d_model).map_err(|e| format!("attention: {e}"))?;
+        self.memory.validate(d_model).map_err(|e| format!("memory: {e}"))
+    }
+
+    pub fn params(&self, d_model: usize) -> usize {
+        self.attention.params(d_model) + self.memory.params(d_model, Preset::Titans) + 2 * d_model + d_model * d_model
+    }
+
+    pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
+        let d = d_model as f64;
+        self.attention.flops_per_token(d_model, seq_len) + self.memory.flops_per_token(d_model, seq_len, Preset::Titans) + 2.0 * d * d
+    }
+
+    pub fn state_size(&self, d_model: usize, seq_len: usize) -> usize {
+        self.attention.state_size(d_model, seq_len) + self.memory.state_size(d_model, seq_len, Preset::Titans)
+    }
+
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Mag<B> {
+        let d = at.d_model;
+        Mag {
+            attention: self.attention.init(at, INIT_STD, device),
+            memory: self.memory.init(at, INIT_STD, Preset::Titans, device),
+            norm_attention: rms_norm(d, self.norm_eps, device),
+            norm_memory: rms_norm(d, self.norm_eps, device),
+            out: linear(d, d, false, out_std, device),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mag<B: Backend> {
+    pub attention: Attention<B>,
+    pub memory: Memory<B>,
+    pub norm_attention: RmsNorm<B>,
+    pub norm_memory: RmsNorm<B>,
+    pub out: Linear<B>,
+}
+
+/// MAG's generation state: the attention's (windowed) KV cache and the memory's state.
+#[derive(Clone, Debug)]
+pub struct MagState<B: Backend> {
+    pub attention: KvCache<B>,
+    pub memory: TitansState<B>,
+}
+
+impl<B: Backend> MagState<B> {
+    pub fn numel(&self) -> usize {
+        self.attention.numel() + self.memory.numel()
+    }
+}
+
+impl<B: Backend> Mag<B> {
+    fn combine(&self, attention: Tensor<B, 3>, memory: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = probability(self.norm_memory.forward(memory));
+        self.out.forward(self.norm_attention.forward(attention) * gate)
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.combine(self.attention.forward(x.clone()), self.memory.forward(x))
+    }
+
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<MagState<B>>) -> (Tensor<B, 3>, MagState<B>) {
+        let (cache, memory) = match state {
+            Some(s) => (Some(s.attention), Some(s.memory)),
+            None => (None, None),
+        };
+        let (a, attention) = self.attention.step(x.clone(), cache);
+        let (m, memory) = self.memory.step(x, memory);
+        (self.combine(a, m), MagState { attention, memory })
+    }
+}
