@@ -148,7 +148,7 @@ pub struct Attention<B: Backend> {
 
 impl<B: Backend> Attention<B> {
     /// Projects to `q, k, v: [B, T, H, Dh]` with RoPE applied from absolute position `offset`.
-    fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (hq, hkv, dh) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x);
@@ -159,16 +159,18 @@ impl<B: Backend> Attention<B> {
         (rope::apply_scaled(q, offset, self.rope_base, scaling), rope::apply_scaled(k, offset, self.rope_base, scaling), v)
     }
 
-    fn scale(&self) -> f64 {
+    pub fn scale(&self) -> f64 {
         1.0 / (self.head_dim as f64).sqrt()
     }
 
-    fn merge(&self, o: Tensor<B, 4>) -> Tensor<B, 3> {
+    /// `W_o` over the heads' outputs `[B, T, H, Dh]`.
+    pub fn merge(&self, o: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, t, h, d] = o.dims();
         self.out.forward(o.reshape([b, t, h * d]))
     }
 
-    fn prefix(&self) -> Option<Prefix<B>> {
+    /// The persistent keys and values, if any.
+    pub fn prefix(&self) -> Option<Prefix<B>> {
         self.persistent.as_ref().map(|p| {
             let [_, n, h, d] = p.dims();
             let kv = p.val();

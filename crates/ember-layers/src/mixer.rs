@@ -12,7 +12,7 @@ use ember_ops::aaren::AarenState;
 use ember_ops::rat::RatState;
 use crate::moh::{Moh, MohConfig, MohState};
 use crate::transnormer::{TransNormer, TransNormerConfig, TransNormerState};
-use crate::titans::{Mag, MagConfig, MagState, Memory, MemoryConfig, Preset, TitansState};
+use crate::titans::{Mac, MacConfig, MacState, Mag, MagConfig, MagState, Memory, MemoryConfig, Preset, TitansState};
 use crate::LayerContext;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
@@ -53,10 +53,12 @@ pub enum MixerConfig {
     Yaad(MemoryConfig),
     /// Titans MAG: sliding-window attention gated by the memory.
     TitansMag(MagConfig),
+    /// Titans MAC: attention over each segment and the memory's read-out of the past.
+    TitansMac(MacConfig),
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "titans_mag"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "titans_mag", "titans_mac"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -75,6 +77,7 @@ impl MixerConfig {
             MixerConfig::Moneta(_) => "moneta",
             MixerConfig::Yaad(_) => "yaad",
             MixerConfig::TitansMag(_) => "titans_mag",
+            MixerConfig::TitansMac(_) => "titans_mac",
         }
     }
 
@@ -102,6 +105,7 @@ impl MixerConfig {
             MixerConfig::Lolcats(c) => c.validate(d_model),
             MixerConfig::Titans(c) | MixerConfig::Moneta(c) | MixerConfig::Yaad(c) => c.validate(d_model),
             MixerConfig::TitansMag(c) => c.validate(d_model),
+            MixerConfig::TitansMac(c) => c.validate(d_model),
         }
     }
 
@@ -123,6 +127,7 @@ impl MixerConfig {
                 c.params(d_model, preset)
             }
             MixerConfig::TitansMag(c) => c.params(d_model),
+            MixerConfig::TitansMac(c) => c.params(d_model),
         }
     }
 
@@ -145,6 +150,7 @@ impl MixerConfig {
                 c.flops_per_token(d_model, seq_len, preset)
             }
             MixerConfig::TitansMag(c) => c.flops_per_token(d_model, seq_len),
+            MixerConfig::TitansMac(c) => c.flops_per_token(d_model, seq_len),
         }
     }
 
@@ -167,6 +173,7 @@ impl MixerConfig {
                 c.state_size(d_model, seq_len, preset)
             }
             MixerConfig::TitansMag(c) => c.state_size(d_model, seq_len),
+            MixerConfig::TitansMac(c) => c.state_size(d_model, seq_len),
         }
     }
 
@@ -187,6 +194,7 @@ impl MixerConfig {
                 Mixer::Memory(c.init(at, out_std, preset, device))
             }
             MixerConfig::TitansMag(c) => Mixer::Mag(c.init(at, out_std, device)),
+            MixerConfig::TitansMac(c) => Mixer::Mac(c.init(at, out_std, device)),
         }
     }
 }
@@ -206,6 +214,7 @@ pub enum Mixer<B: Backend> {
     /// Titans / Moneta / Yaad.
     Memory(Memory<B>),
     Mag(Mag<B>),
+    Mac(Mac<B>),
 }
 
 /// A mixer's generation state.
@@ -224,6 +233,7 @@ pub enum MixerState<B: Backend> {
     Hybrid(HybridState<B>),
     Titans(TitansState<B>),
     Mag(MagState<B>),
+    Mac(MacState<B>),
 }
 
 impl<B: Backend> MixerState<B> {
@@ -242,6 +252,7 @@ impl<B: Backend> MixerState<B> {
             MixerState::Hybrid(s) => s.numel(),
             MixerState::Titans(s) => s.numel(),
             MixerState::Mag(s) => s.numel(),
+            MixerState::Mac(s) => s.numel(),
         }
     }
 }
@@ -262,6 +273,7 @@ impl<B: Backend> Mixer<B> {
             Mixer::Lolcats(m) => m.forward(x),
             Mixer::Memory(m) => m.forward(x),
             Mixer::Mag(m) => m.forward(x),
+            Mixer::Mac(m) => m.forward(x),
         }
     }
 
@@ -303,6 +315,8 @@ impl<B: Backend> Mixer<B> {
             (Mixer::Memory(m), Some(MixerState::Titans(s))) => wrap(m.step(x, Some(s)), MixerState::Titans),
             (Mixer::Mag(m), None) => wrap(m.step(x, None), MixerState::Mag),
             (Mixer::Mag(m), Some(MixerState::Mag(s))) => wrap(m.step(x, Some(s)), MixerState::Mag),
+            (Mixer::Mac(m), None) => wrap(m.step(x, None), MixerState::Mac),
+            (Mixer::Mac(m), Some(MixerState::Mac(s))) => wrap(m.step(x, Some(s)), MixerState::Mac),
             _ => panic!("mixer state does not match the mixer kind"),
         }
     }

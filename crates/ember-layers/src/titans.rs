@@ -10,7 +10,7 @@
 //!
 //! The Titans architectures: MAL (memory as a layer) is a schedule of memory layers followed by
 //! sliding-window attention layers with persistent keys (`attention.persistent`); MAG (memory
-//! as a gate) is the [`Mag`] mixer below.
+//! as a gate) is the [`Mag`] mixer and MAC (memory as context) the [`Mac`] mixer below.
 use crate::attention::{Attention, AttentionConfig};
 use crate::init::{linear, INIT_STD};
 use crate::LayerContext;
@@ -198,7 +198,7 @@ impl MemoryConfig {
     }
 
     /// Widths `(in, out)` of the memory MLP's layers for a head of `d` channels.
-    fn layer_dims(&self, d: usize) -> Vec<(usize, usize)> {
+    pub fn layer_dims(&self, d: usize) -> Vec<(usize, usize)> {
         let hidden = self.expansion * d;
         (0..self.depth)
             .map(|l| (if l == 0 { d } else { hidden }, if l + 1 == self.depth { d } else { hidden }))
@@ -508,5 +508,164 @@ impl<B: Backend> Mag<B> {
         let (a, attention) = self.attention.step(x.clone(), cache);
         let (m, memory) = self.memory.step(x, memory);
         (self.combine(a, m), MagState { attention, memory })
+    }
+}
+
+/// `kind = "titans_mac"`: Titans' memory as context (LAYERS.md §4.4). The sequence is cut into
+/// segments of the memory's `chunk_size`. For each segment `S`: `h = M_{s−1}(S W_R)` reads the
+/// memory of the previous segments; attention runs over `[P; h; S]` (persistent keys, then the
+/// read-outs and the segment, each at its segment position); its outputs `y` write the memory
+/// token by token and read it back, `m_t = M_t(y_t)`; `o = (RMSNorm(y) ⊙ σ(RMSNorm(m))) W_o`.
+///
+/// Causal where the paper is not explicit: token `t` sees `h` and `S` up to itself only (a
+/// read-out `h_j` is a function of token `j`), and reads `M_t`, which holds the writes of the
+/// segment up to `t`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MacConfig {
+    /// The attention over `[P; h; S]` (`window` must be absent; `persistent` is `P`).
+    pub attention: AttentionConfig,
+    /// The memory; its `chunk_size` is the segment length.
+    pub memory: MemoryConfig,
+    pub norm_eps: f64,
+}
+
+impl Default for MacConfig {
+    fn default() -> Self {
+        Self {
+            attention: AttentionConfig { heads: 4, persistent: 4, ..Default::default() },
+            memory: MemoryConfig { chunk_size: 64, ..Default::default() },
+            norm_eps: 1e-6,
+        }
+    }
+}
+
+impl MacConfig {
+    pub fn validate(&self, d_model: usize) -> Result<(), String> {
+        if self.attention.window.is_some() {
+            return Err("attention.window: MAC attends over whole segments (the memory's chunk_size); remove it".into());
+        }
+        if self.memory.persistent > 0 {
+            return Err("memory.persistent: MAC's persistent tokens are attention.persistent".into());
+        }
+        self.attention.validate(d_model).map_err(|e| format!("attention: {e}"))?;
+        self.memory.validate(d_model).map_err(|e| format!("memory: {e}"))
+    }
+
+    pub fn params(&self, d_model: usize) -> usize {
+        self.attention.params(d_model) + self.memory.params(d_model, Preset::Titans) + 2 * d_model + 2 * d_model * d_model
+    }
+
+    /// The memory (written with `y`), the retrieval, and attention over `2·c` keys on average
+    /// for a segment of `c`.
+    pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
+        let d = d_model as f64;
+        let segment = self.memory.chunk_size.min(seq_len.max(1));
+        let read: f64 = 2.0 * self.memory.layer_dims(self.memory.head_dim(d_model)).iter().map(|(i, o)| (i * o) as f64).sum::<f64>();
+        let attention = self.attention.flops_per_token(d_model, segment) + self.attention.params(d_model) as f64 + 4.0 * d * (segment as f64 + 1.0) / 2.0;
+        attention + self.memory.flops_per_token(d_model, seq_len, Preset::Titans) + 2.0 * d * d * 2.0 + self.memory.heads as f64 * read
+    }
+
+    /// The memory's state plus the keys and values of the segment in progress (`h` and `S`).
+    pub fn state_size(&self, d_model: usize, seq_len: usize) -> usize {
+        let in_segment = seq_len % self.memory.chunk_size;
+        self.memory.state_size(d_model, seq_len, Preset::Titans) + self.attention.state_size(d_model, 2 * in_segment)
+    }
+
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Mac<B> {
+        let d = at.d_model;
+        Mac {
+            attention: self.attention.init(at, INIT_STD, device),
+            memory: self.memory.init(at, INIT_STD, Preset::Titans, device),
+            retrieve: linear(d, d, false, INIT_STD, device),
+            norm_attention: rms_norm(d, self.norm_eps, device),
+            norm_memory: rms_norm(d, self.norm_eps, device),
+            out: linear(d, d, false, out_std, device),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mac<B: Backend> {
+    pub attention: Attention<B>,
+    pub memory: Memory<B>,
+    /// `W_R`: the retrieval query.
+    pub retrieve: Linear<B>,
+    pub norm_attention: RmsNorm<B>,
+    pub norm_memory: RmsNorm<B>,
+    pub out: Linear<B>,
+}
+
+/// MAC's generation state: the memory's, and the attention keys and values (`h` then `S`
+/// interleaved per token) of the segment in progress.
+#[derive(Clone, Debug)]
+pub struct MacState<B: Backend> {
+    pub memory: TitansState<B>,
+    /// `[B, 2·n, Hkv, Dh]` for the `n` tokens of the segment so far, `None` at a segment start.
+    pub keys: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+}
+
+impl<B: Backend> MacState<B> {
+    pub fn numel(&self) -> usize {
+        self.memory.numel() + self.keys.as_ref().map_or(0, |(k, v)| k.shape().num_elements() + v.shape().num_elements())
+    }
+}
+
+impl<B: Backend> Mac<B> {
+    fn segment(&self) -> usize {
+        self.memory.rule.chunk
+    }
+
+    /// One piece of a segment: `x: [B, n, D]` starting at segment position `p = state.pending`.
+    fn piece(&self, x: Tensor<B, 3>, state: MacState<B>) -> (Tensor<B, 3>, MacState<B>) {
+        let [b, n, d] = x.dims();
+        let p = state.memory.memory.pending_len();
+        // h = M_{s−1}(unit(x W_R)), per head.
+        let (h, dh) = (self.memory.heads, d / self.memory.heads);
+        let q = self.retrieve.forward(x.clone()).reshape([b, n, h, dh]);
+        let q = q.clone() / (q.powi_scalar(2).sum_dim(3) + 1e-12).sqrt();
+        let read = op::read(&self.memory.rule, &state.memory.memory, q).reshape([b, n, d]);
+        // Attention from the segment's tokens over [P; earlier h, S; this piece's h, S].
+        let (q, k_s, v_s) = self.attention.project(x, p);
+        let (_, k_h, v_h) = self.attention.project(read, p);
+        let (k_new, v_new) = (Tensor::cat(vec![k_h, k_s], 1), Tensor::cat(vec![v_h, v_s], 1));
+        let device = k_new.device();
+        let causal = ember_ops::mask::hidden_keys::<B>(n, n, 0, None, &device);
+        let mut hidden = Tensor::cat(vec![causal.clone(), causal], 1);
+        let (k, v) = match state.keys {
+            Some((k_old, v_old)) => {
+                let earlier = ember_ops::mask::hidden_keys::<B>(n, k_old.dims()[1], k_old.dims()[1], None, &device);
+                hidden = Tensor::cat(vec![earlier, hidden], 1);
+                (Tensor::cat(vec![k_old, k_new], 1), Tensor::cat(vec![v_old, v_new], 1))
+            }
+            None => (k_new, v_new),
+        };
+        let prefix = self.attention.prefix();
+        let o = ember_ops::softmax_attention::masked(q, k.clone(), v.clone(), hidden, prefix.as_ref(), self.attention.scale());
+        let y = self.attention.merge(o);
+        let (m, memory) = self.memory.step(y.clone(), Some(state.memory));
+        let keys = (memory.memory.pending_len() > 0).then_some((k, v));
+        let out = self.out.forward(self.norm_attention.forward(y) * probability(self.norm_memory.forward(m)));
+        (out, MacState { memory, keys })
+    }
+
+    /// Consumes `x: [B, T, D]` after `state`, segment piece by segment piece.
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<MacState<B>>) -> (Tensor<B, 3>, MacState<B>) {
+        let mut state = state.unwrap_or_else(|| MacState { memory: self.memory.initial_state(x.dims()[0], &x.device()), keys: None });
+        let t = x.dims()[1];
+        let mut outputs = Vec::new();
+        let mut start = 0;
+        while start < t {
+            let len = (self.segment() - state.memory.memory.pending_len()).min(t - start);
+            let (y, s) = self.piece(x.clone().narrow(1, start, len), state);
+            outputs.push(y);
+            state = s;
+            start += len;
+        }
+        (Tensor::cat(outputs, 1), state)
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.step(x, None).0
     }
 }

@@ -14,7 +14,7 @@ use ember_layers::lora::LoraConfig;
 use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
 use ember_layers::transnormer::TransNormerConfig;
-use ember_layers::titans::{MagConfig, MemoryConfig, ObjectiveKind};
+use ember_layers::titans::{MacConfig, MagConfig, MemoryConfig, ObjectiveKind};
 use ember_ops::titans::Update;
 use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
@@ -62,6 +62,11 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("titans_mag", MixerConfig::TitansMag(MagConfig {
             attention: AttentionConfig { heads: 4, window: Some(6), persistent: 2, ..Default::default() },
             memory: MemoryConfig { heads: 2, chunk_size: 8, persistent: 2, ..Default::default() },
+            ..Default::default()
+        })),
+        ("titans_mac", MixerConfig::TitansMac(MacConfig {
+            attention: AttentionConfig { heads: 4, persistent: 2, ..Default::default() },
+            memory: MemoryConfig { heads: 2, chunk_size: 8, ..Default::default() },
             ..Default::default()
         })),
         ("swa_persistent", MixerConfig::Attention(AttentionConfig { heads: 4, window: Some(5), persistent: 3, ..Default::default() })),

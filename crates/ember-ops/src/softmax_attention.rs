@@ -5,7 +5,7 @@
 //! (`w_left + 1` keys, itself included; LAYERS.md P6).
 use crate::mask::hidden_keys;
 use crate::precision::{to_dtype, to_f32};
-use burn::tensor::{activation::softmax, backend::Backend, Tensor};
+use burn::tensor::{activation::softmax, backend::Backend, Bool, Tensor};
 
 /// Repeats each key/value head `groups` times: `[B, S, Hkv, D] -> [B, Hkv·groups, S, D]`
 /// (head-major, so query head `h` meets kv head `h / groups`).
@@ -49,10 +49,25 @@ pub fn parallel_with_prefix<B: Backend>(
     window: Option<usize>,
     q_offset: usize,
 ) -> Tensor<B, 4> {
+    let [_, t, _, _] = q.dims();
+    let s = k.dims()[1];
+    let hidden = hidden_keys::<B>(t, s, q_offset, window, &q.device());
+    masked(q, k, v, hidden, prefix, scale)
+}
+
+/// Softmax attention under an explicit mask `hidden: [T, S]` (`true`: query `t` may not see key
+/// `s`), after an always-visible [`Prefix`].
+pub fn masked<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mut hidden: Tensor<B, 2, Bool>,
+    prefix: Option<&Prefix<B>>,
+    scale: f64,
+) -> Tensor<B, 4> {
     let [b, t, hq, _] = q.dims();
-    let [_, s, hkv, d] = k.dims();
+    let [_, _, hkv, d] = k.dims();
     assert!(hq % hkv == 0, "query heads ({hq}) must be a multiple of key/value heads ({hkv})");
-    let mut hidden = hidden_keys::<B>(t, s, q_offset, window, &q.device());
     let (k, v) = match prefix {
         None => (k, v),
         Some(p) => {

@@ -475,6 +475,14 @@ fn gather<B: Backend>(inputs: MemoryInputs<B>, pending: Option<Pending<B>>) -> C
     chunk
 }
 
+/// Reads `q: [B, T, H, d]` through the weights at the state's last chunk boundary (no write):
+/// Titans MAC's retrieval from the memory of the previous segments.
+pub fn read<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, q: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dtype = q.dtype();
+    let (eff, _) = effective(rule.retention, &state.weights);
+    to_dtype(mlp(rule, &eff, lift(q).swap_dims(1, 2)).output.swap_dims(1, 2), dtype)
+}
+
 /// The chunked form: chunks of `rule.chunk` tokens in sequence, each a few batched matmuls.
 /// Returns the reads `[B, T, H, d]` and the state after the last token.
 pub fn chunked<B: Backend>(rule: &MemoryRule, inputs: MemoryInputs<B>, state: MemoryState<B>) -> (Tensor<B, 4>, MemoryState<B>) {
