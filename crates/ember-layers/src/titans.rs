@@ -90,6 +90,8 @@ pub struct MemoryConfig {
     /// Upper bound of the momentum: η = eta_max·σ(·) (η → 1 makes the effective step
     /// θ/(1 − η) unbounded).
     pub eta_max: f64,
+    /// Soft bound on each token's inner gradient norm, `u·c·tanh(‖u‖/c)/‖u‖`; 0 turns it off.
+    pub grad_clip: f64,
     /// Initial gate values (their biases start at the matching logits).
     pub theta_init: f64,
     pub eta_init: f64,
@@ -125,6 +127,9 @@ impl Default for MemoryConfig {
             // of every tiny recipe with momentum diverged within 10 steps (lr 5e-3).
             theta_max: 0.1,
             eta_max: 0.9,
+            // Without it the MQAR recipe (lr 3e-3) diverged at step 128: large values make
+            // large writes, and an MLP memory's curvature grows with its weights.
+            grad_clip: 1.0,
             theta_init: 0.01,
             eta_init: 0.5,
             alpha_init: 0.01,
@@ -170,6 +175,7 @@ impl MemoryConfig {
             chunk: self.chunk_size,
             momentum: self.momentum.unwrap_or(momentum),
             eta_max: self.eta_max,
+            grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
         }
     }
 
@@ -184,6 +190,9 @@ impl MemoryConfig {
             if !(value > 0.0 && value < 1.0) {
                 return Err(format!("{key} must lie strictly between 0 and {max}"));
             }
+        }
+        if !(self.grad_clip >= 0.0) {
+            return Err(format!("grad_clip must be ≥ 0 (0 turns it off), got {}", self.grad_clip));
         }
         if !(self.eta_max > 0.0 && self.eta_max <= 1.0) {
             return Err(format!("eta_max must lie in (0, 1], got {}", self.eta_max));

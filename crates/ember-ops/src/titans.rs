@@ -139,6 +139,9 @@ pub struct MemoryRule {
     /// Upper bound of the momentum: η = eta_max·σ(·). As η → 1 the surprise integrates every
     /// gradient and the effective step θ/(1 − η) grows without bound (training diverged).
     pub eta_max: f64,
+    /// Soft bound on each token's inner gradient norm (all memory layers together):
+    /// `u ← u·c·tanh(‖u‖/c)/‖u‖` (the reference implementation's soft clamp). `None`: no bound.
+    pub grad_clip: Option<f64>,
 }
 
 /// Per-token inputs, `[B, T, H, d]` for `q, k, v` and `[B, T, H]` for the gates.
@@ -321,6 +324,13 @@ pub fn inner_gradients<B: Backend>(
         errors.push(g.clone());
     }
     errors.reverse();
+    if let Some(c) = rule.grad_clip {
+        // ‖x_iᵀ g_i‖ = ‖x_i‖·‖g_i‖ per layer; the token's norm is over all its layers.
+        let sq = |x: &Tensor<B, 4>| x.clone().powi_scalar(2).sum_dim(3);
+        let norm = inputs.iter().zip(&errors).map(|(x, g)| sq(x) * sq(g)).reduce(|a, b| a + b).expect("depth ≥ 1").add_scalar(1e-12).sqrt();
+        let scale = (norm.clone() / c).tanh() * c / norm;
+        errors = errors.into_iter().map(|g| g * scale.clone()).collect();
+    }
     InnerGradients { inputs, errors }
 }
 

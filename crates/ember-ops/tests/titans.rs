@@ -16,7 +16,7 @@ const H: usize = 2;
 const DH: usize = 4;
 
 fn rule(depth_residual: bool, objective: Objective, retention: Retention, update: Update, chunk: usize, momentum: bool) -> MemoryRule {
-    MemoryRule { residual: depth_residual, activation: Activation::Gelu, objective, retention, update, chunk, momentum, eta_max: 0.9 }
+    MemoryRule { residual: depth_residual, activation: Activation::Gelu, objective, retention, update, chunk, momentum, eta_max: 0.9, grad_clip: None }
 }
 
 fn normal<Bk: Backend, const N: usize>(shape: [usize; N], std: f64) -> Tensor<Bk, N> {
@@ -81,6 +81,7 @@ fn rules(chunk: usize) -> Vec<(String, MemoryRule, usize)> {
             ("residual depth 3", rule(true, Objective::L2, Retention::Decay, update, chunk, true), 3),
             ("moneta", rule(false, lp, lq, update, chunk, false), 2),
             ("yaad", rule(true, huber, Retention::Decay, update, chunk, false), 2),
+            ("titans clipped", MemoryRule { grad_clip: Some(0.3), ..rule(false, Objective::L2, Retention::Decay, update, chunk, true) }, 2),
         ] {
             out.push((format!("{name}, {update:?} update, chunk {chunk}"), r, depth));
         }
@@ -208,7 +209,7 @@ fn analytic_inner_gradients_equal_autodiff() {
         for residual in [false, true] {
             for depth in [1, 2, 3] {
                 for objective in [Objective::L2, Objective::Huber { sharpness: a }] {
-                    let rule = MemoryRule { residual, activation, objective, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0 };
+                    let rule = MemoryRule { residual, activation, objective, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
                     let w: Vec<Tensor<A, 4>> = weights::<A>(depth).into_iter().map(|w| w.require_grad()).collect();
                     // Six tokens per (batch, head): the loss summed over them has the sum of
                     // the per-token gradients.
@@ -247,7 +248,7 @@ fn lp_error_is_the_derivative_of_the_smoothed_loss() {
     // differences of a numerical integral, per element.
     let (p, a, eps) = (3.0f64, 10.0f64, 1e-6f64);
     let integrand = |r: f64| p * (a * r).tanh() * (r * r + eps).powf((p - 1.0) / 2.0);
-    let rule = MemoryRule { residual: false, activation: Activation::Gelu, objective: Objective::Lp { p, sharpness: a }, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0 };
+    let rule = MemoryRule { residual: false, activation: Activation::Gelu, objective: Objective::Lp { p, sharpness: a }, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
     // A depth-1 memory with W = I and k = e_0 has residual r = k − v, error e = ∂ℓ/∂p.
     let eye = Tensor::<D, 2>::eye(DH, &Default::default()).reshape([1, 1, DH, DH]);
     for r0 in [-1.3, -0.2, -0.01, 0.0, 0.03, 0.5, 2.0] {
@@ -398,3 +399,26 @@ fn outer_gradients_match_finite_differences() {
     }
 }
 
+
+/// The soft clamp bounds every token's inner gradient (all layers together) by `c`, and leaves a
+/// small gradient almost as it is (`c·tanh(n/c) ≈ n`).
+#[test]
+fn gradient_clamp_bounds_each_token() {
+    let plain = MemoryRule { residual: false, activation: Activation::Silu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
+    let w = weights::<D>(2);
+    let x = inputs::<D>(8, false);
+    let (k, v) = (x.k.swap_dims(1, 2), x.v.swap_dims(1, 2));
+    let norms = |rule: &MemoryRule, v: Tensor<D, 4>| -> Vec<f64> {
+        let g = inner_gradients(rule, &w, k.clone(), v, None);
+        let sq = |x: &Tensor<D, 4>| x.clone().powi_scalar(2).sum_dim(3);
+        let n = g.inputs.iter().zip(&g.errors).map(|(x, e)| sq(x) * sq(e)).reduce(|a, b| a + b).unwrap().sqrt();
+        n.into_data().to_vec::<f64>().unwrap()
+    };
+    for c in [0.05, 1.0] {
+        let clipped = MemoryRule { grad_clip: Some(c), ..plain };
+        for (raw, got) in norms(&plain, v.clone() * 50.0).into_iter().zip(norms(&clipped, v.clone() * 50.0)) {
+            assert!(got <= c * (1.0 + 1e-9), "clamp {c}: norm {got} from {raw}");
+            assert!((got - c * (raw / c).tanh()).abs() < 1e-9 * (1.0 + raw), "clamp {c}: {got} vs c·tanh(n/c) from {raw}");
+        }
+    }
+}
