@@ -123,8 +123,8 @@ impl Default for MemoryConfig {
             q: 4.0,
             conv_kernel: 4,
             // The reference implementation's θ_max = 1 scales a loss averaged over the d_head
-            // output channels (÷64 at the papers' widths); ours is summed. At 1 the memories
-            // of every tiny recipe with momentum diverged within 10 steps (lr 5e-3).
+            // output channels (÷64 at the papers' widths); ours is summed. At 1 the MAL, MAG
+            // and persistent-token tiny recipes (momentum on) diverged within 10 steps (lr 5e-3).
             theta_max: 0.1,
             eta_max: 0.9,
             // Without it the MQAR recipe (lr 3e-3) diverged at step 128: large values make
@@ -387,8 +387,8 @@ impl<B: Backend> Memory<B> {
     fn with_persistent(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, usize) {
         match &self.persistent {
             Some(p) => {
-                let [n, d] = p.dims();
-                let prefix = p.val().unsqueeze_dim::<3>(0).repeat_dim(0, x.dims()[0]).reshape([x.dims()[0], n, d]);
+                let n = p.dims()[0];
+                let prefix = p.val().unsqueeze_dim::<3>(0).repeat_dim(0, x.dims()[0]);
                 (Tensor::cat(vec![prefix, x], 1), n)
             }
             None => (x, 0),

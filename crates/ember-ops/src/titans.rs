@@ -137,7 +137,7 @@ pub struct MemoryRule {
     /// Carry the surprise `S` with momentum η; without it `S_t = −θ_t ∇ℓ`.
     pub momentum: bool,
     /// Upper bound of the momentum: η = eta_max·σ(·). As η → 1 the surprise integrates every
-    /// gradient and the effective step θ/(1 − η) grows without bound (training diverged).
+    /// gradient and the effective step θ/(1 − η) grows without bound.
     pub eta_max: f64,
     /// Soft bound on each token's inner gradient norm (all memory layers together):
     /// `u ← u·c·tanh(‖u‖/c)/‖u‖` (the reference implementation's soft clamp). `None`: no bound.
@@ -536,7 +536,7 @@ fn run<B: Backend>(rule: &MemoryRule, inputs: MemoryInputs<B>, state: MemoryStat
         start += len;
     }
     let reads = Tensor::cat(reads, 2);
-    let reads = reads.clone().narrow(2, skip, t - skip).swap_dims(1, 2);
+    let reads = reads.narrow(2, skip, t - skip).swap_dims(1, 2);
     (to_dtype(reads, dtype), state)
 }
 
