@@ -51,6 +51,8 @@ pub enum MixerConfig {
     Moneta(MemoryConfig),
     /// Miras' Yaad: the memory with a Huber objective.
     Yaad(MemoryConfig),
+    /// Miras' Memora: the memory with KL retention (weights on the scaled simplex).
+    Memora(MemoryConfig),
     /// Titans MAG: sliding-window attention gated by the memory.
     TitansMag(MagConfig),
     /// Titans MAC: attention over each segment and the memory's read-out of the past.
@@ -58,7 +60,7 @@ pub enum MixerConfig {
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "titans_mag", "titans_mac"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "memora", "titans_mag", "titans_mac"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -76,6 +78,7 @@ impl MixerConfig {
             MixerConfig::Titans(_) => "titans",
             MixerConfig::Moneta(_) => "moneta",
             MixerConfig::Yaad(_) => "yaad",
+            MixerConfig::Memora(_) => "memora",
             MixerConfig::TitansMag(_) => "titans_mag",
             MixerConfig::TitansMac(_) => "titans_mac",
         }
@@ -87,6 +90,7 @@ impl MixerConfig {
             MixerConfig::Titans(c) => Some((c, Preset::Titans)),
             MixerConfig::Moneta(c) => Some((c, Preset::Moneta)),
             MixerConfig::Yaad(c) => Some((c, Preset::Yaad)),
+            MixerConfig::Memora(c) => Some((c, Preset::Memora)),
             _ => None,
         }
     }
@@ -103,7 +107,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.validate(d_model),
             MixerConfig::Moh(c) => c.validate(d_model),
             MixerConfig::Lolcats(c) => c.validate(d_model),
-            MixerConfig::Titans(c) | MixerConfig::Moneta(c) | MixerConfig::Yaad(c) => c.validate(d_model),
+            MixerConfig::Titans(c) | MixerConfig::Moneta(c) | MixerConfig::Yaad(c) | MixerConfig::Memora(c) => c.validate(d_model),
             MixerConfig::TitansMag(c) => c.validate(d_model),
             MixerConfig::TitansMac(c) => c.validate(d_model),
         }
@@ -122,7 +126,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.params(d_model),
             MixerConfig::Moh(c) => c.params(d_model),
             MixerConfig::Lolcats(c) => c.params(d_model),
-            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 c.params(d_model, preset)
             }
@@ -145,7 +149,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Moh(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Lolcats(c) => c.flops_per_token(d_model, seq_len),
-            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 c.flops_per_token(d_model, seq_len, preset)
             }
@@ -168,7 +172,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.state_size(d_model, seq_len),
             MixerConfig::Moh(c) => c.state_size(d_model, seq_len),
             MixerConfig::Lolcats(c) => c.state_size(d_model, seq_len),
-            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 c.state_size(d_model, seq_len, preset)
             }
@@ -189,7 +193,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => Mixer::Aaren(c.init(at, out_std, device)),
             MixerConfig::Moh(c) => Mixer::Moh(c.init(at, out_std, device)),
             MixerConfig::Lolcats(c) => Mixer::Lolcats(c.init(at, out_std, device)),
-            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 Mixer::Memory(c.init(at, out_std, preset, device))
             }
@@ -211,7 +215,7 @@ pub enum Mixer<B: Backend> {
     Aaren(Aaren<B>),
     Moh(Moh<B>),
     Lolcats(Lolcats<B>),
-    /// Titans / Moneta / Yaad.
+    /// Titans / Moneta / Yaad / Memora.
     Memory(Memory<B>),
     Mag(Mag<B>),
     Mac(Mac<B>),

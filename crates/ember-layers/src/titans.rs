@@ -1,5 +1,6 @@
 //! Titans' neural long-term memory (LMM, LAYERS.md §4.1) as a token mixer, and the Miras
-//! models built on it (§5): Moneta (ℓp objective, ℓq retention) and Yaad (Huber objective).
+//! models built on it (§5): Moneta (ℓp objective, ℓq retention), Yaad (Huber objective) and
+//! Memora (KL retention: weights on the scaled simplex).
 //!
 //! `x → [q | k | v] = x W` → causal depthwise conv → SiLU → ℓ2-normalised `q`, `k` per head →
 //! a memory MLP per head, written with `(k, v)` by gradient steps and read with `q`
@@ -34,6 +35,8 @@ pub enum Preset {
     Moneta,
     /// `kind = "yaad"`: Huber objective, decay, no momentum.
     Yaad,
+    /// `kind = "memora"`: ℓ2 objective, KL retention, no momentum.
+    Memora,
 }
 
 /// The inner loss a write descends.
@@ -51,9 +54,11 @@ pub enum ObjectiveKind {
 pub enum RetentionKind {
     Decay,
     Lq,
+    /// Memora's KL retention: `W = c·softmax(Z)`, a mirror-descent step on the logits.
+    Kl,
 }
 
-/// `kind = "titans" | "moneta" | "yaad"`.
+/// `kind = "titans" | "moneta" | "yaad" | "memora"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
@@ -71,7 +76,7 @@ pub struct MemoryConfig {
     /// "token": every token reads its own weights; "chunk": one write per chunk, read from the
     /// last completed chunk (the reference implementation's semantics).
     pub update: Update,
-    /// Carry the surprise with momentum η (default: on for titans, off for moneta and yaad).
+    /// Carry the surprise with momentum η (default: on for titans, off for the Miras kinds).
     pub momentum: Option<bool>,
     /// Inner loss: "l2", "lp" or "huber" (default per kind).
     pub objective: Option<ObjectiveKind>,
@@ -79,10 +84,13 @@ pub struct MemoryConfig {
     pub p: f64,
     /// `a` in the smooth sign `tanh(a·x)` of the ℓp and Huber objectives.
     pub sharpness: f64,
-    /// "decay" (forget gate α) or "lq" (Moneta's `A / ‖A‖_q^{q−2}`; default per kind).
+    /// "decay" (forget gate α), "lq" (Moneta's `A / ‖A‖_q^{q−2}`) or "kl" (Memora's
+    /// `c·softmax(Z)`); default per kind.
     pub retention: Option<RetentionKind>,
     /// Exponent of the ℓq retention.
     pub q: f64,
+    /// `c` of the KL retention: each output unit's incoming weights sum to it.
+    pub simplex_scale: f64,
     /// Kernel of the causal depthwise convolution after the q/k/v projections.
     pub conv_kernel: usize,
     /// Upper bound of the inner learning rate: θ = θ_max·σ(·).
@@ -121,6 +129,7 @@ impl Default for MemoryConfig {
             sharpness: 10.0,
             retention: None,
             q: 4.0,
+            simplex_scale: 1.0,
             conv_kernel: 4,
             // The reference implementation's θ_max = 1 scales a loss averaged over the d_head
             // output channels (÷64 at the papers' widths); ours is summed. At 1 the MAL, MAG
@@ -156,6 +165,7 @@ impl MemoryConfig {
             Preset::Titans => (ObjectiveKind::L2, RetentionKind::Decay, true),
             Preset::Moneta => (ObjectiveKind::Lp, RetentionKind::Lq, false),
             Preset::Yaad => (ObjectiveKind::Huber, RetentionKind::Decay, false),
+            Preset::Memora => (ObjectiveKind::L2, RetentionKind::Kl, false),
         };
         let objective = match self.objective.unwrap_or(objective) {
             ObjectiveKind::L2 => Objective::L2,
@@ -165,6 +175,7 @@ impl MemoryConfig {
         let retention = match self.retention.unwrap_or(retention) {
             RetentionKind::Decay => Retention::Decay,
             RetentionKind::Lq => Retention::Lq { q: self.q },
+            RetentionKind::Kl => Retention::Softmax { scale: self.simplex_scale },
         };
         MemoryRule {
             residual: self.residual,
@@ -200,8 +211,8 @@ impl MemoryConfig {
         if !(self.p >= 1.0 && self.q >= 2.0) {
             return Err(format!("p must be ≥ 1 and q ≥ 2 (got p = {}, q = {})", self.p, self.q));
         }
-        if !(self.delta_init > 0.0 && self.sharpness > 0.0) {
-            return Err("delta_init and sharpness must be positive".into());
+        if !(self.delta_init > 0.0 && self.sharpness > 0.0 && self.simplex_scale > 0.0) {
+            return Err("delta_init, sharpness and simplex_scale must be positive".into());
         }
         Ok(())
     }
@@ -239,12 +250,15 @@ impl MemoryConfig {
         let matmuls = 2.0 * (3.0 * d * d + d * (self.gates(preset) * self.heads) as f64 + gate + d * d);
         let momentum = self.rule(preset).momentum as usize as f64;
         let c = self.chunk_size.min(seq_len.max(1)) as f64;
+        // KL retention reads through the chunk-start softmax's Jacobian: `C` products of `in`
+        // entries per output, per token (see `ember_ops::titans`).
+        let kl = matches!(self.rule(preset).retention, Retention::Softmax { .. }) as usize as f64;
         let per_head: f64 = self
             .layer_dims(self.head_dim(d_model))
             .iter()
             .map(|&(i, o)| {
                 let (i, o) = (i as f64, o as f64);
-                6.0 * i * o + 2.0 * i * o * (1.0 + momentum) + 2.0 * c * (i + o)
+                6.0 * i * o + 2.0 * i * o * (1.0 + momentum) + 2.0 * c * (i + o) + kl * 3.0 * c * i * o
             })
             .sum();
         matmuls + 2.0 * 3.0 * d * self.conv_kernel as f64 + self.heads as f64 * per_head

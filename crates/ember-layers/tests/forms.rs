@@ -71,6 +71,7 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         })),
         ("swa_persistent", MixerConfig::Attention(AttentionConfig { heads: 4, window: Some(5), persistent: 3, ..Default::default() })),
         ("yaad", MixerConfig::Yaad(MemoryConfig { heads: 2, chunk_size: 8, objective: Some(ObjectiveKind::Huber), ..Default::default() })),
+        ("memora", MixerConfig::Memora(MemoryConfig { heads: 2, chunk_size: 4, simplex_scale: 2.0, ..Default::default() })),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! The memory mixers (Titans, Moneta, Yaad) as layers: the chunked form equals the
+//! The memory mixers (Titans, Moneta, Yaad, Memora) as layers: the chunked form equals the
 //! token-by-token reference through the whole layer, outputs and input gradients, for chunk
 //! sizes 1, 4 and 16 and a length none of them divides; recipes' defaults per kind.
 use burn::backend::{Autodiff, NdArray};
@@ -18,7 +18,7 @@ fn rel_err(a: Tensor<NdArray<f32>, 3>, b: Tensor<NdArray<f32>, 3>) -> f64 {
 #[test]
 fn chunked_layer_equals_sequential_layer_with_gradients() {
     let device = Default::default();
-    for preset in [Preset::Titans, Preset::Moneta, Preset::Yaad] {
+    for preset in [Preset::Titans, Preset::Moneta, Preset::Yaad, Preset::Memora] {
         for update in [Update::Token, Update::Chunk] {
             for chunk in [1, 4, 16] {
                 let config = MemoryConfig { heads: 2, chunk_size: chunk, update, persistent: 2, ..Default::default() };
@@ -53,6 +53,8 @@ fn kinds_set_the_miras_defaults_and_keys_override_them() {
     assert_eq!((moneta.objective, moneta.retention, moneta.momentum), (Objective::Lp { p: 3.0, sharpness: 10.0 }, Retention::Lq { q: 4.0 }, false));
     let yaad = c.rule(Preset::Yaad);
     assert_eq!((yaad.objective, yaad.retention, yaad.momentum), (Objective::Huber { sharpness: 10.0 }, Retention::Decay, false));
+    let memora = MemoryConfig { simplex_scale: 3.0, ..Default::default() }.rule(Preset::Memora);
+    assert_eq!((memora.objective, memora.retention, memora.momentum), (Objective::L2, Retention::Softmax { scale: 3.0 }, false));
     let custom = MemoryConfig { momentum: Some(true), p: 2.5, ..Default::default() }.rule(Preset::Moneta);
     assert_eq!((custom.objective, custom.momentum), (Objective::Lp { p: 2.5, sharpness: 10.0 }, true));
 }

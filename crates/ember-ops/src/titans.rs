@@ -30,9 +30,12 @@
 //! replays them, so `forward(a‖b)` equals `forward(b)` after the state of `a` for any split.
 //!
 //! Miras' choices here: the objective (`ℓ2`, smoothed `ℓp`, Huber: [`Objective`]) and the
-//! retention (Titans' decay, or Moneta's ℓq normalisation `W = A / ‖A‖_q^{q−2}` of the
-//! accumulated `A`: [`Retention`]). With ℓq the normaliser is taken at chunk boundaries (exact
-//! for chunk size 1), as §5.2 prescribes for chunked training.
+//! retention ([`Retention`]): Titans' decay; Moneta's ℓq normalisation `W = A / ‖A‖_q^{q−2}` of
+//! the accumulated `A`; or Memora's KL retention `W = c·softmax(Z)` of accumulated logits `Z`.
+//! Under the last two the state is the accumulator, and reads inside a chunk see it through the
+//! chunk start: ℓq divides by the chunk-start norm (§5.2), softmax is linearised at the
+//! chunk-start logits (§5.4's "linear approximation inside the chunk"). A token at a chunk's end
+//! reads the exact weights, so chunk size 1 is the exact recurrence for every retention.
 //!
 //! All of it runs in f32 at least (bf16 inputs are lifted; f64 stays f64), and the output is
 //! returned in the dtype of `v`.
@@ -40,7 +43,7 @@ use crate::mask::hidden_keys;
 use crate::normal_cdf;
 use crate::precision::{to_dtype, to_f32};
 use burn::tensor::DType;
-use burn::tensor::activation::log_sigmoid;
+use burn::tensor::activation::{log_sigmoid, softmax};
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +116,11 @@ pub enum Retention {
     /// Moneta: the decayed accumulator `A` is the state and reads use `A / ‖A‖_q^{q−2}` (per
     /// weight matrix).
     Lq { q: f64 },
+    /// Memora: the weights live on the scaled simplex, `W = c·softmax(Z)` over each column's
+    /// inputs (each output unit's incoming weights sum to `c` = `scale`), and the logits `Z`
+    /// are the state: `Z_t = (1 − α_t) Z_{t−1} + S_t`. Softmax ignores a per-column constant, so
+    /// this is exactly `W_t = c·softmax((1 − α_t) log W_{t−1} − θ_t ∇ℓ(W_{t−1}))` (§5.4).
+    Softmax { scale: f64 },
 }
 
 /// When the memory's weights change (see the module docs).
@@ -173,7 +181,8 @@ pub struct Pending<B: Backend> {
 }
 
 /// The memory at the last chunk boundary: each weight matrix `[B, H, in, out]` (the accumulator
-/// `A` under ℓq retention), its momentum, and the tokens written since.
+/// `A` under ℓq retention, the logits `Z` under softmax retention), its momentum, and the tokens
+/// written since.
 #[derive(Clone, Debug)]
 pub struct MemoryState<B: Backend> {
     pub weights: Vec<Tensor<B, 4>>,
@@ -334,10 +343,10 @@ pub fn inner_gradients<B: Backend>(
     InnerGradients { inputs, errors }
 }
 
-/// `‖A‖_q^{q−2}` per matrix, `[B, H, 1, 1]` (1 under decay retention).
+/// `‖A‖_q^{q−2}` per matrix, `[B, H, 1, 1]` (1 under decay and softmax retention).
 fn normaliser<B: Backend>(retention: Retention, a: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
     match retention {
-        Retention::Decay => None,
+        Retention::Decay | Retention::Softmax { .. } => None,
         Retention::Lq { q } if q == 2.0 => None,
         Retention::Lq { q } => {
             let sum = (a.clone().powi_scalar(2) + 1e-12).powf_scalar(q / 2.0).sum_dim(3).sum_dim(2);
@@ -346,8 +355,11 @@ fn normaliser<B: Backend>(retention: Retention, a: &Tensor<B, 4>) -> Option<Tens
     }
 }
 
-/// The weights reads and gradients use: `A / ‖A‖_q^{q−2}` (or `A`).
+/// The weights reads and gradients use: `A / ‖A‖_q^{q−2}`, `c·softmax(Z)` or the state itself.
 fn effective<B: Backend>(retention: Retention, weights: &[Tensor<B, 4>]) -> (Vec<Tensor<B, 4>>, Vec<Option<Tensor<B, 4>>>) {
+    if let Retention::Softmax { scale } = retention {
+        return (weights.iter().map(|z| softmax(z.clone(), 2) * scale).collect(), vec![None; weights.len()]);
+    }
     let norms: Vec<_> = weights.iter().map(|w| normaliser(retention, w)).collect();
     let eff = weights.iter().zip(&norms).map(|(w, n)| match n {
         Some(n) => w.clone() / n.clone(),
@@ -365,7 +377,8 @@ fn transfer<B: Backend>(cum: Tensor<B, 3>) -> Tensor<B, 4> {
 }
 
 /// One chunk under per-token semantics: the reads of its tokens and the state at its end.
-fn token_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Chunk<B>) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
+/// `complete`: the chunk is whole, so its last token reads the exact weights of the new state.
+fn token_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Chunk<B>, complete: bool) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
     let c = chunk.len();
     let (eff, norms) = effective(rule.retention, &state.weights);
     let grads = inner_gradients(rule, &eff, chunk.k.clone(), chunk.v.clone(), chunk.delta.clone());
@@ -388,15 +401,22 @@ fn token_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Ch
     let mut r = chunk.q.clone();
     let depth = state.weights.len();
     for l in 0..depth {
-        let mut out = r.clone().matmul(state.weights[l].clone()) * col(&beta);
-        if let Some(sigma) = &sigma {
-            out = out + r.clone().matmul(state.momentum[l].clone()) * col(sigma);
-        }
-        let scores = r.clone().matmul(grads.inputs[l].clone().swap_dims(2, 3)) * coeff.clone();
-        out = out - scores.matmul(grads.errors[l].clone());
-        if let Some(n) = &norms[l] {
-            out = out / n.clone();
-        }
+        let out = if let Retention::Softmax { scale } = rule.retention {
+            let momentum = sigma.as_ref().map(|s| (state.momentum[l].clone(), s.clone()));
+            let p = eff[l].clone() / scale;
+            linearised_softmax_read(r, p, scale, state.weights[l].clone(), &beta, momentum, &coeff, &grads.inputs[l], &grads.errors[l])
+        } else {
+            let mut out = r.clone().matmul(state.weights[l].clone()) * col(&beta);
+            if let Some(sigma) = &sigma {
+                out = out + r.clone().matmul(state.momentum[l].clone()) * col(sigma);
+            }
+            let scores = r.clone().matmul(grads.inputs[l].clone().swap_dims(2, 3)) * coeff.clone();
+            out = out - scores.matmul(grads.errors[l].clone());
+            match &norms[l] {
+                Some(n) => out / n.clone(),
+                None => out,
+            }
+        };
         r = if l + 1 < depth { rule.activation.apply(out) } else { out };
     }
     let reads = if rule.residual { r + chunk.q.clone() } else { r };
@@ -422,7 +442,64 @@ fn token_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Ch
         }
         weights.push(w);
     }
+    // Under ℓq and softmax retention the reads above see the state through the chunk start; the
+    // token at a boundary reads the new state's exact weights.
+    let reads = match (complete, rule.retention) {
+        (true, Retention::Lq { .. } | Retention::Softmax { .. }) => {
+            let (new_eff, _) = effective(rule.retention, &weights);
+            let last = mlp(rule, &new_eff, chunk.q.clone().narrow(2, c - 1, 1)).output;
+            replace_last(reads, last)
+        }
+        _ => reads,
+    };
     (reads, weights, momentum)
+}
+
+/// `reads` `[B, H, C, d]` with its last row replaced by `last`.
+fn replace_last<B: Backend>(reads: Tensor<B, 4>, last: Tensor<B, 4>) -> Tensor<B, 4> {
+    let c = reads.dims()[2];
+    match c {
+        1 => last,
+        _ => Tensor::cat(vec![reads.narrow(2, 0, c - 1), last], 2),
+    }
+}
+
+/// Reads `r: [B, H, C, in]` through one softmax-retention weight matrix linearised at the chunk
+/// start: `W_t ≈ W_b + J(Z_t − Z_b)` with `W_b = c·p`, `p = softmax(Z_b)` over inputs and
+/// `J(D) = c·p ⊙ (D − 1ᵀ(p ⊙ D))` the softmax Jacobian, where
+/// `Z_t − Z_b = (β_t − 1) Z_b + σ_t S_b − Σ_i P_ti θ_i x_iᵀ g_i` as for decay retention.
+/// For a write `x_iᵀ g_i`, `r_t J(x_iᵀ g_i) = c·g_i ⊙ ((r_t ⊙ x_i) p − (x_i p) ⊙ (r_t p))`: a
+/// `C×C×in` by `in×out` matmul per chunk, not the `C×C` of the linear retentions.
+#[allow(clippy::too_many_arguments)]
+fn linearised_softmax_read<B: Backend>(
+    r: Tensor<B, 4>,
+    p: Tensor<B, 4>,
+    scale: f64,
+    logits: Tensor<B, 4>,
+    beta: &Tensor<B, 3>,
+    momentum: Option<(Tensor<B, 4>, Tensor<B, 3>)>,
+    coeff: &Tensor<B, 4>,
+    x: &Tensor<B, 4>,
+    g: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, h, c, d_in] = r.dims();
+    let d_out = p.dims()[3];
+    let col = |x: Tensor<B, 3>| x.unsqueeze_dim::<4>(3);
+    let rp = r.clone().matmul(p.clone()); // [B, H, C, out]
+    // r J(D) for a state matrix D: c·(r (p ⊙ D) − (r p) ⊙ 1ᵀ(p ⊙ D)).
+    let jacobian = |d: Tensor<B, 4>| {
+        let pd = p.clone() * d;
+        (r.clone().matmul(pd.clone()) - rp.clone() * pd.sum_dim(2)) * scale
+    };
+    let mut out = rp.clone() * scale + jacobian(logits) * col(beta.clone().sub_scalar(1.0));
+    if let Some((s, sigma)) = momentum {
+        out = out + jacobian(s) * col(sigma);
+    }
+    let pairs = r.unsqueeze_dim::<5>(3) * x.clone().unsqueeze_dim::<5>(2); // r_t ⊙ x_i, [B, H, C, C, in]
+    let through = pairs.reshape([b, h, c * c, d_in]).matmul(p.clone()).reshape([b, h, c, c, d_out]);
+    let first = (through * g.clone().unsqueeze_dim::<5>(2) * coeff.clone().unsqueeze_dim::<5>(4)).sum_dim(3).squeeze_dim::<4>(3);
+    let second = rp * coeff.clone().matmul(g.clone() * x.clone().matmul(p));
+    out - (first - second) * scale
 }
 
 /// One chunk under per-chunk semantics. `complete`: the chunk is whole, so it writes and its
@@ -453,11 +530,7 @@ fn chunk_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Ch
     }
     let (new_eff, _) = effective(rule.retention, &weights);
     let last = mlp(rule, &new_eff, chunk.q.clone().narrow(2, c - 1, 1)).output;
-    let reads = match c {
-        1 => last,
-        _ => Tensor::cat(vec![reads.narrow(2, 0, c - 1), last], 2),
-    };
-    (reads, weights, momentum)
+    (replace_last(reads, last), weights, momentum)
 }
 
 /// `[B, T, H, *]` → `[B, H, T, *]` in f32, with the pending tokens of `state` in front (their
@@ -522,7 +595,7 @@ fn run<B: Backend>(rule: &MemoryRule, inputs: MemoryInputs<B>, state: MemoryStat
         let chunk = all.narrow(start, len);
         let complete = len == rule.chunk;
         let (y, w, s) = match (by_token, rule.update) {
-            (false, Update::Token) => token_chunk(rule, &state, &chunk),
+            (false, Update::Token) => token_chunk(rule, &state, &chunk, complete),
             (false, Update::Chunk) => chunk_chunk(rule, &state, &chunk, complete),
             (true, _) => reference_chunk(rule, &state, &chunk, complete),
         };
@@ -546,8 +619,22 @@ fn run<B: Backend>(rule: &MemoryRule, inputs: MemoryInputs<B>, state: MemoryStat
 fn reference_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Chunk<B>, complete: bool) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
     let c = chunk.len();
     let (eff, norms) = effective(rule.retention, &state.weights);
-    let scale = |w: Vec<Tensor<B, 4>>, norms: &[Option<Tensor<B, 4>>]| -> Vec<Tensor<B, 4>> {
-        w.into_iter().zip(norms).map(|(w, n)| n.as_ref().map_or(w.clone(), |n| w / n.clone())).collect()
+    // The weights a token inside the chunk reads: through the chunk-start normaliser, or the
+    // chunk-start softmax linearised (its Jacobian applied to the change of the logits).
+    let inside = |w: Vec<Tensor<B, 4>>| -> Vec<Tensor<B, 4>> {
+        match rule.retention {
+            Retention::Softmax { scale } => w
+                .into_iter()
+                .zip(&state.weights)
+                .zip(&eff)
+                .map(|((z, z_b), w_b)| {
+                    let p = w_b.clone() / scale;
+                    let pd = p.clone() * (z - z_b.clone());
+                    w_b.clone() + (pd.clone() - p * pd.sum_dim(2)) * scale
+                })
+                .collect(),
+            _ => w.into_iter().zip(&norms).map(|(w, n)| n.as_ref().map_or(w.clone(), |n| w / n.clone())).collect(),
+        }
     };
     let gate = |x: &Tensor<B, 3>, i: usize| x.clone().narrow(2, i, 1).unsqueeze_dim::<4>(3); // [B, H, 1, 1]
     let (mut weights, mut momentum) = (state.weights.clone(), state.momentum.clone());
@@ -571,7 +658,11 @@ fn reference_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk:
                         momentum[l] = s;
                     }
                 }
-                let read = mlp(rule, &scale(weights.clone(), &norms), chunk.q.clone().narrow(2, i, 1)).output;
+                let read_weights = match complete && i + 1 == c {
+                    true => effective(rule.retention, &weights).0,
+                    false => inside(weights.clone()),
+                };
+                let read = mlp(rule, &read_weights, chunk.q.clone().narrow(2, i, 1)).output;
                 reads.push(read);
             }
         }

@@ -81,6 +81,8 @@ fn rules(chunk: usize) -> Vec<(String, MemoryRule, usize)> {
             ("residual depth 3", rule(true, Objective::L2, Retention::Decay, update, chunk, true), 3),
             ("moneta", rule(false, lp, lq, update, chunk, false), 2),
             ("yaad", rule(true, huber, Retention::Decay, update, chunk, false), 2),
+            ("memora", rule(false, Objective::L2, Retention::Softmax { scale: 2.0 }, update, chunk, false), 2),
+            ("memora momentum residual depth 1", rule(true, Objective::L2, Retention::Softmax { scale: 1.0 }, update, chunk, true), 1),
             ("titans clipped", MemoryRule { grad_clip: Some(0.3), ..rule(false, Objective::L2, Retention::Decay, update, chunk, true) }, 2),
         ] {
             out.push((format!("{name}, {update:?} update, chunk {chunk}"), r, depth));
@@ -176,6 +178,64 @@ fn chunk_size_one_is_the_per_token_update_rule() {
             }
             for n in 0..DH * DH {
                 assert!((w_end[at(n / DH, n % DH)] - w[n]).abs() < 1e-6, "final weights");
+            }
+        }
+    }
+}
+
+/// Memora's update written as §5.4 states it, for a matrix memory in plain f64 arithmetic:
+/// `W ← c·softmax((1 − α) log W − θ·2kᵀ(kW − v))` over each column, `y = qW`. The op keeps
+/// logits instead; at chunk size 1 the two must agree (softmax ignores a per-column constant).
+/// Every `W` here lies on the scaled simplex by construction, so agreement also shows the op's
+/// reads are (§5.7 test 3).
+#[test]
+fn memora_chunk_size_one_is_mirror_descent_on_the_simplex() {
+    let c = 1.5;
+    let rule = rule(false, Objective::L2, Retention::Softmax { scale: c }, Update::Token, 1, false);
+    let t = 6;
+    let x = inputs::<D>(t, false);
+    let z0 = weights::<D>(1);
+    let (y, _) = sequential(&rule, x.clone(), MemoryState::new(z0.clone(), false));
+    let (y_chunked, _) = chunked(&rule, x.clone(), MemoryState::new(z0.clone(), false));
+    let vec = |x: Tensor<D, 4>| x.into_data().to_vec::<f64>().unwrap();
+    let vec3 = |x: Tensor<D, 3>| x.into_data().to_vec::<f64>().unwrap();
+    let (q, k, v) = (vec(x.q), vec(x.k), vec(x.v));
+    let (theta, alpha) = (vec3(x.theta), vec3(x.alpha));
+    let (z_init, y, y_chunked) = (vec(z0[0].clone()), vec(y), vec(y_chunked));
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    // c·softmax over the inputs i of every column j of a DH×DH matrix stored row-major.
+    let simplex = |logits: &[f64]| -> Vec<f64> {
+        let mut w = vec![0.0; DH * DH];
+        for j in 0..DH {
+            let total: f64 = (0..DH).map(|i| logits[i * DH + j].exp()).sum();
+            for i in 0..DH {
+                w[i * DH + j] = c * logits[i * DH + j].exp() / total;
+            }
+        }
+        w
+    };
+    for b in 0..B {
+        for h in 0..H {
+            let at = |i: usize, j: usize| ((b * H + h) * DH + i) * DH + j;
+            let mut w = simplex(&(0..DH * DH).map(|n| z_init[at(n / DH, n % DH)]).collect::<Vec<_>>());
+            for tok in 0..t {
+                let row = |x: &[f64], j: usize| x[((b * t + tok) * H + h) * DH + j];
+                let gate = |g: &[f64]| g[(b * t + tok) * H + h];
+                let pred: Vec<f64> = (0..DH).map(|j| (0..DH).map(|i| row(&k, i) * w[i * DH + j]).sum()).collect();
+                let logits: Vec<f64> = (0..DH * DH)
+                    .map(|n| {
+                        let (i, j) = (n / DH, n % DH);
+                        let grad = 2.0 * row(&k, i) * (pred[j] - row(&v, j));
+                        (1.0 - sig(gate(&alpha))) * w[n].ln() - gate(&theta) * grad
+                    })
+                    .collect();
+                w = simplex(&logits);
+                for j in 0..DH {
+                    let want: f64 = (0..DH).map(|i| row(&q, i) * w[i * DH + j]).sum();
+                    let at_y = ((b * t + tok) * H + h) * DH + j;
+                    assert!((y[at_y] - want).abs() < 1e-6, "reference read, token {tok}: {} vs {want}", y[at_y]);
+                    assert!((y_chunked[at_y] - want).abs() < 1e-6, "chunked read, token {tok}: {} vs {want}", y_chunked[at_y]);
+                }
             }
         }
     }

@@ -24,7 +24,7 @@ fn tiny_recipes() -> Vec<PathBuf> {
 #[test]
 fn there_is_a_tiny_recipe_per_family() {
     let names: Vec<String> = tiny_recipes().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for family in ["based", "attn", "gla", "transnormer", "rat", "aaren", "moh", "titans", "titans-mal", "titans-mag", "titans-mac", "moneta", "yaad"] {
+    for family in ["based", "attn", "gla", "transnormer", "rat", "aaren", "moh", "titans", "titans-mal", "titans-mag", "titans-mac", "moneta", "yaad", "memora"] {
         assert!(names.contains(&format!("{family}-tiny.toml")), "no {family}-tiny.toml in recipes/ ({names:?})");
     }
 }
