@@ -133,23 +133,38 @@ fn chunked_input_gradients_equal_the_reference_ones() {
     }
 }
 
+fn flat<const N: usize>(x: Tensor<D, N>) -> Vec<f64> {
+    x.into_data().to_vec::<f64>().unwrap()
+}
+
+/// A matrix memory run by both forms on `t` random tokens, for the tests that redo the rule by
+/// hand: the inputs, the initial state and both forms' reads (flattened), and the final state.
+struct ByHand {
+    x: MemoryInputs<D>,
+    w_init: Vec<f64>,
+    y: Vec<f64>,
+    y_chunked: Vec<f64>,
+    end: MemoryState<D>,
+}
+
+fn by_both_forms(rule: &MemoryRule, t: usize) -> ByHand {
+    let x = inputs::<D>(t, false);
+    let w0 = weights::<D>(1);
+    let (y, end) = sequential(rule, x.clone(), MemoryState::new(w0.clone(), rule.momentum));
+    let (y_chunked, _) = chunked(rule, x.clone(), MemoryState::new(w0.clone(), rule.momentum));
+    ByHand { x, w_init: flat(w0[0].clone()), y: flat(y), y_chunked: flat(y_chunked), end }
+}
+
 /// The per-token rule written out for a matrix memory (§4.5 test 1, generalised to momentum
 /// and decay): `S ← η S − θ·2 kᵀ(kW − v)`, `W ← (1 − α) W + S`, `y = qW`, one token at a time in
 /// plain Rust arithmetic.
 #[test]
 fn chunk_size_one_is_the_per_token_update_rule() {
-    let rule = rule(false, Objective::L2, Retention::Decay, Update::Token, 1, true);
     let t = 7;
-    let x = inputs::<D>(t, false);
-    let w0 = weights::<D>(1);
-    let (y, state) = sequential(&rule, x.clone(), MemoryState::new(w0.clone(), true));
-    let (y_chunked, _) = chunked(&rule, x.clone(), MemoryState::new(w0.clone(), true));
-    let vec = |x: Tensor<D, 4>| x.into_data().to_vec::<f64>().unwrap();
-    let vec3 = |x: Tensor<D, 3>| x.into_data().to_vec::<f64>().unwrap();
-    let (q, k, v) = (vec(x.q), vec(x.k), vec(x.v));
-    let (theta, eta, alpha) = (vec3(x.theta), vec3(x.eta), vec3(x.alpha));
-    let (w_init, y, y_chunked) = (vec(w0[0].clone()), vec(y), vec(y_chunked));
-    let w_end = vec(state.weights[0].clone());
+    let ByHand { x, w_init, y, y_chunked, end } = by_both_forms(&rule(false, Objective::L2, Retention::Decay, Update::Token, 1, true), t);
+    let (q, k, v) = (flat(x.q), flat(x.k), flat(x.v));
+    let (theta, eta, alpha) = (flat(x.theta), flat(x.eta), flat(x.alpha));
+    let w_end = flat(end.weights[0].clone());
     let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
     for b in 0..B {
         for h in 0..H {
@@ -191,17 +206,10 @@ fn chunk_size_one_is_the_per_token_update_rule() {
 #[test]
 fn memora_chunk_size_one_is_mirror_descent_on_the_simplex() {
     let c = 1.5;
-    let rule = rule(false, Objective::L2, Retention::Softmax { scale: c }, Update::Token, 1, false);
     let t = 6;
-    let x = inputs::<D>(t, false);
-    let z0 = weights::<D>(1);
-    let (y, _) = sequential(&rule, x.clone(), MemoryState::new(z0.clone(), false));
-    let (y_chunked, _) = chunked(&rule, x.clone(), MemoryState::new(z0.clone(), false));
-    let vec = |x: Tensor<D, 4>| x.into_data().to_vec::<f64>().unwrap();
-    let vec3 = |x: Tensor<D, 3>| x.into_data().to_vec::<f64>().unwrap();
-    let (q, k, v) = (vec(x.q), vec(x.k), vec(x.v));
-    let (theta, alpha) = (vec3(x.theta), vec3(x.alpha));
-    let (z_init, y, y_chunked) = (vec(z0[0].clone()), vec(y), vec(y_chunked));
+    let ByHand { x, w_init: z_init, y, y_chunked, .. } = by_both_forms(&rule(false, Objective::L2, Retention::Softmax { scale: c }, Update::Token, 1, false), t);
+    let (q, k, v) = (flat(x.q), flat(x.k), flat(x.v));
+    let (theta, alpha) = (flat(x.theta), flat(x.alpha));
     let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
     // c·softmax over the inputs i of every column j of a DH×DH matrix stored row-major.
     let simplex = |logits: &[f64]| -> Vec<f64> {
