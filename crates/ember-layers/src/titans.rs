@@ -250,15 +250,15 @@ impl MemoryConfig {
         let matmuls = 2.0 * (3.0 * d * d + d * (self.gates(preset) * self.heads) as f64 + gate + d * d);
         let momentum = self.rule(preset).momentum as usize as f64;
         let c = self.chunk_size.min(seq_len.max(1)) as f64;
-        // KL retention reads through the chunk-start softmax's Jacobian: `C` products of `in`
-        // entries per output, per token (see `ember_ops::titans`).
+        // KL retention reads through the chunk-start softmax's Jacobian: per token, `C` products
+        // `(r ⊙ x_i) p` of `in` entries by `in × out` (see `ember_ops::titans`).
         let kl = matches!(self.rule(preset).retention, Retention::Softmax { .. }) as usize as f64;
         let per_head: f64 = self
             .layer_dims(self.head_dim(d_model))
             .iter()
             .map(|&(i, o)| {
                 let (i, o) = (i as f64, o as f64);
-                6.0 * i * o + 2.0 * i * o * (1.0 + momentum) + 2.0 * c * (i + o) + kl * 3.0 * c * i * o
+                6.0 * i * o + 2.0 * i * o * (1.0 + momentum) + 2.0 * c * (i + o) + kl * 2.0 * c * i * o
             })
             .sum();
         matmuls + 2.0 * 3.0 * d * self.conv_kernel as f64 + self.heads as f64 * per_head
