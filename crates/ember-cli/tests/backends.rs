@@ -27,7 +27,10 @@ fn unavailable(device: &str, out: &Output) -> bool {
     let log = text(out);
     let missing = !out.status.success() && log.contains("No possible adapter");
     if missing {
-        assert!(!in_ci(), "{device} has no adapter in CI (is mesa-vulkan-drivers installed?):\n{log}");
+        assert!(
+            !in_ci(),
+            "{device} has no adapter in CI (is mesa-vulkan-drivers installed?):\n{log}"
+        );
         eprintln!("SKIPPED {device}: no adapter on this machine (install mesa-vulkan-drivers for lavapipe)");
     }
     missing
@@ -42,18 +45,48 @@ fn reference_fixtures_pass_on_every_backend_in_this_build() {
     };
     for (device, dtypes) in backends() {
         for dtype in dtypes.iter() {
-            let out = ember(&["conformance", "--fixtures", fixtures.to_str().unwrap(), "--device", device, "--dtype", dtype]);
+            let out = ember(&[
+                "conformance",
+                "--fixtures",
+                fixtures.to_str().unwrap(),
+                "--device",
+                device,
+                "--dtype",
+                dtype,
+            ]);
             if unavailable(device, &out) {
                 break;
             }
             let log = text(&out);
             println!("{device} {dtype}:\n{log}");
-            assert!(out.status.success() && log.contains(" 0 failed"), "{device} {dtype}:\n{log}");
+            assert!(
+                out.status.success() && log.contains(" 0 failed"),
+                "{device} {dtype}:\n{log}"
+            );
+            // On wgpu the chunked forms also run on the CubeCL kernels, each a row of its own.
+            let kernel_rows = log.lines().filter(|l| l.contains("kernels(C=")).count();
+            assert_eq!(
+                kernel_rows > 0,
+                device == "wgpu",
+                "{device}: {kernel_rows} kernel rows\n{log}"
+            );
         }
     }
     // A backend without bf16 says so instead of failing somewhere inside an op.
-    let out = ember(&["conformance", "--fixtures", fixtures.to_str().unwrap(), "--device", "cpu", "--dtype", "bf16"]);
-    assert!(!out.status.success() && text(&out).contains("cannot compute in bf16"), "{}", text(&out));
+    let out = ember(&[
+        "conformance",
+        "--fixtures",
+        fixtures.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("cannot compute in bf16"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Training losses per step from a run directory's metrics.jsonl.
@@ -72,11 +105,28 @@ fn tiny_run(dir: &Path, device: &str, dtype: &str) -> Option<Vec<f64>> {
     let out_dir = format!("train.out_dir={:?}", run.to_str().unwrap());
     let cache = format!("data.cache_dir={:?}", dir.join("cache").to_str().unwrap());
     let dtype_set = format!("train.dtype={dtype}");
-    let mut args = vec!["train", "--recipe", "based-tiny.toml", "--quiet", "--device", device];
+    let mut args = vec![
+        "train",
+        "--recipe",
+        "based-tiny.toml",
+        "--quiet",
+        "--device",
+        device,
+    ];
     for s in [
-        out_dir.as_str(), cache.as_str(), dtype_set.as_str(), "model.d_model=64", "data.seq_len=32",
-        "train.batch_size=4", "train.steps=8", "optim.warmup_steps=2", "train.eval_interval=8",
-        "train.eval_batches=1", "train.checkpoint_interval=8", "log.every=1", "log.samples=0",
+        out_dir.as_str(),
+        cache.as_str(),
+        dtype_set.as_str(),
+        "model.d_model=64",
+        "data.seq_len=32",
+        "train.batch_size=4",
+        "train.steps=8",
+        "optim.warmup_steps=2",
+        "train.eval_interval=8",
+        "train.eval_batches=1",
+        "train.checkpoint_interval=8",
+        "log.every=1",
+        "log.samples=0",
     ] {
         args.extend(["--set", s]);
     }
@@ -98,7 +148,9 @@ fn tiny_training_gives_the_same_losses_on_every_backend() {
     assert!(reference[7] < reference[0] - 0.05, "{reference:?}");
     for (device, dtypes) in backends() {
         for dtype in dtypes.iter() {
-            let Some(got) = tiny_run(dir.path(), device, dtype) else { break };
+            let Some(got) = tiny_run(dir.path(), device, dtype) else {
+                break;
+            };
             // Same seed, same weights (drawn on the CPU), same batches: only rounding differs.
             let tolerance = if *dtype == "bf16" { 2e-2 } else { 1e-3 };
             for (step, (g, r)) in got.iter().zip(&reference).enumerate() {
@@ -129,6 +181,80 @@ fn libtorch_bf16_autodiff_matmul() {
     type Bf16 = Autodiff<LibTorch<bf16>>;
     let a = Tensor::<Bf16, 2>::ones([64, 64], &LibTorchDevice::Cpu).require_grad();
     let grads = a.clone().matmul(a.clone()).sum().backward();
-    let g = a.grad(&grads).unwrap().into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let g = a
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap();
     assert!(g.iter().all(|&x| x == 128.0), "{:?}", &g[..4]);
+}
+
+/// `ember bench ops --compare` times each chunked form composed and on the kernels.
+#[test]
+fn bench_compare_times_the_kernels_beside_the_composed_form() {
+    if !cfg!(feature = "wgpu") {
+        eprintln!("SKIPPED: built without wgpu, the backend with kernels that CI has");
+        return;
+    }
+    let out = ember(&[
+        "bench",
+        "ops",
+        "--level",
+        "op",
+        "--kinds",
+        "gla,linear_attention",
+        "--form",
+        "chunked",
+        "--device",
+        "wgpu",
+        "--compare",
+        "--batch",
+        "1",
+        "--seq",
+        "64",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+    ]);
+    if unavailable("wgpu", &out) {
+        return;
+    }
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    for op in ["gla", "linear_attention"] {
+        for form in ["chunked", "kernels"] {
+            let timed = log.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() > 9 && cols[1] == op && cols[2] == form && cols[9].parse::<f64>().is_ok()
+            });
+            assert!(timed, "no timed {op} {form} row:\n{log}");
+        }
+    }
+}
+
+/// Forcing the kernels on a backend without them is a recipe error naming the key.
+#[test]
+fn kernels_on_without_kernels_is_a_recipe_error() {
+    let out = ember(&[
+        "train",
+        "--recipe",
+        "based-tiny.toml",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--set",
+        "train.kernels=\"on\"",
+    ]);
+    let log = text(&out);
+    assert!(
+        !out.status.success() && log.contains("train.kernels") && log.contains("no CubeCL kernels"),
+        "{log}"
+    );
 }

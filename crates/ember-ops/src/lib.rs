@@ -10,6 +10,7 @@ pub mod aaren;
 pub mod conv;
 pub mod gated_linear_attention;
 pub mod hybrid;
+pub mod kernels;
 pub mod linear_attention;
 pub mod mask;
 pub mod precision;
