@@ -397,3 +397,88 @@ fn parse_mixer_set(arg: &str) -> Result<(String, serde_json::Value)> {
         .with_context(|| format!("--mixer-set {arg:?}: {value:?} is not a TOML value"))?;
     Ok((key.trim().to_string(), serde_json::to_value(&table["v"])?))
 }
+
+#[derive(Args)]
+pub struct MatmulArgs {
+    /// Square sizes n (an n×n by n×n product), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4096,8192")]
+    pub size: Vec<usize>,
+    /// Float dtypes, comma-separated: f32, bf16, f16.
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    pub dtype: Vec<String>,
+    /// Untimed calls first (they include autotuning and kernel compilation).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed calls (median).
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// wgpu or cuda[:i]: Burn's CubeCL backends.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `ember bench matmul`: TFLOP/s of Burn's CubeCL matmul per size, dtype and kernel choice
+/// (the fixed kernel Burn uses without autotuning, and the autotuned one where built in).
+pub fn matmul(args: MatmulArgs) -> Result<()> {
+    let device = backend::resolve(&args.device, Precision::F32);
+    match device.split(':').next().unwrap_or("") {
+        #[cfg(feature = "wgpu")]
+        "wgpu" => matmul_rows::<burn::backend::Wgpu>(&args, &Default::default(), |a, b, p| ember_kernels::matmul_on(a, b, p)),
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let dev = burn::backend::cuda::CudaDevice::new(backend::index(&device));
+            matmul_rows::<burn::backend::Cuda>(&args, &dev, |a, b, p| ember_kernels::matmul_on(a, b, p))
+        }
+        other => anyhow::bail!(
+            "bench matmul times Burn's CubeCL matmul, on --device wgpu or cuda; {other:?} is not one (this build: {})",
+            backend::compiled().join(", ")
+        ),
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn matmul_rows<B: burn::tensor::backend::Backend>(
+    args: &MatmulArgs,
+    device: &B::Device,
+    product: impl Fn(
+        burn::tensor::Tensor<B, 2>,
+        burn::tensor::Tensor<B, 2>,
+        ember_kernels::MatmulPath,
+    ) -> burn::tensor::Tensor<B, 2>,
+) -> Result<()> {
+    use burn::tensor::{Distribution, FloatDType, Tensor};
+    println!(
+        "device {} ({}), {} warm-up + {} timed calls (median)",
+        args.device,
+        B::name(device),
+        args.warmup,
+        args.reps
+    );
+    println!(
+        "{:>6}  {:<5}  {:<8}  {:>10}  {:>9}",
+        "n", "dtype", "kernel", "ms", "TFLOP/s"
+    );
+    for &n in &args.size {
+        for dtype in &args.dtype {
+            let float = match dtype.as_str() {
+                "f32" => FloatDType::F32,
+                "bf16" => FloatDType::BF16,
+                "f16" => FloatDType::F16,
+                other => anyhow::bail!("--dtype {other:?}: expected f32, bf16 or f16"),
+            };
+            let a =
+                Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(float);
+            let b =
+                Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(float);
+            for path in ember_kernels::matmul_paths() {
+                let times = b::time_reps::<B>(device, args.warmup, args.reps, || {
+                    drop(product(a.clone(), b.clone(), path))
+                })?;
+                let ms = b::median_ms(&times);
+                let tflops = 2.0 * (n as f64).powi(3) / (ms / 1e3) / 1e12;
+                println!("{n:>6}  {dtype:<5}  {path:<8}  {ms:>10.3}  {tflops:>9.2}");
+            }
+        }
+    }
+    Ok(())
+}

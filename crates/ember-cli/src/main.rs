@@ -239,6 +239,8 @@ enum BenchCommand {
     Train(bench::TrainArgs),
     /// Time forward and forward+backward of each mixer (or op) over a grid of (B, T, H, D).
     Ops(bench::OpsArgs),
+    /// TFLOP/s of Burn's CubeCL matmul (wgpu, cuda) per dtype, fixed kernel vs autotuned.
+    Matmul(bench::MatmulArgs),
 }
 
 fn main() -> ExitCode {
@@ -316,6 +318,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Train(args)) => bench::train(args)?,
         Command::Bench(BenchCommand::Ops(args)) => bench::ops(args)?,
+        Command::Bench(BenchCommand::Matmul(args)) => bench::matmul(args)?,
         Command::Eval(command) => eval::run(command)?,
         Command::Sweep(args) => sweep::run(args)?,
         Command::Linearize(args) => {

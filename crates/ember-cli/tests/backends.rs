@@ -100,8 +100,9 @@ fn losses(run: &Path) -> Vec<f64> {
 
 /// Trains a small based-tiny for 8 steps on `device` in `dtype`; `None` if the backend is
 /// unavailable here.
-fn tiny_run(dir: &Path, device: &str, dtype: &str) -> Option<Vec<f64>> {
-    let run = dir.join(format!("{device}-{dtype}"));
+fn tiny_run(dir: &Path, device: &str, dtype: &str, kernels: &str) -> Option<Vec<f64>> {
+    let run = dir.join(format!("{device}-{dtype}-kernels-{kernels}"));
+    let kernels = format!("train.kernels={kernels:?}");
     let out_dir = format!("train.out_dir={:?}", run.to_str().unwrap());
     let cache = format!("data.cache_dir={:?}", dir.join("cache").to_str().unwrap());
     let dtype_set = format!("train.dtype={dtype}");
@@ -127,6 +128,7 @@ fn tiny_run(dir: &Path, device: &str, dtype: &str) -> Option<Vec<f64>> {
         "train.checkpoint_interval=8",
         "log.every=1",
         "log.samples=0",
+        kernels.as_str(),
     ] {
         args.extend(["--set", s]);
     }
@@ -143,25 +145,35 @@ fn tiny_run(dir: &Path, device: &str, dtype: &str) -> Option<Vec<f64>> {
 #[test]
 fn tiny_training_gives_the_same_losses_on_every_backend() {
     let dir = tempfile::tempdir().unwrap();
-    let reference = tiny_run(dir.path(), "cpu", "f32").unwrap();
+    let reference = tiny_run(dir.path(), "cpu", "f32", "auto").unwrap();
     // The run must move, or equal curves would prove nothing.
     assert!(reference[7] < reference[0] - 0.05, "{reference:?}");
+    // wgpu trains a second time with every chunked form forced onto the CubeCL kernels.
+    let mut runs = Vec::new();
     for (device, dtypes) in backends() {
+        let kernels: &[&str] = if device == "wgpu" {
+            &["auto", "on"]
+        } else {
+            &["auto"]
+        };
         for dtype in dtypes.iter() {
-            let Some(got) = tiny_run(dir.path(), device, dtype) else {
-                break;
-            };
-            // Same seed, same weights (drawn on the CPU), same batches: only rounding differs.
-            let tolerance = if *dtype == "bf16" { 2e-2 } else { 1e-3 };
-            for (step, (g, r)) in got.iter().zip(&reference).enumerate() {
-                assert!(
-                    (g - r).abs() <= tolerance * r.abs(),
-                    "{device} {dtype} step {}: loss {g} vs cpu f32 {r}\n{got:?}\n{reference:?}",
-                    step + 1
-                );
-            }
-            println!("{device} {dtype}: {got:?} (cpu f32: {reference:?})");
+            runs.extend(kernels.iter().map(|k| (device, *dtype, *k)));
         }
+    }
+    for (device, dtype, kernels) in runs {
+        let Some(got) = tiny_run(dir.path(), device, dtype, kernels) else {
+            continue;
+        };
+        // Same seed, same weights (drawn on the CPU), same batches: only rounding differs.
+        let tolerance = if dtype == "bf16" { 2e-2 } else { 1e-3 };
+        for (step, (g, r)) in got.iter().zip(&reference).enumerate() {
+            assert!(
+                (g - r).abs() <= tolerance * r.abs(),
+                "{device} {dtype} kernels {kernels} step {}: loss {g} vs cpu f32 {r}\n{got:?}\n{reference:?}",
+                step + 1
+            );
+        }
+        println!("{device} {dtype} kernels {kernels}: {got:?} (cpu f32: {reference:?})");
     }
 }
 
@@ -257,4 +269,35 @@ fn kernels_on_without_kernels_is_a_recipe_error() {
         !out.status.success() && log.contains("train.kernels") && log.contains("no CubeCL kernels"),
         "{log}"
     );
+}
+
+/// `ember bench matmul` times Burn's CubeCL matmul per dtype and kernel choice; other devices
+/// are refused with the reason.
+#[test]
+fn bench_matmul_times_the_cubecl_matmul() {
+    let out = ember(&["bench", "matmul", "--device", "cpu", "--size", "64"]);
+    assert!(
+        !out.status.success() && text(&out).contains("CubeCL matmul"),
+        "{}",
+        text(&out)
+    );
+    if !cfg!(feature = "wgpu") {
+        eprintln!("SKIPPED: built without wgpu");
+        return;
+    }
+    let out = ember(&[
+        "bench", "matmul", "--device", "wgpu", "--size", "64", "--dtype", "f32", "--warmup", "0",
+        "--reps", "1",
+    ]);
+    if unavailable("wgpu", &out) {
+        return;
+    }
+    let log = text(&out);
+    let timed = log.lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.len() == 5
+            && cols[..3] == ["64", "f32", "fixed"]
+            && cols[4].parse::<f64>().is_ok_and(|x| x > 0.0)
+    });
+    assert!(out.status.success() && timed, "{log}");
 }

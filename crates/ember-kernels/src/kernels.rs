@@ -32,15 +32,24 @@ fn chunk_end(n: usize, chunk: usize, seq: usize) -> usize {
     }
 }
 
-/// `gc[t] = Σ g[s]` over the chunk's tokens `s ≤ t`: one unit per (chunk, channel) of a head.
+/// Per (chunk, channel) of a head: the within-chunk cumulative log decay `gc`, and `q` and `k`
+/// in f32 with their decays applied: `q_in = q ⊙ exp(G_t)` reads the state entering the chunk,
+/// `k_out = k ⊙ exp(G_end − G_t)` writes into the state leaving it. One exp per element here
+/// instead of one per product in the kernels that use them.
 #[cube(launch)]
-pub fn chunk_cumsum(
+pub fn prepare<F: Float>(
+    q: &Tensor<F>,
+    k: &Tensor<F>,
     g: &Tensor<f32>,
     gc: &mut Tensor<f32>,
+    q_in: &mut Tensor<f32>,
+    k_out: &mut Tensor<f32>,
     seq: u32,
     heads: u32,
     dk: u32,
     chunk: u32,
+    #[comptime] decay: bool,
+    #[define(F)] _dtype: StorageType,
 ) {
     let (seq, heads, dk, chunk) = (seq as usize, heads as usize, dk as usize, chunk as usize);
     let bh = CUBE_POS_Y as usize;
@@ -49,32 +58,130 @@ pub fn chunk_cumsum(
     let n_chunks = (seq + chunk - 1) / chunk;
     if i < n_chunks * dk {
         let (n, c) = (i / dk, i % dk);
+        let end = chunk_end(n, chunk, seq);
         let mut acc = 0.0f32;
-        for t in n * chunk..chunk_end(n, chunk, seq) {
+        if decay {
+            for t in n * chunk..end {
+                let j = at(b, t, h, c, seq, heads, dk);
+                acc += g[j];
+                gc[j] = acc;
+            }
+        }
+        for t in n * chunk..end {
             let j = at(b, t, h, c, seq, heads, dk);
-            acc += g[j];
-            gc[j] = acc;
+            let (mut qj, mut kj) = (f32::cast_from(q[j]), f32::cast_from(k[j]));
+            if decay {
+                qj *= gc[j].exp();
+                kj *= (acc - gc[j]).exp();
+            }
+            q_in[j] = qj;
+            k_out[j] = kj;
         }
     }
 }
 
-/// The state entering every chunk, `states: [B, H, N, K, V]`, and the final state (into the
-/// packed output): one unit per state entry `(k, v)` of a head, looping over the chunks.
+/// Each chunk's own contribution to the state, `U_n = k_outᵀ v` over its tokens, into
+/// `states: [B, H, N, K, V]`: one cube per (chunk, head), units over the `K×V` entries.
 #[cube(launch)]
-pub fn forward_states<F: Float>(
-    k: &Tensor<F>,
+pub fn chunk_keys_values<F: Float>(
+    k_out: &Tensor<f32>,
     v: &Tensor<F>,
-    gc: &Tensor<f32>,
-    h0: &Tensor<f32>,
     states: &mut Tensor<f32>,
-    out: &mut Tensor<f32>,
     seq: u32,
     heads: u32,
     dk: u32,
     dv: u32,
     chunk: u32,
-    #[comptime] decay: bool,
     #[define(F)] _dtype: StorageType,
+) {
+    let (seq, heads, dk, dv, chunk) = (
+        seq as usize,
+        heads as usize,
+        dk as usize,
+        dv as usize,
+        chunk as usize,
+    );
+    let bh = CUBE_POS_Y as usize;
+    let (b, h) = (bh / heads, bh % heads);
+    let n = CUBE_POS_X as usize;
+    let n_chunks = (seq + chunk - 1) / chunk;
+    let end = chunk_end(n, chunk, seq);
+    let mut i = UNIT_POS_X as usize;
+    while i < dk * dv {
+        let (c, e) = (i / dv, i % dv);
+        let mut acc = 0.0f32;
+        for t in n * chunk..end {
+            acc += k_out[at(b, t, h, c, seq, heads, dk)]
+                * f32::cast_from(v[at(b, t, h, e, seq, heads, dv)]);
+        }
+        states[(bh * n_chunks + n) * dk * dv + i] = acc;
+        i += CUBE_DIM_X as usize;
+    }
+}
+
+/// Each chunk's read of the output gradient, `scale · q_inᵀ do` over its tokens, into
+/// `d_states: [B, H, N, K, V]` (the backward twin of [`chunk_keys_values`]).
+#[cube(launch)]
+pub fn chunk_queries_grads(
+    q_in: &Tensor<f32>,
+    d_out: &Tensor<f32>,
+    d_states: &mut Tensor<f32>,
+    seq: u32,
+    heads: u32,
+    dk: u32,
+    dv: u32,
+    chunk: u32,
+    scale: f32,
+) {
+    let (seq, heads, dk, dv, chunk) = (
+        seq as usize,
+        heads as usize,
+        dk as usize,
+        dv as usize,
+        chunk as usize,
+    );
+    let bh = CUBE_POS_Y as usize;
+    let (b, h) = (bh / heads, bh % heads);
+    let n = CUBE_POS_X as usize;
+    let n_chunks = (seq + chunk - 1) / chunk;
+    let end = chunk_end(n, chunk, seq);
+    let row = b * (seq * heads * dv + heads * dk * dv);
+    let mut i = UNIT_POS_X as usize;
+    while i < dk * dv {
+        let (c, e) = (i / dv, i % dv);
+        let mut acc = 0.0f32;
+        for t in n * chunk..end {
+            acc += q_in[at(b, t, h, c, seq, heads, dk)] * d_out[row + (t * heads + h) * dv + e];
+        }
+        d_states[(bh * n_chunks + n) * dk * dv + i] = acc * scale;
+        i += CUBE_DIM_X as usize;
+    }
+}
+
+/// The scan over chunks, in place: on entry `states[n]` holds chunk `n`'s own term `U_n`; on
+/// exit the state before it (forward: `S_{n+1} = exp(G_end,n) ⊙ S_n + U_n` from `S_0 = init`),
+/// or with `reverse` the gradient of the state after it (from the final state's gradient
+/// `init`, carried back to chunk `n` as `exp(G_end,n) ⊙ d + U_n`). The value after the last
+/// step goes to `last` (the final state, or the initial state's gradient). `init` and `last`
+/// are read and written at `b·row + base + (h·K + k)·V + v`, which covers both plain
+/// `[B, H, K, V]` tensors and the packed output. One unit per state entry of a head.
+#[cube(launch)]
+pub fn scan_chunks(
+    states: &mut Tensor<f32>,
+    gc: &Tensor<f32>,
+    init: &Tensor<f32>,
+    last: &mut Tensor<f32>,
+    seq: u32,
+    heads: u32,
+    dk: u32,
+    dv: u32,
+    chunk: u32,
+    init_row: u32,
+    init_base: u32,
+    last_row: u32,
+    last_base: u32,
+    #[comptime] decay: bool,
+    #[comptime] reverse: bool,
 ) {
     let (seq, heads, dk, dv, chunk) = (
         seq as usize,
@@ -87,26 +194,23 @@ pub fn forward_states<F: Float>(
     let (b, h) = (bh / heads, bh % heads);
     let i = ABSOLUTE_POS_X as usize;
     if i < dk * dv {
-        let (c, e) = (i / dv, i % dv);
+        let c = i / dv;
         let n_chunks = (seq + chunk - 1) / chunk;
-        let mut s = h0[bh * dk * dv + i];
-        for n in 0..n_chunks {
-            states[(bh * n_chunks + n) * dk * dv + i] = s;
-            let end = chunk_end(n, chunk, seq);
-            let mut g_end = 0.0f32;
+        let mut s = init[b * init_row as usize + init_base as usize + h * dk * dv + i];
+        for r in 0..n_chunks {
+            let mut n = r;
+            if reverse {
+                n = n_chunks - 1 - r;
+            }
+            let j = (bh * n_chunks + n) * dk * dv + i;
+            let own = states[j];
+            states[j] = s;
             if decay {
-                g_end = gc[at(b, end - 1, h, c, seq, heads, dk)];
-                s *= g_end.exp();
+                s *= gc[at(b, chunk_end(n, chunk, seq) - 1, h, c, seq, heads, dk)].exp();
             }
-            for t in n * chunk..end {
-                let mut w = f32::cast_from(k[at(b, t, h, c, seq, heads, dk)]);
-                if decay {
-                    w *= (g_end - gc[at(b, t, h, c, seq, heads, dk)]).exp();
-                }
-                s += w * f32::cast_from(v[at(b, t, h, e, seq, heads, dv)]);
-            }
+            s += own;
         }
-        out[b * (seq * heads * dv + heads * dk * dv) + seq * heads * dv + h * dk * dv + i] = s;
+        last[b * last_row as usize + last_base as usize + h * dk * dv + i] = s;
     }
 }
 
@@ -150,13 +254,14 @@ fn chunk_scores<F: Float>(
 }
 
 /// The output of chunk `CUBE_POS_X`: intra-chunk `(scores) V` plus the state entering the chunk
-/// read by `q_t ⊙ exp(G_t)`. One cube per (chunk, head); the scores live in shared memory.
+/// read by `q_in`. One cube per (chunk, head); the scores live in shared memory.
 #[cube(launch)]
 pub fn forward_output<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
     gc: &Tensor<f32>,
+    q_in: &Tensor<f32>,
     states: &Tensor<f32>,
     out: &mut Tensor<f32>,
     seq: u32,
@@ -206,11 +311,7 @@ pub fn forward_output<F: Float>(
             }
             let mut inter = 0.0f32;
             for c in 0..dk {
-                let mut w = f32::cast_from(q[at(b, t, h, c, seq, heads, dk)]);
-                if decay {
-                    w *= gc[at(b, t, h, c, seq, heads, dk)].exp();
-                }
-                inter += w * states[state + c * dv + e];
+                inter += q_in[at(b, t, h, c, seq, heads, dk)] * states[state + c * dv + e];
             }
             out[b * row + (t * heads + h) * dv + e] = acc + inter * scale;
         }
@@ -218,61 +319,8 @@ pub fn forward_output<F: Float>(
     }
 }
 
-/// Backward through the states: `d_states[n]` is the gradient of the state after chunk `n`
-/// (from the final state's gradient, carried back through the decays and the reads
-/// `scale · (q_t ⊙ exp G_t)ᵀ do_t`); `dh0` the gradient of the initial state.
-#[cube(launch)]
-pub fn backward_states<F: Float>(
-    q: &Tensor<F>,
-    gc: &Tensor<f32>,
-    d_out: &Tensor<f32>,
-    d_states: &mut Tensor<f32>,
-    dh0: &mut Tensor<f32>,
-    seq: u32,
-    heads: u32,
-    dk: u32,
-    dv: u32,
-    chunk: u32,
-    scale: f32,
-    #[comptime] decay: bool,
-    #[define(F)] _dtype: StorageType,
-) {
-    let (seq, heads, dk, dv, chunk) = (
-        seq as usize,
-        heads as usize,
-        dk as usize,
-        dv as usize,
-        chunk as usize,
-    );
-    let bh = CUBE_POS_Y as usize;
-    let (b, h) = (bh / heads, bh % heads);
-    let i = ABSOLUTE_POS_X as usize;
-    if i < dk * dv {
-        let (c, e) = (i / dv, i % dv);
-        let n_chunks = (seq + chunk - 1) / chunk;
-        let row = b * (seq * heads * dv + heads * dk * dv);
-        let mut d = d_out[row + seq * heads * dv + h * dk * dv + i];
-        for r in 0..n_chunks {
-            let n = n_chunks - 1 - r;
-            d_states[(bh * n_chunks + n) * dk * dv + i] = d;
-            let end = chunk_end(n, chunk, seq);
-            if decay {
-                d *= gc[at(b, end - 1, h, c, seq, heads, dk)].exp();
-            }
-            for t in n * chunk..end {
-                let mut w = f32::cast_from(q[at(b, t, h, c, seq, heads, dk)]) * scale;
-                if decay {
-                    w *= gc[at(b, t, h, c, seq, heads, dk)].exp();
-                }
-                d += w * d_out[row + (t * heads + h) * dv + e];
-            }
-        }
-        dh0[bh * dk * dv + i] = d;
-    }
-}
-
 /// `dq, dk, dv` of chunk `CUBE_POS_X` (f32, `[B, T, H, *]`), from the output gradient, the state
-/// entering the chunk and the gradient of the state leaving it. Shared memory holds first
+/// entering the chunk (`states`) and the gradient of the state leaving it (`d_states`). Shared memory holds first
 /// `scale · do_t · v_s`, then the forward scores.
 #[cube(launch)]
 pub fn backward_inputs<F: Float>(
@@ -280,6 +328,7 @@ pub fn backward_inputs<F: Float>(
     k: &Tensor<F>,
     v: &Tensor<F>,
     gc: &Tensor<f32>,
+    k_out: &Tensor<f32>,
     states: &Tensor<f32>,
     d_states: &Tensor<f32>,
     d_out: &Tensor<f32>,
@@ -418,13 +467,7 @@ pub fn backward_inputs<F: Float>(
                 acc += shared[tl * chunk + sl] * d_out[row + ((start + tl) * heads + h) * dv + e];
             }
             for c in 0..dk {
-                let mut w = f32::cast_from(k[at(b, s, h, c, seq, heads, dk)]);
-                if decay {
-                    w *= (gc[at(b, end - 1, h, c, seq, heads, dk)]
-                        - gc[at(b, s, h, c, seq, heads, dk)])
-                    .exp();
-                }
-                acc += w * d_states[state + c * dv + e];
+                acc += k_out[at(b, s, h, c, seq, heads, dk)] * d_states[state + c * dv + e];
             }
             dval[at(b, s, h, e, seq, heads, dv)] = acc;
         }

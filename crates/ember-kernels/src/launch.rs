@@ -22,6 +22,9 @@ pub struct Saved<R: CubeRuntime> {
     v: CubeTensor<R>,
     /// Within-chunk cumulative log decay (`[1]` and unread without decay).
     gc: CubeTensor<R>,
+    /// `q ⊙ exp(G_t)` and `k ⊙ exp(G_end − G_t)` in f32 (see `kernels::prepare`).
+    q_in: CubeTensor<R>,
+    k_out: CubeTensor<R>,
     decay: bool,
     /// The state entering every chunk, `[B, H, N, K, V]`.
     states: CubeTensor<R>,
@@ -97,47 +100,67 @@ pub fn forward<R: CubeRuntime>(
     let n = t.div_ceil(chunk);
     let client = q.client.clone();
     let decay = g.is_some();
-    let gc = match g {
-        Some(g) => {
-            let g = to_dtype(g, DType::F32);
-            let gc = f32_buffer(&q, vec![b, t, h, dk]);
-            let (count, dim) = per_head(n * dk, b * h);
-            kernels::chunk_cumsum::launch::<R>(
-                &client,
-                count,
-                dim,
-                g.into_tensor_arg(),
-                gc.clone().into_tensor_arg(),
-                t as u32,
-                h as u32,
-                dk as u32,
-                chunk as u32,
-            );
-            gc
-        }
-        None => f32_buffer(&q, vec![1]),
-    };
-    let h0 = to_dtype(h0, DType::F32);
-    let states = f32_buffer(&q, vec![b, h, n, dk, dv]);
-    let out = f32_buffer(&q, vec![b, t * h * dv + h * dk * dv]);
-    let (count, dim) = per_head(dk * dv, b * h);
-    kernels::forward_states::launch::<R>(
+    let g = g.map_or_else(|| f32_buffer(&q, vec![1]), |g| to_dtype(g, DType::F32));
+    let gc = f32_buffer(&q, if decay { vec![b, t, h, dk] } else { vec![1] });
+    let q_in = f32_buffer(&q, vec![b, t, h, dk]);
+    let k_out = f32_buffer(&q, vec![b, t, h, dk]);
+    let (count, dim) = per_head(n * dk, b * h);
+    kernels::prepare::launch::<R>(
         &client,
         count,
         dim,
+        q.clone().into_tensor_arg(),
         k.clone().into_tensor_arg(),
+        g.into_tensor_arg(),
+        gc.clone().into_tensor_arg(),
+        q_in.clone().into_tensor_arg(),
+        k_out.clone().into_tensor_arg(),
+        t as u32,
+        h as u32,
+        dk as u32,
+        chunk as u32,
+        decay,
+        dtype.into(),
+    );
+
+    // Each chunk's own `k_outᵀ v`, then the scan turns them into the states entering chunks.
+    let h0 = to_dtype(h0, DType::F32);
+    let states = f32_buffer(&q, vec![b, h, n, dk, dv]);
+    let out = f32_buffer(&q, vec![b, t * h * dv + h * dk * dv]);
+    kernels::chunk_keys_values::launch::<R>(
+        &client,
+        CubeCount::Static(n as u32, (b * h) as u32, 1),
+        CubeDim::new_1d(UNITS),
+        k_out.clone().into_tensor_arg(),
         v.clone().into_tensor_arg(),
+        states.clone().into_tensor_arg(),
+        t as u32,
+        h as u32,
+        dk as u32,
+        dv as u32,
+        chunk as u32,
+        dtype.into(),
+    );
+    let (count, dim) = per_head(dk * dv, b * h);
+    kernels::scan_chunks::launch::<R>(
+        &client,
+        count,
+        dim,
+        states.clone().into_tensor_arg(),
         gc.clone().into_tensor_arg(),
         h0.into_tensor_arg(),
-        states.clone().into_tensor_arg(),
         out.clone().into_tensor_arg(),
         t as u32,
         h as u32,
         dk as u32,
         dv as u32,
         chunk as u32,
+        (h * dk * dv) as u32,
+        0,
+        (t * h * dv + h * dk * dv) as u32,
+        (t * h * dv) as u32,
         decay,
-        dtype.into(),
+        false,
     );
     kernels::forward_output::launch::<R>(
         &client,
@@ -147,6 +170,7 @@ pub fn forward<R: CubeRuntime>(
         k.clone().into_tensor_arg(),
         v.clone().into_tensor_arg(),
         gc.clone().into_tensor_arg(),
+        q_in.clone().into_tensor_arg(),
         states.clone().into_tensor_arg(),
         out.clone().into_tensor_arg(),
         t as u32,
@@ -163,6 +187,8 @@ pub fn forward<R: CubeRuntime>(
         k,
         v,
         gc,
+        q_in,
+        k_out,
         decay,
         states,
         out,
@@ -186,6 +212,8 @@ pub fn backward<R: CubeRuntime>(saved: Saved<R>, d_out: CubeTensor<R>) -> Grads<
         k,
         v,
         gc,
+        q_in,
+        k_out,
         decay,
         states,
         out,
@@ -200,26 +228,44 @@ pub fn backward<R: CubeRuntime>(saved: Saved<R>, d_out: CubeTensor<R>) -> Grads<
     let client = q.client.clone();
     let dtype = q.dtype;
 
+    // Each chunk's own `scale · q_inᵀ do`, then the reverse scan gives the gradient of the
+    // state leaving every chunk, and of the initial state.
     let d_states = f32_buffer(&q, vec![b, h, n, dk, dv]);
     let dh0 = f32_buffer(&q, vec![b, h, dk, dv]);
-    let (count, dim) = per_head(dk * dv, b * h);
-    kernels::backward_states::launch::<R>(
+    kernels::chunk_queries_grads::launch::<R>(
         &client,
-        count,
-        dim,
-        q.clone().into_tensor_arg(),
-        gc.clone().into_tensor_arg(),
+        CubeCount::Static(n as u32, (b * h) as u32, 1),
+        CubeDim::new_1d(UNITS),
+        q_in.into_tensor_arg(),
         d_out.clone().into_tensor_arg(),
         d_states.clone().into_tensor_arg(),
-        dh0.clone().into_tensor_arg(),
         t as u32,
         h as u32,
         dk as u32,
         dv as u32,
         chunk as u32,
         scale,
+    );
+    let (count, dim) = per_head(dk * dv, b * h);
+    kernels::scan_chunks::launch::<R>(
+        &client,
+        count,
+        dim,
+        d_states.clone().into_tensor_arg(),
+        gc.clone().into_tensor_arg(),
+        d_out.clone().into_tensor_arg(),
+        dh0.clone().into_tensor_arg(),
+        t as u32,
+        h as u32,
+        dk as u32,
+        dv as u32,
+        chunk as u32,
+        (t * h * dv + h * dk * dv) as u32,
+        (t * h * dv) as u32,
+        (h * dk * dv) as u32,
+        0,
         decay,
-        dtype.into(),
+        true,
     );
 
     let dq = f32_buffer(&q, vec![b, t, h, dk]);
@@ -233,6 +279,7 @@ pub fn backward<R: CubeRuntime>(saved: Saved<R>, d_out: CubeTensor<R>) -> Grads<
         k.clone().into_tensor_arg(),
         v.into_tensor_arg(),
         gc.into_tensor_arg(),
+        k_out.into_tensor_arg(),
         states.into_tensor_arg(),
         d_states.into_tensor_arg(),
         d_out.clone().into_tensor_arg(),

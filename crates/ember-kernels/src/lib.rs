@@ -10,8 +10,10 @@
 //! accumulators in shared and global memory (see docs/BENCHMARKS.md for what that costs).
 mod kernels;
 mod launch;
+mod matmul;
 
 pub use launch::MAX_CHUNK;
+pub use matmul::{matmul_on, matmul_paths, MatmulPath};
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;

@@ -137,7 +137,7 @@ pub fn chunked<B: Backend>(
     scale: f64,
     chunk: usize,
 ) -> LinearAttnOutput<B> {
-    if crate::kernels::enabled::<B>() {
+    if crate::kernels::enabled::<B>(crate::kernels::Variant::PerChannel) {
         return crate::kernels::chunked(&q, &k, &v, Some(&g), h0.as_ref(), scale, chunk);
     }
     let dtype = v.dtype();
@@ -278,7 +278,7 @@ pub fn chunked_per_head<B: Backend>(
     scale: f64,
     chunk: usize,
 ) -> LinearAttnOutput<B> {
-    if crate::kernels::enabled::<B>() {
+    if crate::kernels::enabled::<B>(crate::kernels::Variant::PerHead) {
         // The kernels take the decay per channel: broadcast it (autodiff sums the gradient back).
         let g = per_head(g, q.dims()[3]);
         return crate::kernels::chunked(&q, &k, &v, Some(&g), h0.as_ref(), scale, chunk);

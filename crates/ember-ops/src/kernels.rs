@@ -53,6 +53,12 @@ pub const MAX_CHUNK: usize = 64;
 thread_local! {
     // Per thread, so tests running side by side can force different settings.
     static POLICY: Cell<Option<Kernels>> = const { Cell::new(None) };
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times this thread has run the kernels (benchmarks label their rows by it).
+pub fn calls() -> u64 {
+    CALLS.with(Cell::get)
 }
 
 /// The setting in force on this thread: the last [`set_policy`], else `EMBER_KERNELS`, else auto.
@@ -85,12 +91,35 @@ pub fn available<B: Backend>() -> bool {
     dispatch::has::<B>()
 }
 
-/// Whether the chunked forms on `B` use the kernels now. Panics under [`Kernels::On`] on a
-/// backend without them (callers that take the setting from a user check [`available`] first).
-pub fn enabled<B: Backend>() -> bool {
+/// The variants of the chunked core, for [`Kernels::Auto`]'s choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// No decay: linear attention, BASED's Taylor features.
+    NoDecay,
+    /// One log decay per head (data-dependent or constant): RetNet, TransNormer/Lightning.
+    PerHead,
+    /// A log decay per key channel: GLA.
+    PerChannel,
+}
+
+impl Variant {
+    /// Whether [`Kernels::Auto`] runs this variant on the kernels. Only where they were
+    /// measured faster than the composed form (docs/BENCHMARKS.md, "CubeCL kernels"): the
+    /// per-channel decay, whose composed form builds a `C×C×K` tensor per chunk. The others
+    /// compose into Burn's tiled matmuls, which beat the kernels' scalar loops on lavapipe;
+    /// re-measure on a GPU with `ember bench ops --compare` before widening this.
+    fn auto(self) -> bool {
+        self == Variant::PerChannel
+    }
+}
+
+/// Whether the chunked forms of `variant` on `B` use the kernels now. Panics under
+/// [`Kernels::On`] on a backend without them (callers that take the setting from a user check
+/// [`available`] first).
+pub fn enabled<B: Backend>(variant: Variant) -> bool {
     match policy() {
         Kernels::Off => false,
-        Kernels::Auto => available::<B>(),
+        Kernels::Auto => variant.auto() && available::<B>(),
         Kernels::On => {
             assert!(
                 available::<B>(),
@@ -113,6 +142,7 @@ pub(crate) fn chunked<B: Backend>(
     scale: f64,
     chunk: usize,
 ) -> LinearAttnOutput<B> {
+    CALLS.with(|c| c.set(c.get() + 1));
     dispatch::chunked(q, k, v, g, h0, scale, chunk)
         .unwrap_or_else(|| panic!("no kernels for backend {}", std::any::type_name::<B>()))
 }

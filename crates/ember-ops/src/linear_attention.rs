@@ -63,7 +63,7 @@ pub fn chunked<B: Backend>(
     scale: f64,
     chunk: usize,
 ) -> LinearAttnOutput<B> {
-    if crate::kernels::enabled::<B>() {
+    if crate::kernels::enabled::<B>(crate::kernels::Variant::NoDecay) {
         return crate::kernels::chunked(&q, &k, &v, None, h0.as_ref(), scale, chunk);
     }
     let dtype = v.dtype();

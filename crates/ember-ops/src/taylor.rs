@@ -157,7 +157,7 @@ pub fn chunked<B: Backend>(
     let f = map.dim(d);
     let device = q.device();
     let state = state.unwrap_or_else(|| TaylorState::zeros(b, h, f, dv, &device));
-    if crate::kernels::enabled::<B>() {
+    if crate::kernels::enabled::<B>(crate::kernels::Variant::NoDecay) {
         return chunked_on_kernels(q, k, v, state, map, eps, chunk, dtype);
     }
     let n = t.div_ceil(chunk);

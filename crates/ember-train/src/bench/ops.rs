@@ -476,11 +476,6 @@ fn run_point<B: AutodiffBackend>(
         _ => opts.form.map_or("-".into(), |f| f.to_string()),
     };
     let est = estimate_bytes(opts.level, &name, &form, shape);
-    // A chunked form on the CubeCL kernels is labelled as such.
-    let form = match form.strip_prefix("chunked") {
-        Some(rest) if kernels::enabled::<B>() => format!("kernels{rest}"),
-        _ => form,
-    };
     let mut row = OpsRow {
         level: opts.level,
         name,
@@ -501,6 +496,7 @@ fn run_point<B: AutodiffBackend>(
         ));
         return row;
     }
+    let kernel_calls = kernels::calls();
     let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let loss = match (case, config) {
             (Case::Op(op, form), _) => op_loss::<B>(op, *form, shape, opts.precision, device),
@@ -517,6 +513,13 @@ fn run_point<B: AutodiffBackend>(
         }
         Ok(Err(e)) => row.skipped = Some(format!("failed: {e:#}")),
         Err(panic) => row.skipped = Some(format!("failed: {}", panic_message(&panic))),
+    }
+    // A chunked form that ran on the CubeCL kernels is labelled as such.
+    if let (true, Some(rest)) = (
+        kernels::calls() > kernel_calls,
+        row.form.strip_prefix("chunked"),
+    ) {
+        row.form = format!("kernels{rest}");
     }
     row
 }

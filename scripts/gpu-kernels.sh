@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU checks of the kernels issue, as one script for a lent NVIDIA machine (no Rust there):
+# build here with
+#   CUDARC_CUDA_VERSION=13000 cargo build --release -p ember-cli --features cuda
+# carry the binary (and ../shared/fixtures), then run
+#   EMBER=path/to/ember FIXTURES=path/to/fixtures bash scripts/gpu-kernels.sh OUT_DIR
+# It writes conformance reports and benchmark JSONL under OUT_DIR for docs/BENCHMARKS.md.
+set -euo pipefail
+out="${1:?usage: gpu-kernels.sh OUT_DIR}"
+ember="${EMBER:?set EMBER to a --features cuda ember binary}"
+fixtures="${FIXTURES:?set FIXTURES to the shared fixtures directory}"
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" || true
+
+# 1. Conformance of the composed and kernel paths on CUDA, f32 and bf16.
+for dtype in f32 bf16; do
+  "$ember" conformance --fixtures "$fixtures" --device cuda --dtype "$dtype" | tee "$out/conformance-$dtype.txt"
+done
+
+# 2. bf16 against f32 matmul: Burn's fixed kernel (the old default) and the autotuned one.
+"$ember" bench matmul --device cuda --size 4096,8192 --dtype f32,bf16 | tee "$out/matmul.txt"
+
+# 3. The chunked ops, composed and on the kernels, at fla's 65,536 tokens per call.
+"$ember" bench ops --level op --grid fla --form chunked --compare --dtype bf16 --device cuda \
+  --kinds linear_attention,gla,decay_per_head,based_taylor --json "$out/ops-compare.jsonl" | tee "$out/ops-compare.txt"
