@@ -24,3 +24,14 @@ done
 # 3. The chunked ops, composed and on the kernels, at fla's 65,536 tokens per call.
 "$ember" bench ops --level op --grid fla --form chunked --compare --dtype bf16 --device cuda \
   --kinds linear_attention,gla,decay_per_head,based_taylor --json "$out/ops-compare.jsonl" | tee "$out/ops-compare.txt"
+
+# 4. Training tokens/s and MFU of the models the issue names, bf16, with the kernels as "auto"
+#    chooses and with every chunked form on them (run from the repository root: the recipes'
+#    data paths are relative to it).
+for recipe in based-360m gla-340m; do
+  for kernels in auto on; do
+    "$ember" bench train --recipe "$recipe.toml" --device cuda --dtype bf16 --steps 10 --warmup 3 \
+      --set "train.kernels=\"$kernels\"" --json "$out/train-$recipe-kernels-$kernels.jsonl" \
+      | tee "$out/train-$recipe-kernels-$kernels.txt"
+  done
+done

@@ -408,6 +408,16 @@ pub fn train<B: AutodiffBackend>(
     train_from::<B>(recipe, opts, device, None)
 }
 
+/// Puts the recipe's `train.kernels` in force on this thread; "on" needs a backend with kernels.
+pub fn use_kernels<B: AutodiffBackend>(recipe: &Recipe, device: &B::Device) -> Result<()> {
+    let kernels = recipe.train.kernels;
+    if kernels == ember_ops::kernels::Kernels::On && !ember_ops::kernels::available::<B>() {
+        bail!("{}", recipe.error_at("train.kernels", format!("\"on\", but this backend (device {device:?}) has no CubeCL kernels in this build: they run on the wgpu and cuda devices; use \"auto\" or \"off\"")));
+    }
+    ember_ops::kernels::set_policy(kernels);
+    Ok(())
+}
+
 /// [`train`], from `start`'s model (frozen where it says, distilling if it says) instead of a
 /// fresh one from the recipe's seed. A resumed run loads its checkpoint over that model.
 pub fn train_from<B: AutodiffBackend>(
@@ -420,11 +430,7 @@ pub fn train_from<B: AutodiffBackend>(
     if !supported::<B>(precision, device) {
         bail!("{}", recipe.error_at("train.dtype", format!("this backend (device {device:?}) cannot compute in {precision} (ndarray and wgpu's WGSL shaders have no bf16; flex, tch and cuda do): use \"f32\"")));
     }
-    let kernels = recipe.train.kernels;
-    if kernels == ember_ops::kernels::Kernels::On && !ember_ops::kernels::available::<B>() {
-        bail!("{}", recipe.error_at("train.kernels", format!("\"on\", but this backend (device {device:?}) has no CubeCL kernels in this build: they run on the wgpu and cuda devices; use \"auto\" or \"off\"")));
-    }
-    ember_ops::kernels::set_policy(kernels);
+    use_kernels::<B>(recipe, device)?;
     let RunData {
         mut loader,
         valid,

@@ -60,6 +60,7 @@ pub fn train_steps<B: AutodiffBackend>(
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    crate::trainer::use_kernels::<B>(recipe, device)?;
     let mut loader = open_run_data(recipe, false)?.loader;
     let mut model: Lm<B> = recipe.model.init_seeded(recipe.train.seed, device);
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.optim.clone());
