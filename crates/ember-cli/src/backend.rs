@@ -31,10 +31,7 @@ pub fn resolve(name: &str, precision: ember_ops::precision::Precision) -> String
     }
     let nvidia = std::path::Path::new("/proc/driver/nvidia/version").exists();
     let render_node = std::fs::read_dir("/dev/dri")
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
-        })
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("renderD")))
         .unwrap_or(false);
     let bf16 = precision == ember_ops::precision::Precision::Bf16;
     let pick = if cfg!(feature = "cuda") && nvidia {
@@ -56,10 +53,7 @@ pub fn resolve(name: &str, precision: ember_ops::precision::Precision) -> String
 /// Parses `cuda:1` into `1` (`cuda` alone is device 0).
 #[allow(dead_code)]
 pub fn index(device: &str) -> usize {
-    device
-        .split_once(':')
-        .and_then(|(_, i)| i.parse().ok())
-        .unwrap_or(0)
+    device.split_once(':').and_then(|(_, i)| i.parse().ok()).unwrap_or(0)
 }
 
 /// `with_backend!(device_name, |B, device| body)`: runs `body` with `B` bound to the autodiff

@@ -48,8 +48,8 @@ pub struct OpsArgs {
     /// Training form to time where there is a choice; default each mixer's own.
     #[arg(long, value_parser = ["parallel", "chunked"])]
     pub form: Option<String>,
-    /// Whether chunked forms run on ember's CubeCL kernels: auto (on wgpu and cuda), on, off.
-    /// Rows on the kernels say form "kernels".
+    /// Whether chunked forms run on ember's CubeCL kernels (wgpu, cuda): auto (where they were
+    /// measured faster), on, off. Rows that ran on the kernels say form "kernels".
     #[arg(long, default_value = "auto")]
     pub kernels: ember_ops::kernels::Kernels,
     /// Time every chunked form twice where the backend has the kernels: composed Burn ops
@@ -150,13 +150,9 @@ fn memory_probe(device: &str, backend_name: &str) -> MemoryProbe {
             let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
             pool_probe(move || cubecl::wgpu::WgpuRuntime::client(&dev).memory_usage().ok())
         }
-        Kind::TorchGpu => MemoryProbe::unavailable(
-            "libtorch's CUDA allocator statistics are not reachable through Burn",
-        ),
+        Kind::TorchGpu => MemoryProbe::unavailable("libtorch's CUDA allocator statistics are not reachable through Burn"),
         #[allow(unreachable_patterns)]
-        _ => MemoryProbe::unavailable(format!(
-            "{backend_name}: built without the cubecl dependency"
-        )),
+        _ => MemoryProbe::unavailable(format!("{backend_name}: built without the cubecl dependency")),
     }
 }
 
@@ -164,35 +160,21 @@ fn memory_probe(device: &str, backend_name: &str) -> MemoryProbe {
 /// grows to what the busiest moment of a step needed, and is read between steps).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn pool_probe(usage: impl Fn() -> Option<cubecl::MemoryUsage> + 'static) -> MemoryProbe {
-    MemoryProbe::new("CubeCL pool reserved, high-water", move || {
-        usage().map(|u| u.bytes_reserved)
-    })
+    MemoryProbe::new("CubeCL pool reserved, high-water", move || usage().map(|u| u.bytes_reserved))
 }
 
 /// The peak FLOP/s MFU is taken against: `--peak-tflops`, the datasheet figure of a known
 /// NVIDIA GPU, or an estimate for the CPU.
-fn device_peak(
-    given: Option<f64>,
-    device: &str,
-    backend_name: &str,
-    precision: Precision,
-) -> Result<Peak, String> {
+fn device_peak(given: Option<f64>, device: &str, backend_name: &str, precision: Precision) -> Result<Peak, String> {
     if let Some(tflops) = given {
-        return Ok(Peak {
-            tflops,
-            source: "--peak-tflops".into(),
-        });
+        return Ok(Peak { tflops, source: "--peak-tflops".into() });
     }
     match Kind::of(backend_name).gpu_index(device) {
         Some(i) => peak::nvidia_gpu_peak(i, precision),
         None => {
-            let cpu =
-                peak::this_cpu_peak().ok_or("cannot read /proc/cpuinfo; pass --peak-tflops")?;
+            let cpu = peak::this_cpu_peak().ok_or("cannot read /proc/cpuinfo; pass --peak-tflops")?;
             match precision {
-                Precision::Bf16 => Ok(Peak {
-                    source: format!("{}; the f32 figure, for bf16", cpu.source),
-                    ..cpu
-                }),
+                Precision::Bf16 => Ok(Peak { source: format!("{}; the f32 figure, for bf16", cpu.source), ..cpu }),
                 Precision::F32 => Ok(cpu),
             }
         }
@@ -212,53 +194,28 @@ fn max_mem_bytes(given: Option<f64>, device: &str, backend_name: &str) -> f64 {
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let recipe = Recipe::load(&args.recipe.recipe, &args.recipe.overrides)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let recipe = Recipe::load(&args.recipe.recipe, &args.recipe.overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
     let precision = args.dtype.unwrap_or_else(|| recipe.train.precision());
-    let device = backend::resolve(
-        args.device.as_deref().unwrap_or(&recipe.train.device),
-        precision,
-    );
-    let opts = TrainBenchOptions {
-        steps: args.steps,
-        warmup: args.warmup,
-        precision,
-    };
+    let device = backend::resolve(args.device.as_deref().unwrap_or(&recipe.train.device), precision);
+    let opts = TrainBenchOptions { steps: args.steps, warmup: args.warmup, precision };
     let (result, backend_name, memory) = backend::with_backend!(&device, |B, dev| {
         let backend_name = <B as burn::tensor::backend::Backend>::name(&dev);
         let mut memory = memory_probe(&device, &backend_name);
-        ember_train::bench::train_steps::<B>(&recipe, &opts, &mut memory, &dev)
-            .map(|r| (r, backend_name, memory))
+        ember_train::bench::train_steps::<B>(&recipe, &opts, &mut memory, &dev).map(|r| (r, backend_name, memory))
     })
     .with_context(|| format!("benchmarking {} on {device}", recipe.source.path.display()))?;
     let peak = device_peak(args.peak_tflops, &device, &backend_name, precision);
-    let mfu = |flops: f64| {
-        peak.as_ref()
-            .ok()
-            .map(|p| 100.0 * flops / (p.tflops * 1e12))
-    };
+    let mfu = |flops: f64| peak.as_ref().ok().map(|p| 100.0 * flops / (p.tflops * 1e12));
 
     println!("recipe        {}", recipe.source.path.display());
     println!("device        {device} ({backend_name})");
     println!("dtype         {precision}");
     println!("parameters    {}", result.params);
-    println!(
-        "tokens/step   {} ({} × {} × grad_accum {})",
-        result.tokens_per_step,
-        recipe.train.batch_size,
-        recipe.data.seq_len,
-        recipe.optim.grad_accum
-    );
-    println!(
-        "step          {:.1} ms mean, {:.1} ms median ({} steps after {} warm-up)",
-        result.step_ms, result.median_step_ms, args.steps, args.warmup
-    );
+    println!("tokens/step   {} ({} × {} × grad_accum {})", result.tokens_per_step, recipe.train.batch_size, recipe.data.seq_len, recipe.optim.grad_accum);
+    println!("step          {:.1} ms mean, {:.1} ms median ({} steps after {} warm-up)", result.step_ms, result.median_step_ms, args.steps, args.warmup);
     println!("throughput    {:.0} tokens/s", result.tokens_per_sec);
     println!("peak memory   {}", memory.describe());
-    println!(
-        "FLOP/s        {:.4} TFLOP/s by 6·N·tokens/s",
-        result.model_flops_per_sec / 1e12
-    );
+    println!("FLOP/s        {:.4} TFLOP/s by 6·N·tokens/s", result.model_flops_per_sec / 1e12);
     println!(
         "              {:.4} TFLOP/s by 3 × the model's forward FLOPs/token ({:.2} MFLOP at seq_len {}, attention included)",
         result.counted_flops_per_sec / 1e12,
@@ -268,15 +225,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     match &peak {
         Ok(p) => {
             println!("device peak   {:.3} TFLOP/s ({})", p.tflops, p.source);
-            let (six_n, counted) = (
-                mfu(result.model_flops_per_sec),
-                mfu(result.counted_flops_per_sec),
-            );
-            println!(
-                "MFU           {:.2}% (6·N), {:.2}% (model FLOPs)",
-                six_n.unwrap_or(f64::NAN),
-                counted.unwrap_or(f64::NAN)
-            );
+            let (six_n, counted) = (mfu(result.model_flops_per_sec), mfu(result.counted_flops_per_sec));
+            println!("MFU           {:.2}% (6·N), {:.2}% (model FLOPs)", six_n.unwrap_or(f64::NAN), counted.unwrap_or(f64::NAN));
         }
         Err(why) => println!("MFU           n/a ({why})"),
     }
@@ -326,20 +276,11 @@ pub fn ops(args: OpsArgs) -> Result<()> {
         grid.tokens = args.tokens;
     }
     let shapes = grid.shapes().map_err(anyhow::Error::msg)?;
-    let form = args.form.as_deref().map(|f| {
-        if f == "chunked" {
-            ember_ops::Form::Chunked
-        } else {
-            ember_ops::Form::Parallel
-        }
-    });
+    let form = args.form.as_deref().map(|f| if f == "chunked" { ember_ops::Form::Chunked } else { ember_ops::Form::Parallel });
     let device = backend::resolve(&args.device, args.dtype);
     // Rows are written as they come, so a run that dies part-way (out of memory, say) keeps them.
     let mut json = match &args.json {
-        Some(path) => Some(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot write {}", path.display()))?,
-        ),
+        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
         None => None,
     };
     let mut json_error = None;
@@ -389,12 +330,8 @@ pub fn ops(args: OpsArgs) -> Result<()> {
 
 /// `KEY=VALUE` of `--mixer-set`, the value read as TOML (`false`, `128`, `"elu"`).
 fn parse_mixer_set(arg: &str) -> Result<(String, serde_json::Value)> {
-    let (key, value) = arg
-        .split_once('=')
-        .with_context(|| format!("--mixer-set {arg:?}: expected KEY=VALUE"))?;
-    let table: toml::Table = format!("v = {value}")
-        .parse()
-        .with_context(|| format!("--mixer-set {arg:?}: {value:?} is not a TOML value"))?;
+    let (key, value) = arg.split_once('=').with_context(|| format!("--mixer-set {arg:?}: expected KEY=VALUE"))?;
+    let table: toml::Table = format!("v = {value}").parse().with_context(|| format!("--mixer-set {arg:?}: {value:?} is not a TOML value"))?;
     Ok((key.trim().to_string(), serde_json::to_value(&table["v"])?))
 }
 
@@ -436,28 +373,16 @@ pub fn matmul(args: MatmulArgs) -> Result<()> {
     }
 }
 
+/// The table of [`matmul`] on backend `B`; `product` is `ember_kernels::matmul_on` for `B`.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn matmul_rows<B: burn::tensor::backend::Backend>(
     args: &MatmulArgs,
     device: &B::Device,
-    product: impl Fn(
-        burn::tensor::Tensor<B, 2>,
-        burn::tensor::Tensor<B, 2>,
-        ember_kernels::MatmulPath,
-    ) -> burn::tensor::Tensor<B, 2>,
+    product: impl Fn(burn::tensor::Tensor<B, 2>, burn::tensor::Tensor<B, 2>, ember_kernels::MatmulPath) -> burn::tensor::Tensor<B, 2>,
 ) -> Result<()> {
     use burn::tensor::{Distribution, FloatDType, Tensor};
-    println!(
-        "device {} ({}), {} warm-up + {} timed calls (median)",
-        args.device,
-        B::name(device),
-        args.warmup,
-        args.reps
-    );
-    println!(
-        "{:>6}  {:<5}  {:<8}  {:>10}  {:>9}",
-        "n", "dtype", "kernel", "ms", "TFLOP/s"
-    );
+    println!("device {} ({}), {} warm-up + {} timed calls (median)", args.device, B::name(device), args.warmup, args.reps);
+    println!("{:>6}  {:<5}  {:<8}  {:>10}  {:>9}", "n", "dtype", "kernel", "ms", "TFLOP/s");
     for &n in &args.size {
         for dtype in &args.dtype {
             let float = match dtype.as_str() {
@@ -466,14 +391,10 @@ fn matmul_rows<B: burn::tensor::backend::Backend>(
                 "f16" => FloatDType::F16,
                 other => anyhow::bail!("--dtype {other:?}: expected f32, bf16 or f16"),
             };
-            let a =
-                Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(float);
-            let b =
-                Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(float);
+            let random = || Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(float);
+            let (a, b) = (random(), random());
             for path in ember_kernels::matmul_paths() {
-                let times = b::time_reps::<B>(device, args.warmup, args.reps, || {
-                    drop(product(a.clone(), b.clone(), path))
-                })?;
+                let times = b::time_reps::<B>(device, args.warmup, args.reps, || drop(product(a.clone(), b.clone(), path)))?;
                 let ms = b::median_ms(&times);
                 let tflops = 2.0 * (n as f64).powi(3) / (ms / 1e3) / 1e12;
                 println!("{n:>6}  {dtype:<5}  {path:<8}  {ms:>10.3}  {tflops:>9.2}");

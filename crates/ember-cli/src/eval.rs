@@ -115,21 +115,9 @@ pub fn run(command: EvalCommand) -> Result<()> {
         if args.device != "auto" {
             overrides.push(format!("train.device={:?}", args.device));
         }
-        let opts = SuiteOptions {
-            overrides,
-            widths: args.widths.clone(),
-            batch_size: args.batch_size,
-            jobs: args.jobs,
-            quiet: args.quiet,
-        };
-        println!(
-            "MQAR suite: {} recipes from {} on {device}",
-            recipes.len(),
-            dir.display()
-        );
-        let rows = backend::with_backend!(&device, |B, dev| mqar::run_suite::<B>(
-            &recipes, &opts, &dev
-        ))?;
+        let opts = SuiteOptions { overrides, widths: args.widths.clone(), batch_size: args.batch_size, jobs: args.jobs, quiet: args.quiet };
+        println!("MQAR suite: {} recipes from {} on {device}", recipes.len(), dir.display());
+        let rows = backend::with_backend!(&device, |B, dev| mqar::run_suite::<B>(&recipes, &opts, &dev))?;
         let command: Vec<String> = std::env::args().skip(1).collect();
         let written = mqar::write_suite(&rows, &args.out, &format!("ember {}", command.join(" ")))?;
         print!("\n{}", mqar::suite_markdown(&rows));
@@ -141,29 +129,15 @@ pub fn run(command: EvalCommand) -> Result<()> {
     if args.checkpoint.is_empty() {
         bail!("give --checkpoint DIR (repeatable) or --suite DIR");
     }
-    let over = TestOverride {
-        pairs: args.pairs.clone(),
-        seq_len: args.seq_len,
-        examples: args.examples,
-    };
+    let over = TestOverride { pairs: args.pairs.clone(), seq_len: args.seq_len, examples: args.examples };
     let mut all = Vec::new();
     for dir in &args.checkpoint {
-        let (recipe, results) =
-            backend::with_backend!(&device, |B, dev| {
-                mqar::evaluate_checkpoint::<
-                    <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
-                >(dir, &over, args.batch_size, &dev)
-            })?;
-        println!(
-            "{} ({}, {} parameters) on {device}",
-            dir.display(),
-            recipe.train.name,
-            recipe.model.num_params()
-        );
+        let (recipe, results) = backend::with_backend!(&device, |B, dev| {
+            mqar::evaluate_checkpoint::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(dir, &over, args.batch_size, &dev)
+        })?;
+        println!("{} ({}, {} parameters) on {device}", dir.display(), recipe.train.name, recipe.model.num_params());
         print!("{}", mqar::results_table(&results));
-        all.push(
-            serde_json::json!({ "checkpoint": dir, "name": recipe.train.name, "results": results }),
-        );
+        all.push(serde_json::json!({ "checkpoint": dir, "name": recipe.train.name, "results": results }));
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
@@ -189,12 +163,9 @@ fn run_niah(args: NiahArgs) -> Result<()> {
     };
     let mut all = Vec::new();
     for dir in &args.checkpoint {
-        let report =
-            backend::with_backend!(&device, |B, dev| {
-                niah::evaluate_checkpoint::<
-                    <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
-                >(dir, &opts, args.batch_size, &dev)
-            })?;
+        let report = backend::with_backend!(&device, |B, dev| {
+            niah::evaluate_checkpoint::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(dir, &opts, args.batch_size, &dev)
+        })?;
         let recipe = &report.recipe;
         println!(
             "{} ({}, {} parameters, trained at seq_len {}) on {device}: NIAH accuracy, vocabulary {}",

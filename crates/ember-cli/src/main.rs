@@ -22,11 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "ember",
-    version,
-    about = "Pretrain, compare and sample efficient sequence models on Burn"
-)]
+#[command(name = "ember", version, about = "Pretrain, compare and sample efficient sequence models on Burn")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -267,18 +263,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let recipe = load_recipe(&file, &overrides)?;
             print!("{}", recipe.check_report());
         }
-        Command::Data(DataCommand::Prepare {
-            sources,
-            tokenizer,
-            out,
-            text_field,
-            split_lines,
-        }) => {
-            let opts = ember_data::PrepareOptions {
-                text_field,
-                split_lines,
-                ..Default::default()
-            };
+        Command::Data(DataCommand::Prepare { sources, tokenizer, out, text_field, split_lines }) => {
+            let opts = ember_data::PrepareOptions { text_field, split_lines, ..Default::default() };
             let manifest = ember_data::prepare(&sources, &tokenizer, &out, &opts)?;
             println!(
                 "prepared {} documents, {} tokens into {} ({} shards)",
@@ -288,18 +274,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 manifest.shards.len()
             );
         }
-        Command::Tokenizer(TokenizerCommand::Train {
-            sources,
-            vocab_size,
-            out,
-        }) => {
+        Command::Tokenizer(TokenizerCommand::Train { sources, vocab_size, out }) => {
             ember_data::train_tokenizer(&sources, vocab_size, &out)?;
             let tok = ember_data::Tokenizer::from_file(&out)?;
-            println!(
-                "trained a byte-level BPE with {} tokens: {}",
-                tok.vocab_size(),
-                out.display()
-            );
+            println!("trained a byte-level BPE with {} tokens: {}", tok.vocab_size(), out.display());
         }
         Command::Generate(args) => {
             let device = backend::resolve(&args.device, Default::default());
@@ -327,31 +305,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(device) = &args.device {
                 overrides.push(format!("run.device={device:?}"));
             }
-            let recipe = LinearizeRecipe::load(&args.recipe, &overrides)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let recipe = LinearizeRecipe::load(&args.recipe, &overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
             let device = backend::resolve(&recipe.run.device, ember_ops::precision::Precision::F32);
-            let opts = LinearizeOptions {
-                quiet: args.quiet,
-                stop_after: args.stop_after,
-            };
-            println!(
-                "linearizing {} into {:?} students on {device}; run directory {}",
-                recipe.teacher.path.display(),
-                recipe.student.mixer.kind(),
-                recipe.run.out_dir.display()
-            );
-            let report =
-                backend::with_backend!(&device, |B, dev| linearize::<B>(&recipe, &opts, &dev))?;
+            let opts = LinearizeOptions { quiet: args.quiet, stop_after: args.stop_after };
+            println!("linearizing {} into {:?} students on {device}; run directory {}", recipe.teacher.path.display(), recipe.student.mixer.kind(), recipe.run.out_dir.display());
+            let report = backend::with_backend!(&device, |B, dev| linearize::<B>(&recipe, &opts, &dev))?;
             if report.interrupted {
-                println!(
-                    "stopped during stage 1 (checkpointed): run the same command again to resume"
-                );
+                println!("stopped during stage 1 (checkpointed): run the same command again to resume");
             } else {
                 print!("{}", report.markdown());
-                println!(
-                    "\nreport: {}",
-                    recipe.run.out_dir.join("report.md").display()
-                );
+                println!("\nreport: {}", recipe.run.out_dir.join("report.md").display());
             }
         }
         Command::Export(args) => {
@@ -367,14 +330,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExportDtypeArg::Bf16 => ExportDtype::Bf16,
             };
             // A file conversion: the CPU backend reads and writes the weights.
-            let files = ember_train::export::export_with::<burn::backend::NdArray<f32>>(
-                &args.checkpoint,
-                &args.out,
-                format,
-                dtype,
-                args.merge_lora,
-                &Default::default(),
-            )?;
+            let files = ember_train::export::export_with::<burn::backend::NdArray<f32>>(&args.checkpoint, &args.out, format, dtype, args.merge_lora, &Default::default())?;
             for f in files {
                 println!("wrote {}", f.display());
             }
@@ -398,11 +354,7 @@ fn train(args: TrainArgs) -> Result<()> {
         (None, None) => bail!("give --recipe FILE, or --resume DIR to continue a run"),
     };
     let device = backend::resolve(&recipe.train.device, recipe.train.precision());
-    let opts = TrainOptions {
-        resume: args.resume.clone(),
-        stop_after: args.stop_after,
-        quiet: args.quiet,
-    };
+    let opts = TrainOptions { resume: args.resume.clone(), stop_after: args.stop_after, quiet: args.quiet };
     println!(
         "training {} ({} parameters) for {} steps on {device} in {}; run directory {}",
         recipe.train.name,
@@ -414,20 +366,11 @@ fn train(args: TrainArgs) -> Result<()> {
     backend::with_backend!(&device, |B, dev| train_cmd::<B>(&recipe, &opts, &dev))
 }
 
-fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(
-    recipe: &Recipe,
-    opts: &TrainOptions,
-    device: &B::Device,
-) -> Result<()> {
+fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<()> {
     let report = trainer::train::<B>(recipe, opts, device)?;
     let last_loss = report.losses.last().map_or(f64::NAN, |l| l.1);
-    println!(
-        "step {}/{}: train loss {last_loss:.4}",
-        report.final_step, report.total_steps
-    );
-    if let (Some((step, val)), Some((_, accuracy))) =
-        (report.val_losses.last(), report.val_accuracies.last())
-    {
+    println!("step {}/{}: train loss {last_loss:.4}", report.final_step, report.total_steps);
+    if let (Some((step, val)), Some((_, accuracy))) = (report.val_losses.last(), report.val_accuracies.last()) {
         let versus = match report.unigram_entropy {
             Some(entropy) => format!("; unigram entropy of the corpus {entropy:.4}"),
             None => String::new(),
@@ -440,24 +383,11 @@ fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(
     println!("{:.0} tokens/s", report.tokens_per_sec);
     if let Some(ckpt) = &report.last_checkpoint {
         println!("checkpoint {}", ckpt.display());
-        if report.final_step == report.total_steps
-            && recipe.log.samples > 0
-            && recipe.data.tokenizer.is_some()
-        {
+        if report.final_step == report.total_steps && recipe.log.samples > 0 && recipe.data.tokenizer.is_some() {
             let loaded = generate::load::<B::InnerBackend>(ckpt, device)?;
             for i in 0..recipe.log.samples {
-                let opts = SampleOptions {
-                    max_tokens: recipe.log.sample_tokens,
-                    seed: i as u64,
-                    ..Default::default()
-                };
-                let g = generate::generate(
-                    &loaded.model,
-                    &loaded.tokenizer,
-                    &recipe.log.prompt,
-                    &opts,
-                    device,
-                )?;
+                let opts = SampleOptions { max_tokens: recipe.log.sample_tokens, seed: i as u64, ..Default::default() };
+                let g = generate::generate(&loaded.model, &loaded.tokenizer, &recipe.log.prompt, &opts, device)?;
                 println!("--- sample {} ---\n{}{}", i + 1, recipe.log.prompt, g.text);
             }
         }
@@ -465,10 +395,7 @@ fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(
     Ok(())
 }
 
-fn generate_cmd<B: burn::tensor::backend::AutodiffBackend>(
-    args: &GenerateArgs,
-    device: &B::Device,
-) -> Result<()> {
+fn generate_cmd<B: burn::tensor::backend::AutodiffBackend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
     let loaded = generate::load::<B::InnerBackend>(&args.checkpoint, device)
         .with_context(|| format!("loading {}", args.checkpoint.display()))?;
     for i in 0..args.samples {
@@ -479,13 +406,7 @@ fn generate_cmd<B: burn::tensor::backend::AutodiffBackend>(
             top_p: args.top_p,
             seed: args.seed + i as u64,
         };
-        let g = generate::generate(
-            &loaded.model,
-            &loaded.tokenizer,
-            &args.prompt,
-            &opts,
-            device,
-        )?;
+        let g = generate::generate(&loaded.model, &loaded.tokenizer, &args.prompt, &opts, device)?;
         println!("{}{}", args.prompt, g.text);
         eprintln!(
             "[{} prompt tokens, prefill {:.1} ms; {} new tokens at {:.1} tokens/s; recurrent state {:.1} KiB]",

@@ -81,9 +81,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
 }
 
 fn run_cmd(args: RunArgs) -> Result<()> {
-    let Some(path) = &args.recipe else {
-        bail!("give --recipe SWEEP.toml (or a subcommand: collect, fit)")
-    };
+    let Some(path) = &args.recipe else { bail!("give --recipe SWEEP.toml (or a subcommand: collect, fit)") };
     let sweep = Sweep::load(path)?;
     let mut runs = sweep.expand()?;
     if args.device != "auto" {
@@ -94,54 +92,29 @@ fn run_cmd(args: RunArgs) -> Result<()> {
     sweep.write_recipes(&runs)?;
     let device = backend::resolve(&args.device, Default::default());
     if args.plan {
-        let secs =
-            backend::with_backend!(&device, |B, dev| sweep::estimate_seconds::<B>(&runs, &dev))?;
+        let secs = backend::with_backend!(&device, |B, dev| sweep::estimate_seconds::<B>(&runs, &dev))?;
         print!("{}", sweep::plan_table(&sweep, &runs, Some(&secs)));
         if args.jobs > 1 {
             let total: f64 = secs.iter().sum();
-            println!(
-                "with --jobs {}: about {:.1} min if the machine has that many free cores",
-                args.jobs,
-                total / 60.0 / args.jobs as f64
-            );
+            println!("with --jobs {}: about {:.1} min if the machine has that many free cores", args.jobs, total / 60.0 / args.jobs as f64);
         }
         return Ok(());
     }
     print!("{}", sweep::plan_table(&sweep, &runs, None));
     if let Some(kind) = args.emit {
-        let default_name = if kind == Emit::Slurm {
-            "sweep.slurm"
-        } else {
-            "sweep.sh"
-        };
-        let script = args
-            .script
-            .clone()
-            .unwrap_or_else(|| sweep.out_dir.join(default_name));
+        let default_name = if kind == Emit::Slurm { "sweep.slurm" } else { "sweep.sh" };
+        let script = args.script.clone().unwrap_or_else(|| sweep.out_dir.join(default_name));
         let text = emit::script(kind, &sweep, &runs, &std::env::current_dir()?, &args.sbatch);
         std::fs::write(&script, text)?;
-        println!(
-            "wrote {} (run recipes in {})",
-            script.display(),
-            sweep.out_dir.join("recipes").display()
-        );
+        println!("wrote {} (run recipes in {})", script.display(), sweep.out_dir.join("recipes").display());
         return Ok(());
     }
     println!("running on {device}, {} at a time", args.jobs.max(1));
-    backend::with_backend!(&device, |B, dev| sweep::run_all::<B>(
-        &runs, args.jobs, args.quiet, &dev
-    ))?;
+    backend::with_backend!(&device, |B, dev| sweep::run_all::<B>(&runs, args.jobs, args.quiet, &dev))?;
     collect_cmd(&sweep)?;
     let results = sweep.out_dir.join("results.csv");
     match sweep::fit(&results, &sweep.out_dir.join("report")) {
-        Ok(written) => println!(
-            "fitted: {}",
-            written
-                .iter()
-                .find(|p| p.ends_with("report.md"))
-                .unwrap_or(&written[0])
-                .display()
-        ),
+        Ok(written) => println!("fitted: {}", written.iter().find(|p| p.ends_with("report.md")).unwrap_or(&written[0]).display()),
         Err(e) => eprintln!("no fit: {e:#}"),
     }
     Ok(())
@@ -154,11 +127,7 @@ fn collect_cmd(sweep: &Sweep) -> Result<()> {
     for path in collect::write(sweep, &results, &points)? {
         println!("wrote {}", path.display());
     }
-    println!(
-        "{finished} of {} runs finished, {} evaluation points",
-        results.len(),
-        points.len()
-    );
+    println!("{finished} of {} runs finished, {} evaluation points", results.len(), points.len());
     Ok(())
 }
 
@@ -166,16 +135,10 @@ fn fit_cmd(args: FitArgs) -> Result<()> {
     let (results, out) = match (&args.recipe, &args.results) {
         (Some(recipe), _) => {
             let sweep = Sweep::load(recipe)?;
-            (
-                sweep.out_dir.join("results.csv"),
-                sweep.out_dir.join("report"),
-            )
+            (sweep.out_dir.join("results.csv"), sweep.out_dir.join("report"))
         }
         (None, Some(results)) => {
-            let dir = results
-                .parent()
-                .map(|p| p.join("report"))
-                .unwrap_or_else(|| "report".into());
+            let dir = results.parent().map(|p| p.join("report")).unwrap_or_else(|| "report".into());
             (results.clone(), dir)
         }
         (None, None) => bail!("give --recipe SWEEP.toml or --results FILE"),

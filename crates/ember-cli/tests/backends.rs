@@ -27,10 +27,7 @@ fn unavailable(device: &str, out: &Output) -> bool {
     let log = text(out);
     let missing = !out.status.success() && log.contains("No possible adapter");
     if missing {
-        assert!(
-            !in_ci(),
-            "{device} has no adapter in CI (is mesa-vulkan-drivers installed?):\n{log}"
-        );
+        assert!(!in_ci(), "{device} has no adapter in CI (is mesa-vulkan-drivers installed?):\n{log}");
         eprintln!("SKIPPED {device}: no adapter on this machine (install mesa-vulkan-drivers for lavapipe)");
     }
     missing
@@ -45,48 +42,21 @@ fn reference_fixtures_pass_on_every_backend_in_this_build() {
     };
     for (device, dtypes) in backends() {
         for dtype in dtypes.iter() {
-            let out = ember(&[
-                "conformance",
-                "--fixtures",
-                fixtures.to_str().unwrap(),
-                "--device",
-                device,
-                "--dtype",
-                dtype,
-            ]);
+            let out = ember(&["conformance", "--fixtures", fixtures.to_str().unwrap(), "--device", device, "--dtype", dtype]);
             if unavailable(device, &out) {
                 break;
             }
             let log = text(&out);
             println!("{device} {dtype}:\n{log}");
-            assert!(
-                out.status.success() && log.contains(" 0 failed"),
-                "{device} {dtype}:\n{log}"
-            );
+            assert!(out.status.success() && log.contains(" 0 failed"), "{device} {dtype}:\n{log}");
             // On wgpu the chunked forms also run on the CubeCL kernels, each a row of its own.
             let kernel_rows = log.lines().filter(|l| l.contains("kernels(C=")).count();
-            assert_eq!(
-                kernel_rows > 0,
-                device == "wgpu",
-                "{device}: {kernel_rows} kernel rows\n{log}"
-            );
+            assert_eq!(kernel_rows > 0, device == "wgpu", "{device}: {kernel_rows} kernel rows\n{log}");
         }
     }
     // A backend without bf16 says so instead of failing somewhere inside an op.
-    let out = ember(&[
-        "conformance",
-        "--fixtures",
-        fixtures.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--dtype",
-        "bf16",
-    ]);
-    assert!(
-        !out.status.success() && text(&out).contains("cannot compute in bf16"),
-        "{}",
-        text(&out)
-    );
+    let out = ember(&["conformance", "--fixtures", fixtures.to_str().unwrap(), "--device", "cpu", "--dtype", "bf16"]);
+    assert!(!out.status.success() && text(&out).contains("cannot compute in bf16"), "{}", text(&out));
 }
 
 /// Training losses per step from a run directory's metrics.jsonl.
@@ -98,37 +68,19 @@ fn losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Trains a small based-tiny for 8 steps on `device` in `dtype`; `None` if the backend is
-/// unavailable here.
+/// Trains a small based-tiny for 8 steps on `device` in `dtype` with `train.kernels` set to
+/// `kernels`; `None` if the backend is unavailable here.
 fn tiny_run(dir: &Path, device: &str, dtype: &str, kernels: &str) -> Option<Vec<f64>> {
     let run = dir.join(format!("{device}-{dtype}-kernels-{kernels}"));
     let kernels = format!("train.kernels={kernels:?}");
     let out_dir = format!("train.out_dir={:?}", run.to_str().unwrap());
     let cache = format!("data.cache_dir={:?}", dir.join("cache").to_str().unwrap());
     let dtype_set = format!("train.dtype={dtype}");
-    let mut args = vec![
-        "train",
-        "--recipe",
-        "based-tiny.toml",
-        "--quiet",
-        "--device",
-        device,
-    ];
+    let mut args = vec!["train", "--recipe", "based-tiny.toml", "--quiet", "--device", device];
     for s in [
-        out_dir.as_str(),
-        cache.as_str(),
-        dtype_set.as_str(),
-        "model.d_model=64",
-        "data.seq_len=32",
-        "train.batch_size=4",
-        "train.steps=8",
-        "optim.warmup_steps=2",
-        "train.eval_interval=8",
-        "train.eval_batches=1",
-        "train.checkpoint_interval=8",
-        "log.every=1",
-        "log.samples=0",
-        kernels.as_str(),
+        out_dir.as_str(), cache.as_str(), dtype_set.as_str(), "model.d_model=64", "data.seq_len=32",
+        "train.batch_size=4", "train.steps=8", "optim.warmup_steps=2", "train.eval_interval=8",
+        "train.eval_batches=1", "train.checkpoint_interval=8", "log.every=1", "log.samples=0", &kernels,
     ] {
         args.extend(["--set", s]);
     }
@@ -148,32 +100,24 @@ fn tiny_training_gives_the_same_losses_on_every_backend() {
     let reference = tiny_run(dir.path(), "cpu", "f32", "auto").unwrap();
     // The run must move, or equal curves would prove nothing.
     assert!(reference[7] < reference[0] - 0.05, "{reference:?}");
-    // wgpu trains a second time with every chunked form forced onto the CubeCL kernels.
-    let mut runs = Vec::new();
     for (device, dtypes) in backends() {
-        let kernels: &[&str] = if device == "wgpu" {
-            &["auto", "on"]
-        } else {
-            &["auto"]
-        };
+        // wgpu trains a second time with every chunked form forced onto the CubeCL kernels.
+        let settings: &[&str] = if device == "wgpu" { &["auto", "on"] } else { &["auto"] };
         for dtype in dtypes.iter() {
-            runs.extend(kernels.iter().map(|k| (device, *dtype, *k)));
+            for kernels in settings {
+                let Some(got) = tiny_run(dir.path(), device, dtype, kernels) else { break };
+                // Same seed, same weights (drawn on the CPU), same batches: only rounding differs.
+                let tolerance = if *dtype == "bf16" { 2e-2 } else { 1e-3 };
+                for (step, (g, r)) in got.iter().zip(&reference).enumerate() {
+                    assert!(
+                        (g - r).abs() <= tolerance * r.abs(),
+                        "{device} {dtype} kernels {kernels} step {}: loss {g} vs cpu f32 {r}\n{got:?}\n{reference:?}",
+                        step + 1
+                    );
+                }
+                println!("{device} {dtype} kernels {kernels}: {got:?} (cpu f32: {reference:?})");
+            }
         }
-    }
-    for (device, dtype, kernels) in runs {
-        let Some(got) = tiny_run(dir.path(), device, dtype, kernels) else {
-            continue;
-        };
-        // Same seed, same weights (drawn on the CPU), same batches: only rounding differs.
-        let tolerance = if dtype == "bf16" { 2e-2 } else { 1e-3 };
-        for (step, (g, r)) in got.iter().zip(&reference).enumerate() {
-            assert!(
-                (g - r).abs() <= tolerance * r.abs(),
-                "{device} {dtype} kernels {kernels} step {}: loss {g} vs cpu f32 {r}\n{got:?}\n{reference:?}",
-                step + 1
-            );
-        }
-        println!("{device} {dtype} kernels {kernels}: {got:?} (cpu f32: {reference:?})");
     }
 }
 
@@ -193,13 +137,7 @@ fn libtorch_bf16_autodiff_matmul() {
     type Bf16 = Autodiff<LibTorch<bf16>>;
     let a = Tensor::<Bf16, 2>::ones([64, 64], &LibTorchDevice::Cpu).require_grad();
     let grads = a.clone().matmul(a.clone()).sum().backward();
-    let g = a
-        .grad(&grads)
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap();
+    let g = a.grad(&grads).unwrap().into_data().convert::<f32>().to_vec::<f32>().unwrap();
     assert!(g.iter().all(|&x| x == 128.0), "{:?}", &g[..4]);
 }
 
@@ -211,29 +149,8 @@ fn bench_compare_times_the_kernels_beside_the_composed_form() {
         return;
     }
     let out = ember(&[
-        "bench",
-        "ops",
-        "--level",
-        "op",
-        "--kinds",
-        "gla,linear_attention",
-        "--form",
-        "chunked",
-        "--device",
-        "wgpu",
-        "--compare",
-        "--batch",
-        "1",
-        "--seq",
-        "64",
-        "--heads",
-        "2",
-        "--head-dim",
-        "16",
-        "--warmup",
-        "0",
-        "--reps",
-        "1",
+        "bench", "ops", "--level", "op", "--kinds", "gla,linear_attention", "--form", "chunked", "--device", "wgpu",
+        "--compare", "--batch", "1", "--seq", "64", "--heads", "2", "--head-dim", "16", "--warmup", "0", "--reps", "1",
     ]);
     if unavailable("wgpu", &out) {
         return;
@@ -254,21 +171,9 @@ fn bench_compare_times_the_kernels_beside_the_composed_form() {
 /// Forcing the kernels on a backend without them is a recipe error naming the key.
 #[test]
 fn kernels_on_without_kernels_is_a_recipe_error() {
-    let out = ember(&[
-        "train",
-        "--recipe",
-        "based-tiny.toml",
-        "--quiet",
-        "--device",
-        "cpu",
-        "--set",
-        "train.kernels=\"on\"",
-    ]);
+    let out = ember(&["train", "--recipe", "based-tiny.toml", "--quiet", "--device", "cpu", "--set", "train.kernels=\"on\""]);
     let log = text(&out);
-    assert!(
-        !out.status.success() && log.contains("train.kernels") && log.contains("no CubeCL kernels"),
-        "{log}"
-    );
+    assert!(!out.status.success() && log.contains("train.kernels") && log.contains("no CubeCL kernels"), "{log}");
 }
 
 /// `ember bench matmul` times Burn's CubeCL matmul per dtype and kernel choice; other devices
@@ -276,19 +181,12 @@ fn kernels_on_without_kernels_is_a_recipe_error() {
 #[test]
 fn bench_matmul_times_the_cubecl_matmul() {
     let out = ember(&["bench", "matmul", "--device", "cpu", "--size", "64"]);
-    assert!(
-        !out.status.success() && text(&out).contains("CubeCL matmul"),
-        "{}",
-        text(&out)
-    );
+    assert!(!out.status.success() && text(&out).contains("CubeCL matmul"), "{}", text(&out));
     if !cfg!(feature = "wgpu") {
         eprintln!("SKIPPED: built without wgpu");
         return;
     }
-    let out = ember(&[
-        "bench", "matmul", "--device", "wgpu", "--size", "64", "--dtype", "f32", "--warmup", "1",
-        "--reps", "1",
-    ]);
+    let out = ember(&["bench", "matmul", "--device", "wgpu", "--size", "64", "--dtype", "f32", "--warmup", "1", "--reps", "1"]);
     if unavailable("wgpu", &out) {
         return;
     }
@@ -296,10 +194,7 @@ fn bench_matmul_times_the_cubecl_matmul() {
     let timed = log.lines().any(|l| {
         let cols: Vec<&str> = l.split_whitespace().collect();
         // A 64³ product on lavapipe rounds to 0.00 TFLOP/s: the time is what must be there.
-        cols.len() == 5
-            && cols[..3] == ["64", "f32", "fixed"]
-            && cols[3].parse::<f64>().is_ok_and(|ms| ms > 0.0)
-            && cols[4].parse::<f64>().is_ok()
+        cols.len() == 5 && cols[..3] == ["64", "f32", "fixed"] && cols[3].parse::<f64>().is_ok_and(|ms| ms > 0.0) && cols[4].parse::<f64>().is_ok()
     });
     assert!(out.status.success() && timed, "{log}");
 }

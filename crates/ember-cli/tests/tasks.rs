@@ -34,49 +34,15 @@ fn mqar_trains_evaluates_and_refuses_to_generate_text() {
     assert!(!run.join("checkpoints/step-000030/tokenizer.json").exists());
 
     let json = dir.path().join("acc.json");
-    let out = ember(&[
-        "eval",
-        "mqar",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let out = ember(&["eval", "mqar", "--checkpoint", run.to_str().unwrap(), "--device", "cpu", "--json", json.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let table = text(&out);
-    assert!(
-        table.contains("accuracy")
-            && table
-                .lines()
-                .any(|l| l.split_whitespace().take(3).eq(["32", "8", "40"])),
-        "{table}"
-    );
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(table.contains("accuracy") && table.lines().any(|l| l.split_whitespace().take(3).eq(["32", "8", "40"])), "{table}");
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(results[0]["results"].as_array().unwrap().len(), 2);
     // Other pair counts on request.
-    let out = ember(&[
-        "eval",
-        "mqar",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--pairs",
-        "1,2",
-        "--examples",
-        "10",
-    ]);
-    assert!(
-        out.status.success()
-            && text(&out)
-                .lines()
-                .any(|l| l.split_whitespace().take(3).eq(["32", "1", "10"])),
-        "{}",
-        text(&out)
-    );
+    let out = ember(&["eval", "mqar", "--checkpoint", run.to_str().unwrap(), "--device", "cpu", "--pairs", "1,2", "--examples", "10"]);
+    assert!(out.status.success() && text(&out).lines().any(|l| l.split_whitespace().take(3).eq(["32", "1", "10"])), "{}", text(&out));
 
     let out = ember(&["generate", "--checkpoint", run.to_str().unwrap()]);
     assert!(!out.status.success());
@@ -111,15 +77,7 @@ set = ["data.seq_len=32", "train.batch_size=2", "train.eval_batches=2", "model.m
     let recipe = path.to_str().unwrap();
 
     let script = dir.path().join("sweep.sh");
-    let out = ember(&[
-        "sweep",
-        "--recipe",
-        recipe,
-        "--emit",
-        "shell",
-        "--script",
-        script.to_str().unwrap(),
-    ]);
+    let out = ember(&["sweep", "--recipe", recipe, "--emit", "shell", "--script", script.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("6 runs"), "{}", text(&out));
     let run = std::process::Command::new("bash")
@@ -130,25 +88,14 @@ set = ["data.seq_len=32", "train.batch_size=2", "train.eval_batches=2", "model.m
     assert!(run.status.success(), "{}", text(&run));
 
     let out = ember(&["sweep", "collect", "--recipe", recipe]);
-    assert!(
-        out.status.success() && text(&out).contains("6 of 6 runs finished"),
-        "{}",
-        text(&out)
-    );
+    assert!(out.status.success() && text(&out).contains("6 of 6 runs finished"), "{}", text(&out));
     let csv = std::fs::read_to_string(dir.path().join("out/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7, "{csv}");
 
     // Running the sweep now finds every run finished, collects and fits.
-    let out = ember(&[
-        "sweep", "--recipe", recipe, "--jobs", "2", "--device", "cpu",
-    ]);
+    let out = ember(&["sweep", "--recipe", recipe, "--jobs", "2", "--device", "cpu"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        text(&out).matches("already finished").count(),
-        6,
-        "{}",
-        text(&out)
-    );
+    assert_eq!(text(&out).matches("already finished").count(), 6, "{}", text(&out));
     let out = ember(&["sweep", "fit", "--recipe", recipe]);
     assert!(out.status.success(), "{}", text(&out));
     let report = std::fs::read_to_string(dir.path().join("out/report/report.md")).unwrap();

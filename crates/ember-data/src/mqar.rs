@@ -49,10 +49,7 @@ impl MqarSpec {
             return Err(("pairs", "must be at least 1".into()));
         }
         if l == 0 || l % 2 != 0 {
-            return Err((
-                "seq_len",
-                format!("must be a positive even number, got {l}"),
-            ));
+            return Err(("seq_len", format!("must be a positive even number, got {l}")));
         }
         if 4 * k > l {
             return Err(("pairs", format!("{k} pairs need seq_len ≥ 4·pairs = {} (a context of 2·pairs and as many query slots), got {l}", 4 * k)));
@@ -61,13 +58,7 @@ impl MqarSpec {
             return Err(("vocab_size", format!("must exceed seq_len ({l}), got {v}")));
         }
         if k > v / 2 - 1 {
-            return Err((
-                "pairs",
-                format!(
-                    "{k} distinct keys do not fit in 1..{} (vocab_size {v})",
-                    v / 2
-                ),
-            ));
+            return Err(("pairs", format!("{k} distinct keys do not fit in 1..{} (vocab_size {v})", v / 2)));
         }
         Ok(())
     }
@@ -80,9 +71,7 @@ impl MqarSpec {
     /// Probability of each query slot `γ = 0..slots` (gap `g = γ + 1`): `∝ a·g^(a−1)`.
     pub fn gap_probabilities(&self) -> Vec<f64> {
         let a = self.power_a;
-        let w: Vec<f64> = (1..=self.slots())
-            .map(|g| a * (g as f64).powf(a - 1.0))
-            .collect();
+        let w: Vec<f64> = (1..=self.slots()).map(|g| a * (g as f64).powf(a - 1.0)).collect();
         let total: f64 = w.iter().sum();
         w.into_iter().map(|x| x / total).collect()
     }
@@ -121,10 +110,7 @@ pub fn assemble(seq_len: usize, pairs: &[(u32, u32)], slots: &[usize]) -> MqarEx
         full[at] = key;
         labels[at + 1] = value;
     }
-    MqarExample {
-        inputs: full[..seq_len].to_vec(),
-        targets: labels[1..].to_vec(),
-    }
+    MqarExample { inputs: full[..seq_len].to_vec(), targets: labels[1..].to_vec() }
 }
 
 /// `n` distinct indices drawn one after another with probabilities `p` renormalised over the
@@ -136,10 +122,7 @@ fn weighted_distinct(rng: &mut ChaCha8Rng, p: &[f64], n: usize) -> Vec<usize> {
         let total: f64 = w.iter().sum();
         let mut x = unit(rng) * total;
         // The last index with weight left, in case rounding carries `x` past the end.
-        let mut pick = w
-            .iter()
-            .rposition(|&wi| wi > 0.0)
-            .expect("fewer draws than slots");
+        let mut pick = w.iter().rposition(|&wi| wi > 0.0).expect("fewer draws than slots");
         for (i, &wi) in w.iter().enumerate() {
             if wi > 0.0 && x < wi {
                 pick = i;
@@ -230,10 +213,7 @@ impl MqarConfig {
     /// key under `data.mqar` (e.g. `train[1].pairs`) and what is wrong.
     pub fn validate(&self, seq_len: usize) -> Result<(), (String, String)> {
         if self.train.is_empty() {
-            return Err((
-                "train".into(),
-                "needs at least one segment, e.g. [{ pairs = 16, examples = 10000 }]".into(),
-            ));
+            return Err(("train".into(), "needs at least one segment, e.g. [{ pairs = 16, examples = 10000 }]".into()));
         }
         for (list, segments) in [("train", &self.train), ("test", &self.test)] {
             for (i, s) in segments.iter().enumerate() {
@@ -268,17 +248,7 @@ impl MqarConfig {
             Split::Train => &self.train,
             Split::Test => &self.test,
         };
-        let segments = list
-            .iter()
-            .map(|s| MqarSegment {
-                spec: self.spec(s, seq_len),
-                examples: s.examples,
-            })
-            .collect();
-        MqarDataset {
-            segments,
-            seed: self.seed.unwrap_or(seed),
-            split,
-        }
+        let segments = list.iter().map(|s| MqarSegment { spec: self.spec(s, seq_len), examples: s.examples }).collect();
+        MqarDataset { segments, seed: self.seed.unwrap_or(seed), split }
     }
 }

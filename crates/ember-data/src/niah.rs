@@ -51,11 +51,7 @@ pub struct NiahSpec {
 
 /// The three token ranges of a vocabulary of `vocab_size` ids: keys, values, filler.
 pub fn token_ranges(vocab_size: usize) -> [std::ops::Range<u32>; 3] {
-    let (quarter, half, v) = (
-        (vocab_size / 4) as u32,
-        (vocab_size / 2) as u32,
-        vocab_size as u32,
-    );
+    let (quarter, half, v) = ((vocab_size / 4) as u32, (vocab_size / 2) as u32, vocab_size as u32);
     [1..quarter, quarter..half, half..v]
 }
 
@@ -66,22 +62,13 @@ impl NiahSpec {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let (v, l, n) = (self.vocab_size, self.seq_len, self.needles);
         if v < 8 {
-            return Err((
-                "vocab_size",
-                format!("must be at least 8 (keys, values and filler each need a range), got {v}"),
-            ));
+            return Err(("vocab_size", format!("must be at least 8 (keys, values and filler each need a range), got {v}")));
         }
         if n == 0 {
             return Err(("needles", "must be at least 1".into()));
         }
         if n > v / 4 - 1 {
-            return Err((
-                "needles",
-                format!(
-                    "{n} distinct keys do not fit in 1..{} (vocab_size {v})",
-                    v / 4
-                ),
-            ));
+            return Err(("needles", format!("{n} distinct keys do not fit in 1..{} (vocab_size {v})", v / 4)));
         }
         if l <= 3 * n {
             return Err(("seq_len", format!("must exceed 3·needles = {} (two tokens per needle, one query each, and some haystack), got {l}", 3 * n)));
@@ -103,28 +90,19 @@ impl NiahSpec {
     pub fn sample(&self, rng: &mut ChaCha8Rng) -> Example {
         let [keys, values, filler] = token_ranges(self.vocab_size);
         let k = distinct(rng, keys.start as usize, keys.end as usize, self.needles);
-        let v = distinct(
-            rng,
-            values.start as usize,
-            values.end as usize,
-            self.needles,
-        );
+        let v = distinct(rng, values.start as usize, values.end as usize, self.needles);
         let needles: Vec<(u32, u32)> = k.into_iter().zip(v).collect();
         let f = self.haystack();
         let offsets: Vec<usize> = match self.depth {
             Some(d) => vec![(d * f as f64).round() as usize; self.needles],
-            None => (0..self.needles)
-                .map(|_| below(rng, f as u64 + 1) as usize)
-                .collect(),
+            None => (0..self.needles).map(|_| below(rng, f as u64 + 1) as usize).collect(),
         };
         // A uniform order of the queries (Fisher–Yates).
         let mut order: Vec<usize> = (0..self.needles).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, below(rng, i as u64 + 1) as usize);
         }
-        let haystack: Vec<u32> = (0..f)
-            .map(|_| filler.start + below(rng, (filler.end - filler.start) as u64) as u32)
-            .collect();
+        let haystack: Vec<u32> = (0..f).map(|_| filler.start + below(rng, (filler.end - filler.start) as u64) as u32).collect();
         assemble(&haystack, &needles, &offsets, &order)
     }
 }
@@ -132,12 +110,7 @@ impl NiahSpec {
 /// Builds an example from its filler `haystack`, `needles` `(κ, ν)`, the filler tokens `offsets[i]`
 /// before needle `i`, and the order in which the query region asks for the needles' keys.
 /// Needles at equal offsets keep their index order. `L = haystack + 3·needles`.
-pub fn assemble(
-    haystack: &[u32],
-    needles: &[(u32, u32)],
-    offsets: &[usize],
-    order: &[usize],
-) -> Example {
+pub fn assemble(haystack: &[u32], needles: &[(u32, u32)], offsets: &[usize], order: &[usize]) -> Example {
     assert_eq!(needles.len(), offsets.len(), "one offset per needle");
     assert_eq!(needles.len(), order.len(), "one query per needle");
     let mut by_offset: Vec<usize> = (0..needles.len()).collect();
@@ -239,31 +212,18 @@ impl NiahConfig {
     /// (e.g. `test[1].depth`) and what is wrong.
     pub fn validate(&self, seq_len: usize, model_vocab: usize) -> Result<(), (String, String)> {
         if self.train.is_empty() {
-            return Err((
-                "train".into(),
-                "needs at least one segment, e.g. [{ needles = 1, examples = 10000 }]".into(),
-            ));
+            return Err(("train".into(), "needs at least one segment, e.g. [{ needles = 1, examples = 10000 }]".into()));
         }
         self.validate_list("train", &self.train, seq_len, model_vocab)?;
         self.validate_test(seq_len, model_vocab)
     }
 
     /// [`NiahConfig::validate`] for the test segments alone (an evaluation needs no training set).
-    pub fn validate_test(
-        &self,
-        seq_len: usize,
-        model_vocab: usize,
-    ) -> Result<(), (String, String)> {
+    pub fn validate_test(&self, seq_len: usize, model_vocab: usize) -> Result<(), (String, String)> {
         self.validate_list("test", &self.test, seq_len, model_vocab)
     }
 
-    fn validate_list(
-        &self,
-        list: &str,
-        segments: &[NiahSegmentConfig],
-        seq_len: usize,
-        model_vocab: usize,
-    ) -> Result<(), (String, String)> {
+    fn validate_list(&self, list: &str, segments: &[NiahSegmentConfig], seq_len: usize, model_vocab: usize) -> Result<(), (String, String)> {
         for (i, s) in segments.iter().enumerate() {
             let key = |k: &str| format!("{list}[{i}].{k}");
             if s.examples == 0 {
@@ -280,38 +240,17 @@ impl NiahConfig {
     }
 
     fn spec(&self, s: &NiahSegmentConfig, seq_len: usize, model_vocab: usize) -> NiahSpec {
-        NiahSpec {
-            vocab_size: self.vocab(model_vocab),
-            seq_len: s.seq_len.unwrap_or(seq_len),
-            needles: s.needles,
-            depth: s.depth,
-        }
+        NiahSpec { vocab_size: self.vocab(model_vocab), seq_len: s.seq_len.unwrap_or(seq_len), needles: s.needles, depth: s.depth }
     }
 
     /// The train or test set, for a recipe with `data.seq_len = seq_len`, `model.vocab_size =
     /// model_vocab` and `train.seed = seed`.
-    pub fn dataset(
-        &self,
-        split: Split,
-        seq_len: usize,
-        model_vocab: usize,
-        seed: u64,
-    ) -> NiahDataset {
+    pub fn dataset(&self, split: Split, seq_len: usize, model_vocab: usize, seed: u64) -> NiahDataset {
         let list = match split {
             Split::Train => &self.train,
             Split::Test => &self.test,
         };
-        let segments = list
-            .iter()
-            .map(|s| NiahSegment {
-                spec: self.spec(s, seq_len, model_vocab),
-                examples: s.examples,
-            })
-            .collect();
-        NiahDataset {
-            segments,
-            seed: self.seed.unwrap_or(seed),
-            split,
-        }
+        let segments = list.iter().map(|s| NiahSegment { spec: self.spec(s, seq_len, model_vocab), examples: s.examples }).collect();
+        NiahDataset { segments, seed: self.seed.unwrap_or(seed), split }
     }
 }

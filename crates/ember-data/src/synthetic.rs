@@ -24,11 +24,7 @@ pub struct Example {
 impl Example {
     /// Positions whose target is scored (the queries).
     pub fn queries(&self) -> impl Iterator<Item = usize> + '_ {
-        self.targets
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t != IGNORE)
-            .map(|(i, _)| i)
+        self.targets.iter().enumerate().filter(|(_, &t)| t != IGNORE).map(|(i, _)| i)
     }
 }
 
@@ -114,11 +110,7 @@ impl Batch {
 }
 
 /// Examples `range` of segment `segment` as one batch.
-pub fn segment_batch<T: Task>(
-    data: &Dataset<T>,
-    segment: usize,
-    range: std::ops::Range<usize>,
-) -> Batch {
+pub fn segment_batch<T: Task>(data: &Dataset<T>, segment: usize, range: std::ops::Range<usize>) -> Batch {
     let mut batch = Batch::empty(range.len(), data.segments[segment].spec.seq_len());
     for i in range {
         batch.push(data.segment_example(segment, i));
@@ -127,26 +119,15 @@ pub fn segment_batch<T: Task>(
 }
 
 /// All the examples of segment `segment`, in order, in batches of at most `batch_size`.
-pub fn segment_batches<T: Task>(
-    data: &Dataset<T>,
-    segment: usize,
-    batch_size: usize,
-) -> Vec<Batch> {
+pub fn segment_batches<T: Task>(data: &Dataset<T>, segment: usize, batch_size: usize) -> Vec<Batch> {
     let n = data.segments[segment].examples;
     let size = batch_size.max(1);
-    (0..n)
-        .step_by(size)
-        .map(|start| segment_batch(data, segment, start..(start + size).min(n)))
-        .collect()
+    (0..n).step_by(size).map(|start| segment_batch(data, segment, start..(start + size).min(n))).collect()
 }
 
 /// Evaluation batches of a test set: each batch holds examples of one segment, in order. With
 /// `max_batches`, that many batches spread evenly over all of them.
-pub fn eval_batches<T: Task>(
-    data: &Dataset<T>,
-    batch_size: usize,
-    max_batches: Option<usize>,
-) -> Result<Vec<Batch>> {
+pub fn eval_batches<T: Task>(data: &Dataset<T>, batch_size: usize, max_batches: Option<usize>) -> Result<Vec<Batch>> {
     if batch_size == 0 {
         bail!("batch_size must be at least 1");
     }
@@ -160,10 +141,7 @@ pub fn eval_batches<T: Task>(
         let total = plan.len();
         plan = (0..max).map(|i| plan[i * total / max]).collect();
     }
-    Ok(plan
-        .into_iter()
-        .map(|(s, start, n)| segment_batch(data, s, start..start + n))
-        .collect())
+    Ok(plan.into_iter().map(|(s, start, n)| segment_batch(data, s, start..start + n)).collect())
 }
 
 /// Endless shuffled training batches of a synthetic dataset. Each epoch shuffles the examples of
@@ -189,14 +167,7 @@ impl<T: Task> Loader<T> {
             bail!("the {} training set has no examples", T::NAME);
         }
         let plan = epoch_plan(&data, batch_size, seed, 0);
-        Ok(Self {
-            data,
-            batch_size,
-            seed,
-            epoch: 0,
-            cursor: 0,
-            plan,
-        })
+        Ok(Self { data, batch_size, seed, epoch: 0, cursor: 0, plan })
     }
 
     pub fn next_batch(&mut self) -> Batch {
@@ -221,13 +192,7 @@ impl<T: Task> Loader<T> {
             epoch: self.epoch,
             cursor: self.cursor as u64,
             seed: self.seed,
-            seq_len: self
-                .data
-                .segments
-                .iter()
-                .map(|s| s.spec.seq_len())
-                .max()
-                .unwrap_or(0),
+            seq_len: self.data.segments.iter().map(|s| s.spec.seq_len()).max().unwrap_or(0),
             batch_size: self.batch_size,
             num_windows: self.plan.len() as u64,
         }
@@ -236,10 +201,7 @@ impl<T: Task> Loader<T> {
     /// Continues from `state`; its seed replaces this loader's.
     pub fn restore(&mut self, state: &LoaderState) -> Result<()> {
         let plan = epoch_plan(&self.data, self.batch_size, state.seed, state.epoch);
-        if state.batch_size != self.batch_size
-            || state.num_windows != plan.len() as u64
-            || state.cursor > state.num_windows
-        {
+        if state.batch_size != self.batch_size || state.num_windows != plan.len() as u64 || state.cursor > state.num_windows {
             bail!(
                 "cannot restore the {} loader: the state (batch_size {}, {} batches per epoch, at batch {}) does not fit \
                  this training set (batch_size {}, {} batches per epoch); was {} or train.batch_size changed?",
@@ -261,12 +223,7 @@ impl<T: Task> Loader<T> {
 }
 
 /// The batches of one epoch (see [`Loader`]).
-fn epoch_plan<T: Task>(
-    data: &Dataset<T>,
-    batch_size: usize,
-    seed: u64,
-    epoch: u64,
-) -> Vec<Vec<(usize, usize)>> {
+fn epoch_plan<T: Task>(data: &Dataset<T>, batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<(usize, usize)>> {
     let mut lengths: Vec<usize> = data.segments.iter().map(|s| s.spec.seq_len()).collect();
     lengths.sort();
     lengths.dedup();
@@ -280,20 +237,13 @@ fn epoch_plan<T: Task>(
             .flat_map(|(s, seg)| (0..seg.examples).map(move |i| (s, i)))
             .collect();
         // Each length has its own shuffle stream.
-        let order = permutation(
-            members.len(),
-            seed.wrapping_add((g as u64 + 1) << 32),
-            epoch,
-        );
+        let order = permutation(members.len(), seed.wrapping_add((g as u64 + 1) << 32), epoch);
         for chunk in order.chunks(batch_size) {
             batches.push(chunk.iter().map(|&k| members[k]).collect::<Vec<_>>());
         }
     }
     let order = permutation(batches.len(), seed, epoch);
-    order
-        .into_iter()
-        .map(|k| std::mem::take(&mut batches[k]))
-        .collect()
+    order.into_iter().map(|k| std::mem::take(&mut batches[k])).collect()
 }
 
 /// `n` distinct integers from `lo..hi`, in random order (a partial Fisher–Yates shuffle).

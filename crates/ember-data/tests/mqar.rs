@@ -4,28 +4,15 @@ use ember_data::mqar::{assemble, MqarDataset, MqarSegment, MqarSpec, Split};
 use ember_data::{mqar_eval_batches, MqarLoader, IGNORE};
 
 fn spec(seq_len: usize, pairs: usize) -> MqarSpec {
-    MqarSpec {
-        vocab_size: 8192,
-        seq_len,
-        pairs,
-        power_a: 0.01,
-        random_non_queries: false,
-    }
+    MqarSpec { vocab_size: 8192, seq_len, pairs, power_a: 0.01, random_non_queries: false }
 }
 
 fn dataset(segments: &[(usize, usize, usize)], split: Split) -> MqarDataset {
     let segments = segments
         .iter()
-        .map(|&(seq_len, pairs, examples)| MqarSegment {
-            spec: spec(seq_len, pairs),
-            examples,
-        })
+        .map(|&(seq_len, pairs, examples)| MqarSegment { spec: spec(seq_len, pairs), examples })
         .collect();
-    MqarDataset {
-        segments,
-        seed: 123,
-        split,
-    }
+    MqarDataset { segments, seed: 123, split }
 }
 
 #[test]
@@ -68,19 +55,12 @@ fn every_example_is_well_formed() {
             let mut asked = Vec::new();
             for &q in &queries {
                 assert!(q >= context && (q - context) % 2 == 0, "query at {q}");
-                let j = keys
-                    .iter()
-                    .position(|&k| k == ex.inputs[q])
-                    .expect("a query asks for a context key");
+                let j = keys.iter().position(|&k| k == ex.inputs[q]).expect("a query asks for a context key");
                 assert_eq!(ex.targets[q], values[j]);
                 asked.push(j);
             }
             asked.sort();
-            assert_eq!(
-                asked,
-                (0..pairs).collect::<Vec<_>>(),
-                "every key is asked once"
-            );
+            assert_eq!(asked, (0..pairs).collect::<Vec<_>>(), "every key is asked once");
             // Without random non-queries, everything else in the query region is 0.
             let zeros = ex.inputs[context..].iter().filter(|&&x| x == 0).count();
             assert_eq!(zeros, seq_len - context - pairs);
@@ -92,14 +72,7 @@ fn every_example_is_well_formed() {
 fn query_gaps_follow_the_power_law() {
     // One pair per example, so its slot is a single draw from p(g): a χ² goodness-of-fit test.
     let s = spec(64, 1);
-    let data = MqarDataset {
-        segments: vec![MqarSegment {
-            spec: s,
-            examples: 20_000,
-        }],
-        seed: 5,
-        split: Split::Train,
-    };
+    let data = MqarDataset { segments: vec![MqarSegment { spec: s, examples: 20_000 }], seed: 5, split: Split::Train };
     let p = s.gap_probabilities();
     assert_eq!(p.len(), 31);
     // p(g) ∝ a·g^(a−1): decreasing, and with a = 0.01 close to 1/g.
@@ -111,11 +84,7 @@ fn query_gaps_follow_the_power_law() {
         counts[(q - 2) / 2] += 1;
     }
     let n = data.len() as f64;
-    let chi2: f64 = counts
-        .iter()
-        .zip(&p)
-        .map(|(&c, &pi)| (c as f64 - n * pi).powi(2) / (n * pi))
-        .sum();
+    let chi2: f64 = counts.iter().zip(&p).map(|(&c, &pi)| (c as f64 - n * pi).powi(2) / (n * pi)).sum();
     // 30 degrees of freedom: P(χ² > 59.7) = 0.001.
     assert!(chi2 < 59.7, "χ² = {chi2:.1} for counts {counts:?}");
 }
@@ -124,14 +93,7 @@ fn query_gaps_follow_the_power_law() {
 fn random_non_queries_fill_the_gaps_but_keep_the_queries() {
     let mut s = spec(256, 16);
     s.random_non_queries = true;
-    let data = MqarDataset {
-        segments: vec![MqarSegment {
-            spec: s,
-            examples: 50,
-        }],
-        seed: 1,
-        split: Split::Train,
-    };
+    let data = MqarDataset { segments: vec![MqarSegment { spec: s, examples: 50 }], seed: 1, split: Split::Train };
     for i in 0..data.len() {
         let ex = data.example(i);
         let zeros = ex.inputs[32..].iter().filter(|&&x| x == 0).count();
@@ -149,10 +111,7 @@ fn examples_are_a_function_of_seed_split_and_index() {
     let a = dataset(&[(64, 4, 10), (64, 8, 10)], Split::Train);
     let b = dataset(&[(64, 4, 10), (64, 8, 10)], Split::Train);
     let test = dataset(&[(64, 4, 10), (64, 8, 10)], Split::Test);
-    let other_seed = MqarDataset {
-        seed: 124,
-        ..a.clone()
-    };
+    let other_seed = MqarDataset { seed: 124, ..a.clone() };
     for i in 0..a.len() {
         assert_eq!(a.example(i), b.example(i));
         assert_ne!(a.example(i), test.example(i));
@@ -168,21 +127,9 @@ fn spec_constraints_are_checked() {
     let field = |s: MqarSpec| s.validate().unwrap_err().0;
     assert_eq!(field(spec(256, 65)), "pairs");
     assert_eq!(field(spec(255, 4)), "seq_len");
-    assert_eq!(
-        field(MqarSpec {
-            vocab_size: 200,
-            ..spec(256, 4)
-        }),
-        "vocab_size"
-    );
+    assert_eq!(field(MqarSpec { vocab_size: 200, ..spec(256, 4) }), "vocab_size");
     assert_eq!(field(spec(64, 0)), "pairs");
-    assert_eq!(
-        field(MqarSpec {
-            power_a: 0.0,
-            ..spec(64, 4)
-        }),
-        "power_a"
-    );
+    assert_eq!(field(MqarSpec { power_a: 0.0, ..spec(64, 4) }), "power_a");
 }
 
 #[test]
@@ -212,13 +159,8 @@ fn the_training_loader_resumes_exactly_and_sees_every_example_once_per_epoch() {
     lengths.sort();
     assert_eq!(lengths, [64, 64, 64, 64, 128, 128]);
     // A state from another training set is refused.
-    let other = MqarLoader::new(dataset(&[(64, 4, 30)], Split::Train), 4, 9)
-        .unwrap()
-        .state();
-    assert!(MqarLoader::new(data, 4, 9)
-        .unwrap()
-        .restore(&other)
-        .is_err());
+    let other = MqarLoader::new(dataset(&[(64, 4, 30)], Split::Train), 4, 9).unwrap().state();
+    assert!(MqarLoader::new(data, 4, 9).unwrap().restore(&other).is_err());
 }
 
 #[test]
@@ -227,18 +169,9 @@ fn evaluation_batches_keep_one_length_each() {
     let batches = mqar_eval_batches(&data, 2, None).unwrap();
     let shapes: Vec<(usize, usize)> = batches.iter().map(|b| (b.batch_size, b.seq_len)).collect();
     assert_eq!(shapes, vec![(2, 64), (2, 64), (1, 64), (2, 128), (1, 128)]);
-    assert_eq!(
-        &batches[3].inputs[..128],
-        &data.segment_example(1, 0).inputs[..]
-    );
+    assert_eq!(&batches[3].inputs[..128], &data.segment_example(1, 0).inputs[..]);
     let capped = mqar_eval_batches(&data, 2, Some(2)).unwrap();
-    assert_eq!(
-        capped.iter().map(|b| b.seq_len).collect::<Vec<_>>(),
-        vec![64, 64]
-    );
+    assert_eq!(capped.iter().map(|b| b.seq_len).collect::<Vec<_>>(), vec![64, 64]);
     let capped = mqar_eval_batches(&data, 2, Some(3)).unwrap();
-    assert_eq!(
-        capped.iter().map(|b| b.seq_len).collect::<Vec<_>>(),
-        vec![64, 64, 128]
-    );
+    assert_eq!(capped.iter().map(|b| b.seq_len).collect::<Vec<_>>(), vec![64, 64, 128]);
 }

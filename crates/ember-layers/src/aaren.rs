@@ -27,11 +27,7 @@ pub struct AarenConfig {
 
 impl Default for AarenConfig {
     fn default() -> Self {
-        Self {
-            heads: 8,
-            form: Form::Chunked,
-            chunk_size: 64,
-        }
+        Self { heads: 8, form: Form::Chunked, chunk_size: 64 }
     }
 }
 
@@ -42,19 +38,13 @@ impl AarenConfig {
 
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
         if self.heads == 0 || d_model % self.heads != 0 {
-            return Err(format!(
-                "heads ({}) must be positive and divide d_model ({d_model})",
-                self.heads
-            ));
+            return Err(format!("heads ({}) must be positive and divide d_model ({d_model})", self.heads));
         }
         if self.chunk_size == 0 {
             return Err("chunk_size must be positive".into());
         }
         if self.form == Form::Recurrent {
-            return Err(
-                "form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)"
-                    .into(),
-            );
+            return Err("form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)".into());
         }
         Ok(())
     }
@@ -89,11 +79,7 @@ impl AarenConfig {
 
     pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Aaren<B> {
         let d_model = at.d_model;
-        let query = Tensor::random(
-            [self.heads, self.head_dim(d_model)],
-            Distribution::Normal(0.0, INIT_STD),
-            device,
-        );
+        let query = Tensor::random([self.heads, self.head_dim(d_model)], Distribution::Normal(0.0, INIT_STD), device);
         Aaren {
             query: Param::from_tensor(query),
             key: linear(d_model, d_model, false, INIT_STD, device),
@@ -136,20 +122,10 @@ impl<B: Backend> Aaren<B> {
     }
 
     fn form(&self) -> Form {
-        if self.chunked {
-            Form::Chunked
-        } else {
-            Form::Parallel
-        }
+        if self.chunked { Form::Chunked } else { Form::Parallel }
     }
 
-    fn mix(
-        &self,
-        s: Tensor<B, 3>,
-        v: Tensor<B, 4>,
-        state: Option<AarenState<B>>,
-        form: Form,
-    ) -> aaren::AarenOutput<B> {
+    fn mix(&self, s: Tensor<B, 3>, v: Tensor<B, 4>, state: Option<AarenState<B>>, form: Form) -> aaren::AarenOutput<B> {
         match form {
             Form::Parallel => aaren::parallel(s, v, state),
             Form::Chunked => aaren::chunked(s, v, state, self.chunk_size),
@@ -169,17 +145,9 @@ impl<B: Backend> Aaren<B> {
 
     /// Consumes `x: [B, T, D]` (a prompt in one pass of the training form, or one token) after
     /// `state`.
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<AarenState<B>>,
-    ) -> (Tensor<B, 3>, AarenState<B>) {
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<AarenState<B>>) -> (Tensor<B, 3>, AarenState<B>) {
         let (s, v) = self.scores_and_values(x);
-        let out = if s.dims()[1] == 1 {
-            aaren::step(s, v, state)
-        } else {
-            self.mix(s, v, state, self.form())
-        };
+        let out = if s.dims()[1] == 1 { aaren::step(s, v, state) } else { self.mix(s, v, state, self.form()) };
         (self.merge(out.output), out.state)
     }
 }

@@ -1,12 +1,12 @@
 //! Causal softmax attention with RoPE, grouped-query heads and an optional sliding window
 //! (the baseline mixer, and BASED's sliding-window layer, LAYERS.md §1.2).
-use crate::init::{linear, INIT_STD};
 use crate::LayerContext;
+use crate::init::{linear, INIT_STD};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Distribution, Tensor};
-use ember_ops::rope::{self, RopeScaling};
 use ember_ops::softmax_attention::{self, KvCache, Prefix};
+use ember_ops::rope::{self, RopeScaling};
 use serde::{Deserialize, Serialize};
 
 /// `kind = "attention"`.
@@ -44,17 +44,7 @@ fn is_zero(n: &usize) -> bool {
 
 impl Default for AttentionConfig {
     fn default() -> Self {
-        Self {
-            heads: 8,
-            kv_heads: None,
-            head_dim: None,
-            window: None,
-            rope_base: 10_000.0,
-            rope_scaling: None,
-            qkv_bias: false,
-            out_bias: false,
-            persistent: 0,
-        }
+        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope_base: 10_000.0, rope_scaling: None, qkv_bias: false, out_bias: false, persistent: 0 }
     }
 }
 
@@ -72,23 +62,13 @@ impl AttentionConfig {
             return Err("heads and kv_heads must be positive".into());
         }
         if self.heads % self.kv_heads() != 0 {
-            return Err(format!(
-                "heads ({}) must be a multiple of kv_heads ({})",
-                self.heads,
-                self.kv_heads()
-            ));
+            return Err(format!("heads ({}) must be a multiple of kv_heads ({})", self.heads, self.kv_heads()));
         }
         if self.head_dim.is_none() && d_model % self.heads != 0 {
-            return Err(format!(
-                "d_model ({d_model}) is not divisible by heads ({}); set head_dim",
-                self.heads
-            ));
+            return Err(format!("d_model ({d_model}) is not divisible by heads ({}); set head_dim", self.heads));
         }
         if self.head_dim(d_model) % 2 != 0 {
-            return Err(format!(
-                "head_dim ({}) must be even for RoPE",
-                self.head_dim(d_model)
-            ));
+            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim(d_model)));
         }
         if self.rope_base <= 1.0 {
             return Err(format!("rope_base must be > 1, got {}", self.rope_base));
@@ -106,8 +86,7 @@ impl AttentionConfig {
 
     pub fn params(&self, d_model: usize) -> usize {
         let (q, kv) = self.widths(d_model);
-        let bias =
-            if self.qkv_bias { q + 2 * kv } else { 0 } + if self.out_bias { d_model } else { 0 };
+        let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.out_bias { d_model } else { 0 };
         d_model * (q + 2 * kv) + bias + q * d_model + 2 * self.persistent * kv
     }
 
@@ -115,8 +94,7 @@ impl AttentionConfig {
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
         let (q, _) = self.widths(d_model);
         let persistent = (2 * self.persistent * self.widths(d_model).1) as f64;
-        2.0 * (self.params(d_model) as f64 - persistent)
-            + 4.0 * q as f64 * (self.visible_keys(seq_len) + self.persistent as f64)
+        2.0 * (self.params(d_model) as f64 - persistent) + 4.0 * q as f64 * (self.visible_keys(seq_len) + self.persistent as f64)
     }
 
     /// Mean number of keys a query sees over a sequence of `seq_len` tokens.
@@ -131,22 +109,13 @@ impl AttentionConfig {
         2 * kv * self.window.map_or(seq_len, |w| seq_len.min(w + 1))
     }
 
-    pub fn init<B: Backend>(
-        &self,
-        at: LayerContext,
-        out_std: f64,
-        device: &B::Device,
-    ) -> Attention<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Attention<B> {
         let d_model = at.d_model;
         let (q, kv) = self.widths(d_model);
         let dh = self.head_dim(d_model);
         let persistent = (self.persistent > 0).then(|| {
             let shape = [2, self.persistent, self.kv_heads(), dh];
-            Param::from_tensor(Tensor::random(
-                shape,
-                Distribution::Normal(0.0, INIT_STD),
-                device,
-            ))
+            Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, INIT_STD), device))
         });
         Attention {
             qkv: linear(d_model, q + 2 * kv, self.qkv_bias, INIT_STD, device),
@@ -179,28 +148,15 @@ pub struct Attention<B: Backend> {
 
 impl<B: Backend> Attention<B> {
     /// Projects to `q, k, v: [B, T, H, Dh]` with RoPE applied from absolute position `offset`.
-    pub fn project(
-        &self,
-        x: Tensor<B, 3>,
-        offset: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (hq, hkv, dh) = (self.heads, self.kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x);
         let q = qkv.clone().narrow(2, 0, hq * dh).reshape([b, t, hq, dh]);
-        let k = qkv
-            .clone()
-            .narrow(2, hq * dh, hkv * dh)
-            .reshape([b, t, hkv, dh]);
-        let v = qkv
-            .narrow(2, (hq + hkv) * dh, hkv * dh)
-            .reshape([b, t, hkv, dh]);
+        let k = qkv.clone().narrow(2, hq * dh, hkv * dh).reshape([b, t, hkv, dh]);
+        let v = qkv.narrow(2, (hq + hkv) * dh, hkv * dh).reshape([b, t, hkv, dh]);
         let scaling = self.rope_scaling.as_ref();
-        (
-            rope::apply_scaled(q, offset, self.rope_base, scaling),
-            rope::apply_scaled(k, offset, self.rope_base, scaling),
-            v,
-        )
+        (rope::apply_scaled(q, offset, self.rope_base, scaling), rope::apply_scaled(k, offset, self.rope_base, scaling), v)
     }
 
     pub fn scale(&self) -> f64 {
@@ -218,25 +174,14 @@ impl<B: Backend> Attention<B> {
         self.persistent.as_ref().map(|p| {
             let [_, n, h, d] = p.dims();
             let kv = p.val();
-            Prefix {
-                k: kv.clone().narrow(0, 0, 1).reshape([n, h, d]),
-                v: kv.narrow(0, 1, 1).reshape([n, h, d]),
-            }
+            Prefix { k: kv.clone().narrow(0, 0, 1).reshape([n, h, d]), v: kv.narrow(0, 1, 1).reshape([n, h, d]) }
         })
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let (q, k, v) = self.project(x, 0);
         let prefix = self.prefix();
-        self.merge(softmax_attention::parallel_with_prefix(
-            q,
-            k,
-            v,
-            prefix.as_ref(),
-            self.scale(),
-            self.window,
-            0,
-        ))
+        self.merge(softmax_attention::parallel_with_prefix(q, k, v, prefix.as_ref(), self.scale(), self.window, 0))
     }
 
     /// Consumes `x: [B, T, D]` after the tokens in `cache`.
@@ -244,15 +189,7 @@ impl<B: Backend> Attention<B> {
         let offset = cache.as_ref().map_or(0, |c| c.position);
         let (q, k, v) = self.project(x, offset);
         let prefix = self.prefix();
-        let (o, cache) = softmax_attention::step_with_prefix(
-            q,
-            k,
-            v,
-            prefix.as_ref(),
-            cache,
-            self.scale(),
-            self.window,
-        );
+        let (o, cache) = softmax_attention::step_with_prefix(q, k, v, prefix.as_ref(), cache, self.scale(), self.window);
         (self.merge(o), cache)
     }
 }

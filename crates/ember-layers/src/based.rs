@@ -1,6 +1,6 @@
 //! BASED's Taylor linear attention mixer (LAYERS.md §1.1).
-use crate::init::{linear, INIT_STD};
 use crate::LayerContext;
+use crate::init::{linear, INIT_STD};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
@@ -26,14 +26,7 @@ pub struct TaylorAttentionConfig {
 
 impl Default for TaylorAttentionConfig {
     fn default() -> Self {
-        Self {
-            heads: 16,
-            feature_dim: 16,
-            feature_map: FeatureMap::Compact,
-            eps: 1e-6,
-            form: Form::Chunked,
-            chunk_size: 64,
-        }
+        Self { heads: 16, feature_dim: 16, feature_map: FeatureMap::Compact, eps: 1e-6, form: Form::Chunked, chunk_size: 64 }
     }
 }
 
@@ -44,10 +37,7 @@ impl TaylorAttentionConfig {
 
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
         if self.heads == 0 || d_model % self.heads != 0 {
-            return Err(format!(
-                "d_model ({d_model}) must be divisible by heads ({})",
-                self.heads
-            ));
+            return Err(format!("d_model ({d_model}) must be divisible by heads ({})", self.heads));
         }
         if self.feature_dim == 0 || self.chunk_size == 0 {
             return Err("feature_dim and chunk_size must be positive".into());
@@ -56,10 +46,7 @@ impl TaylorAttentionConfig {
             return Err(format!("eps must be positive, got {}", self.eps));
         }
         if self.form == Form::Recurrent {
-            return Err(
-                "form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)"
-                    .into(),
-            );
+            return Err("form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)".into());
         }
         Ok(())
     }
@@ -70,11 +57,7 @@ impl TaylorAttentionConfig {
     }
 
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
-        let (h, d, dv) = (
-            self.heads as f64,
-            self.feature_dim as f64,
-            self.value_dim(d_model) as f64,
-        );
+        let (h, d, dv) = (self.heads as f64, self.feature_dim as f64, self.value_dim(d_model) as f64);
         let f = self.feature_map.dim(self.feature_dim) as f64;
         let c = match self.form {
             Form::Parallel => seq_len as f64,
@@ -88,12 +71,7 @@ impl TaylorAttentionConfig {
         self.heads * self.feature_map.dim(self.feature_dim) * (self.value_dim(d_model) + 1)
     }
 
-    pub fn init<B: Backend>(
-        &self,
-        at: LayerContext,
-        out_std: f64,
-        device: &B::Device,
-    ) -> TaylorAttention<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> TaylorAttention<B> {
         let d_model = at.d_model;
         let qk = self.heads * self.feature_dim;
         TaylorAttention {
@@ -127,11 +105,7 @@ pub struct TaylorAttention<B: Backend> {
 
 impl<B: Backend> TaylorAttention<B> {
     pub fn feature_map(&self) -> FeatureMap {
-        if self.compact {
-            FeatureMap::Compact
-        } else {
-            FeatureMap::Full
-        }
+        if self.compact { FeatureMap::Compact } else { FeatureMap::Full }
     }
 
     fn project(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
@@ -161,22 +135,11 @@ impl<B: Backend> TaylorAttention<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_with(
-            x,
-            if self.chunked {
-                Form::Chunked
-            } else {
-                Form::Parallel
-            },
-        )
+        self.forward_with(x, if self.chunked { Form::Chunked } else { Form::Parallel })
     }
 
     /// Consumes `x: [B, T, D]` from `state` (a prompt in one chunked pass, or one token).
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<TaylorState<B>>,
-    ) -> (Tensor<B, 3>, TaylorState<B>) {
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<TaylorState<B>>) -> (Tensor<B, 3>, TaylorState<B>) {
         let (q, k, v) = self.project(x);
         let map = self.feature_map();
         let out = if q.dims()[1] == 1 {

@@ -1,6 +1,6 @@
 //! BaseConv, BASED's gated short convolution (LAYERS.md §1.3).
-use crate::init::{linear, INIT_STD};
 use crate::LayerContext;
+use crate::init::{linear, INIT_STD};
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear};
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
@@ -18,10 +18,7 @@ pub struct BaseConvConfig {
 
 impl Default for BaseConvConfig {
     fn default() -> Self {
-        Self {
-            kernel_size: 3,
-            expand: 4,
-        }
+        Self { kernel_size: 3, expand: 4 }
     }
 }
 
@@ -53,23 +50,14 @@ impl BaseConvConfig {
         (self.kernel_size - 1) * self.inner(d_model)
     }
 
-    pub fn init<B: Backend>(
-        &self,
-        at: LayerContext,
-        out_std: f64,
-        device: &B::Device,
-    ) -> BaseConv<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> BaseConv<B> {
         let d_model = at.d_model;
         let inner = self.inner(d_model);
         // PyTorch's depthwise Conv1d default: U(-1/√K, 1/√K).
         let bound = 1.0 / (self.kernel_size as f64).sqrt();
         BaseConv {
             in_proj: linear(d_model, 2 * inner, true, INIT_STD, device),
-            conv: Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            }
-            .init([inner, self.kernel_size], device),
+            conv: Initializer::Uniform { min: -bound, max: bound }.init([inner, self.kernel_size], device),
             out_proj: linear(inner, d_model, true, out_std, device),
         }
     }
@@ -92,28 +80,16 @@ impl<B: Backend> BaseConv<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let (u1, u2) = self.split(x);
-        self.out_proj
-            .forward(silu(causal_conv(u1, self.conv.val(), None)) * u2)
+        self.out_proj.forward(silu(causal_conv(u1, self.conv.val(), None)) * u2)
     }
 
     /// Consumes `x: [B, T, D]`; the state is the last `K-1` values of `u1`.
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        history: Option<Tensor<B, 3>>,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    pub fn step(&self, x: Tensor<B, 3>, history: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let (u1, u2) = self.split(x);
         let [b, _, c] = u1.dims();
         let k = self.conv.val().dims()[1];
-        let history =
-            history.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], (&u1.device(), u1.dtype())));
-        let y = self.out_proj.forward(
-            silu(causal_conv(
-                u1.clone(),
-                self.conv.val(),
-                Some(history.clone()),
-            )) * u2,
-        );
+        let history = history.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], (&u1.device(), u1.dtype())));
+        let y = self.out_proj.forward(silu(causal_conv(u1.clone(), self.conv.val(), Some(history.clone()))) * u2);
         (y, next_history(history, u1))
     }
 }

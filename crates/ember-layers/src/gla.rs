@@ -77,62 +77,39 @@ impl GlaConfig {
         for (key, expand) in [("expand_k", self.expand_k), ("expand_v", self.expand_v)] {
             match width(d_model, expand) {
                 Some(w) if w % self.heads == 0 => {}
-                Some(w) => {
-                    return Err(format!(
-                        "{key}: width {w} is not divisible by heads ({})",
-                        self.heads
-                    ))
-                }
-                None => {
-                    return Err(format!(
-                        "{key}: d_model ({d_model}) × {expand} is not a positive whole number"
-                    ))
-                }
+                Some(w) => return Err(format!("{key}: width {w} is not divisible by heads ({})", self.heads)),
+                None => return Err(format!("{key}: d_model ({d_model}) × {expand} is not a positive whole number")),
             }
         }
         if self.gate_low_rank == 0 || self.chunk_size == 0 {
             return Err("gate_low_rank and chunk_size must be positive".into());
         }
         if !(self.gate_normalizer > 0.0 && self.gate_normalizer.is_finite()) {
-            return Err(format!(
-                "gate_normalizer must be positive, got {}",
-                self.gate_normalizer
-            ));
+            return Err(format!("gate_normalizer must be positive, got {}", self.gate_normalizer));
         }
         if let Some(m) = self.gate_clamp_min {
             if !(m < 0.0) {
-                return Err(format!(
-                    "gate_clamp_min bounds a log decay and must be negative, got {m}"
-                ));
+                return Err(format!("gate_clamp_min bounds a log decay and must be negative, got {m}"));
             }
         }
         if !(self.norm_eps > 0.0) {
             return Err(format!("norm_eps must be positive, got {}", self.norm_eps));
         }
         if self.form == Form::Recurrent {
-            return Err(
-                "form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)"
-                    .into(),
-            );
+            return Err("form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)".into());
         }
         Ok(())
     }
 
     /// Weights of the matmuls (everything but the gate bias and the norm gain).
     fn matmul_params(&self, d_model: usize) -> usize {
-        let (dk, dv, r) = (
-            self.key_dim(d_model),
-            self.value_dim(d_model),
-            self.gate_low_rank,
-        );
+        let (dk, dv, r) = (self.key_dim(d_model), self.value_dim(d_model), self.gate_low_rank);
         let gate = if self.output_gate { d_model * dv } else { 0 };
         2 * d_model * dk + d_model * dv + gate + d_model * r + r * dk + dv * d_model
     }
 
     pub fn params(&self, d_model: usize) -> usize {
-        self.matmul_params(d_model)
-            + self.key_dim(d_model)
-            + self.value_dim(d_model) / self.heads.max(1)
+        self.matmul_params(d_model) + self.key_dim(d_model) + self.value_dim(d_model) / self.heads.max(1)
     }
 
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
@@ -159,9 +136,7 @@ impl GlaConfig {
             q: linear(d_model, dk, false, INIT_STD, device),
             k: linear(d_model, dk, false, INIT_STD, device),
             v: linear(d_model, dv, false, INIT_STD, device),
-            gate: self
-                .output_gate
-                .then(|| linear(d_model, dv, false, INIT_STD, device)),
+            gate: self.output_gate.then(|| linear(d_model, dv, false, INIT_STD, device)),
             decay_down: linear(d_model, self.gate_low_rank, false, INIT_STD, device),
             decay_up: linear(self.gate_low_rank, dk, true, INIT_STD, device),
             norm_gain: Param::from_tensor(Tensor::ones([dv / self.heads], device)),
@@ -269,14 +244,7 @@ impl<B: Backend> Gla<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_with(
-            x,
-            if self.chunked {
-                Form::Chunked
-            } else {
-                Form::Parallel
-            },
-        )
+        self.forward_with(x, if self.chunked { Form::Chunked } else { Form::Parallel })
     }
 
     /// Consumes `x: [B, T, D]` from `state` (a prompt in one chunked pass, or one token).

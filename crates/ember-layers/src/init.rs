@@ -6,13 +6,7 @@ use burn::tensor::backend::Backend;
 pub const INIT_STD: f64 = 0.02;
 
 /// A linear map `d_in -> d_out` with normal(0, `std`) weights and zero bias.
-pub fn linear<B: Backend>(
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    std: f64,
-    device: &B::Device,
-) -> Linear<B> {
+pub fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Linear<B> {
     let mut layer = LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_initializer(Initializer::Normal { mean: 0.0, std })

@@ -36,10 +36,6 @@ pub struct LayerContext {
 impl LayerContext {
     /// A lone layer (layer 0 of 1): tests and benchmarks of a single mixer.
     pub fn single(d_model: usize) -> Self {
-        Self {
-            d_model,
-            layer: 0,
-            n_layers: 1,
-        }
+        Self { d_model, layer: 0, n_layers: 1 }
     }
 }

@@ -61,10 +61,7 @@ impl LinearAttentionConfig {
 
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
         if self.heads == 0 || d_model % self.heads != 0 {
-            return Err(format!(
-                "d_model ({d_model}) must be divisible by heads ({})",
-                self.heads
-            ));
+            return Err(format!("d_model ({d_model}) must be divisible by heads ({})", self.heads));
         }
         if self.key_dim(d_model) == 0 || self.chunk_size == 0 {
             return Err("feature_dim and chunk_size must be positive".into());
@@ -73,10 +70,7 @@ impl LinearAttentionConfig {
             return Err(format!("eps must be positive, got {}", self.eps));
         }
         if self.form == Form::Recurrent {
-            return Err(
-                "form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)"
-                    .into(),
-            );
+            return Err("form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)".into());
         }
         Ok(())
     }
@@ -86,11 +80,7 @@ impl LinearAttentionConfig {
     }
 
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
-        let (h, k, v) = (
-            self.heads as f64,
-            self.key_dim(d_model) as f64,
-            (d_model / self.heads) as f64 + 1.0,
-        );
+        let (h, k, v) = (self.heads as f64, self.key_dim(d_model) as f64, (d_model / self.heads) as f64 + 1.0);
         let c = match self.form {
             Form::Parallel => seq_len as f64,
             _ => self.chunk_size.min(seq_len) as f64,
@@ -103,12 +93,7 @@ impl LinearAttentionConfig {
         self.heads * self.key_dim(d_model) * (d_model / self.heads + self.normalize as usize)
     }
 
-    pub fn init<B: Backend>(
-        &self,
-        at: LayerContext,
-        out_std: f64,
-        device: &B::Device,
-    ) -> LinearAttention<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> LinearAttention<B> {
         let d_model = at.d_model;
         let qk = self.heads * self.key_dim(d_model);
         LinearAttention {
@@ -193,23 +178,12 @@ impl<B: Backend> LinearAttention<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_with(
-            x,
-            if self.chunked {
-                Form::Chunked
-            } else {
-                Form::Parallel
-            },
-        )
+        self.forward_with(x, if self.chunked { Form::Chunked } else { Form::Parallel })
     }
 
     /// Consumes `x: [B, T, D]` from `state` `[B, H, K, V(+1)]` (a prompt in one chunked pass, or
     /// one token).
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<Tensor<B, 4>>,
-    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<Tensor<B, 4>>) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let (q, k, v) = self.project(x);
         let out = match (q.dims()[1], state) {
             (1, Some(s)) => op::step(q, k, v, s, 1.0),

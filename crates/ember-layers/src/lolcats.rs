@@ -59,9 +59,7 @@ impl Default for LolcatsConfig {
 
 impl LolcatsConfig {
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
-        self.attention
-            .validate(d_model)
-            .map_err(|e| format!("attention: {e}"))?;
+        self.attention.validate(d_model).map_err(|e| format!("attention: {e}"))?;
         if self.attention.window.is_some() {
             return Err("attention.window: the window is LoLCATs' own `window` key".into());
         }
@@ -69,10 +67,7 @@ impl LolcatsConfig {
             return Err("feature_dim must be positive".into());
         }
         if self.window < 2 {
-            return Err(format!(
-                "window must be at least 2 (the query and one earlier key), got {}",
-                self.window
-            ));
+            return Err(format!("window must be at least 2 (the query and one earlier key), got {}", self.window));
         }
         if !(self.decay_normalizer > 0.0) {
             return Err("decay_normalizer must be positive".into());
@@ -86,23 +81,15 @@ impl LolcatsConfig {
     /// `(q width, k/v width, head_dim)`.
     fn widths(&self, d_model: usize) -> (usize, usize, usize) {
         let dh = self.attention.head_dim(d_model);
-        (
-            self.attention.heads * dh,
-            self.attention.kv_heads() * dh,
-            dh,
-        )
+        (self.attention.heads * dh, self.attention.kv_heads() * dh, dh)
     }
 
     pub fn params(&self, d_model: usize) -> usize {
         let (q, kv, dh) = self.widths(d_model);
         let h = self.attention.heads;
         let lora = self.lora.as_ref().map_or(0, |l| {
-            let per =
-                |name: &str, i: usize, o: usize| if l.targets(name) { l.params(i, o) } else { 0 };
-            per("q", d_model, q)
-                + per("k", d_model, kv)
-                + per("v", d_model, kv)
-                + per("o", q, d_model)
+            let per = |name: &str, i: usize, o: usize| if l.targets(name) { l.params(i, o) } else { 0 };
+            per("q", d_model, q) + per("k", d_model, kv) + per("v", d_model, kv) + per("o", q, d_model)
         });
         self.attention.params(d_model)
             + 2 * h * dh * self.feature_dim
@@ -118,10 +105,7 @@ impl LolcatsConfig {
         let (q, _, dh) = self.widths(d_model);
         let (h, f) = (self.attention.heads as f64, 2.0 * self.feature_dim as f64);
         let keys = ((seq_len as f64 + 1.0) / 2.0).min(self.window as f64) + self.sinks as f64;
-        2.0 * self.params(d_model) as f64
-            + 4.0 * q as f64 * keys
-            + 2.0 * 2.0 * h * dh as f64 * self.feature_dim as f64
-            + 6.0 * h * f * dh as f64
+        2.0 * self.params(d_model) as f64 + 4.0 * q as f64 * keys + 2.0 * 2.0 * h * dh as f64 * self.feature_dim as f64 + 6.0 * h * f * dh as f64
     }
 
     /// Generation state per sequence: the last `w − 1` keys, values, key features and decays
@@ -133,19 +117,12 @@ impl LolcatsConfig {
         h * (cached * (2 * dh + f + 1) + f * dh + f)
     }
 
-    pub fn init<B: Backend>(
-        &self,
-        at: LayerContext,
-        out_std: f64,
-        device: &B::Device,
-    ) -> Lolcats<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Lolcats<B> {
         let d_model = at.d_model;
         let (q, kv, dh) = self.widths(d_model);
         let a = &self.attention;
         let h = a.heads;
-        let lora = |name: &str, i: usize, o: usize| {
-            self.lora.as_ref().and_then(|l| l.init(name, i, o, device))
-        };
+        let lora = |name: &str, i: usize, o: usize| self.lora.as_ref().and_then(|l| l.init(name, i, o, device));
         Lolcats {
             qkv: linear(d_model, q + 2 * kv, a.qkv_bias, INIT_STD, device),
             out: linear(q, d_model, a.out_bias, out_std, device),
@@ -154,25 +131,11 @@ impl LolcatsConfig {
             window_factor: Param::from_tensor(Tensor::ones([h], device) * self.window_factor_init),
             decay: self.decay.then(|| {
                 let mut gate = linear(d_model, h, true, INIT_STD, device);
-                gate.bias = Some(Param::from_tensor(
-                    Tensor::ones([h], device) * self.decay_bias_init,
-                ));
+                gate.bias = Some(Param::from_tensor(Tensor::ones([h], device) * self.decay_bias_init));
                 gate
             }),
-            sink_k: (self.sinks > 0).then(|| {
-                Param::from_tensor(Tensor::random(
-                    [h, self.sinks, dh],
-                    Distribution::Normal(0.0, 1.0),
-                    device,
-                ))
-            }),
-            sink_v: (self.sinks > 0).then(|| {
-                Param::from_tensor(Tensor::random(
-                    [h, self.sinks, dh],
-                    Distribution::Normal(0.0, INIT_STD),
-                    device,
-                ))
-            }),
+            sink_k: (self.sinks > 0).then(|| Param::from_tensor(Tensor::random([h, self.sinks, dh], Distribution::Normal(0.0, 1.0), device))),
+            sink_v: (self.sinks > 0).then(|| Param::from_tensor(Tensor::random([h, self.sinks, dh], Distribution::Normal(0.0, INIT_STD), device))),
             q_lora: lora("q", d_model, q),
             k_lora: lora("k", d_model, kv),
             v_lora: lora("v", d_model, kv),
@@ -236,9 +199,7 @@ fn repeat_heads<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, t, h, d] = x.dims();
-    x.unsqueeze_dim::<5>(3)
-        .expand([b, t, h, groups, d])
-        .reshape([b, t, h * groups, d])
+    x.unsqueeze_dim::<5>(3).expand([b, t, h, groups, d]).reshape([b, t, h * groups, d])
 }
 
 impl<B: Backend> Lolcats<B> {
@@ -251,11 +212,7 @@ impl<B: Backend> Lolcats<B> {
 
     /// The q/k/v projection (with LoRA) → `q, k, v: [B, T, H, Dh]`, k and v repeated to every
     /// query head, RoPE from absolute position `offset`.
-    fn project(
-        &self,
-        x: Tensor<B, 3>,
-        offset: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (hq, hkv, dh) = (self.heads, self.kv_heads, self.head_dim);
         let mut qkv = self.qkv.forward(x.clone());
@@ -265,24 +222,11 @@ impl<B: Backend> Lolcats<B> {
                 Some(a) => a.delta(x.clone()),
                 None => Tensor::zeros([b, t, width], &device),
             };
-            qkv = qkv
-                + Tensor::cat(
-                    vec![
-                        part(&self.q_lora, hq * dh),
-                        part(&self.k_lora, hkv * dh),
-                        part(&self.v_lora, hkv * dh),
-                    ],
-                    2,
-                );
+            qkv = qkv + Tensor::cat(vec![part(&self.q_lora, hq * dh), part(&self.k_lora, hkv * dh), part(&self.v_lora, hkv * dh)], 2);
         }
         let q = qkv.clone().narrow(2, 0, hq * dh).reshape([b, t, hq, dh]);
-        let k = qkv
-            .clone()
-            .narrow(2, hq * dh, hkv * dh)
-            .reshape([b, t, hkv, dh]);
-        let v = qkv
-            .narrow(2, (hq + hkv) * dh, hkv * dh)
-            .reshape([b, t, hkv, dh]);
+        let k = qkv.clone().narrow(2, hq * dh, hkv * dh).reshape([b, t, hkv, dh]);
+        let v = qkv.narrow(2, (hq + hkv) * dh, hkv * dh).reshape([b, t, hkv, dh]);
         let scaling = self.rope_scaling.as_ref();
         let q = rope::apply_scaled(q, offset, self.rope_base, scaling);
         let k = rope::apply_scaled(k, offset, self.rope_base, scaling);
@@ -292,28 +236,14 @@ impl<B: Backend> Lolcats<B> {
 
     fn inputs(&self, x: Tensor<B, 3>, offset: usize) -> HybridInputs<B> {
         let (q, k, v) = self.project(x.clone(), offset);
-        let log_decay = self
-            .decay
-            .as_ref()
-            .map(|gate| log_sigmoid(gate.forward(x)) / self.decay_normalizer);
-        HybridInputs {
-            fq: Self::features(q.clone(), &self.feature_q),
-            fk: Self::features(k.clone(), &self.feature_k),
-            q,
-            k,
-            v,
-            log_decay,
-        }
+        let log_decay = self.decay.as_ref().map(|gate| log_sigmoid(gate.forward(x)) / self.decay_normalizer);
+        HybridInputs { fq: Self::features(q.clone(), &self.feature_q), fk: Self::features(k.clone(), &self.feature_k), q, k, v, log_decay }
     }
 
     fn params(&self) -> HybridParams<B> {
         HybridParams {
             gamma: sigmoid(self.window_factor.val()),
-            sinks: self
-                .sink_k
-                .as_ref()
-                .zip(self.sink_v.as_ref())
-                .map(|(k, v)| (k.val(), v.val())),
+            sinks: self.sink_k.as_ref().zip(self.sink_v.as_ref()).map(|(k, v)| (k.val(), v.val())),
             window: self.window,
             scale: 1.0 / (self.head_dim as f64).sqrt(),
         }
@@ -329,11 +259,7 @@ impl<B: Backend> Lolcats<B> {
     }
 
     /// Consumes `x: [B, T, D]` (a prompt or one token) after `state`.
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<HybridState<B>>,
-    ) -> (Tensor<B, 3>, HybridState<B>) {
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<HybridState<B>>) -> (Tensor<B, 3>, HybridState<B>) {
         let offset = state.as_ref().map_or(0, |s| s.position);
         let (y, state) = hybrid::hybrid(self.inputs(x, offset), &self.params(), state);
         (self.merge(y), state)
@@ -343,11 +269,7 @@ impl<B: Backend> Lolcats<B> {
     pub fn merge_lora(mut self) -> Self {
         let q_width = self.heads * self.head_dim;
         let kv_width = self.kv_heads * self.head_dim;
-        for (adapter, start) in [
-            (self.q_lora.take(), 0),
-            (self.k_lora.take(), q_width),
-            (self.v_lora.take(), q_width + kv_width),
-        ] {
+        for (adapter, start) in [(self.q_lora.take(), 0), (self.k_lora.take(), q_width), (self.v_lora.take(), q_width + kv_width)] {
             if let Some(a) = adapter {
                 self.qkv = lora::merge(self.qkv, &a, start);
             }

@@ -34,10 +34,7 @@ impl LoraConfig {
             return Err("lora.alpha must be positive".into());
         }
         if let Some(bad) = self.targets.iter().find(|t| !TARGETS.contains(&t.as_str())) {
-            return Err(format!(
-                "lora.targets: unknown projection {bad:?} (known: {})",
-                TARGETS.join(", ")
-            ));
+            return Err(format!("lora.targets: unknown projection {bad:?} (known: {})", TARGETS.join(", ")));
         }
         Ok(())
     }
@@ -51,22 +48,12 @@ impl LoraConfig {
     }
 
     /// An adapter for a `d_in → d_out` projection if `projection` is a target.
-    pub fn init<B: Backend>(
-        &self,
-        projection: &str,
-        d_in: usize,
-        d_out: usize,
-        device: &B::Device,
-    ) -> Option<LoraAdapter<B>> {
+    pub fn init<B: Backend>(&self, projection: &str, d_in: usize, d_out: usize, device: &B::Device) -> Option<LoraAdapter<B>> {
         self.targets(projection).then(|| {
             // PEFT's default: A ~ Kaiming-uniform(a = √5) = U(±1/√d_in), B = 0.
             let bound = 1.0 / (d_in as f64).sqrt();
             LoraAdapter {
-                down: Param::from_tensor(Tensor::random(
-                    [d_in, self.rank],
-                    Distribution::Uniform(-bound, bound),
-                    device,
-                )),
+                down: Param::from_tensor(Tensor::random([d_in, self.rank], Distribution::Uniform(-bound, bound), device)),
                 up: Param::from_tensor(Tensor::zeros([self.rank, d_out], device)),
                 scale: self.alpha / self.rank as f64,
             }
@@ -86,9 +73,7 @@ pub struct LoraAdapter<B: Backend> {
 
 impl<B: Backend> LoraAdapter<B> {
     pub fn delta(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        x.matmul(self.down.val().unsqueeze())
-            .matmul(self.up.val().unsqueeze())
-            * self.scale
+        x.matmul(self.down.val().unsqueeze()).matmul(self.up.val().unsqueeze()) * self.scale
     }
 
     /// The dense update `scale · A B`, `[d_in, d_out]` (Burn's `Linear` weight layout).
@@ -103,22 +88,12 @@ pub fn merge<B: Backend>(linear: Linear<B>, adapter: &LoraAdapter<B>, start: usi
     let delta = adapter.weight();
     let [d_in, width] = delta.dims();
     let w = weight.val();
-    let merged = w.clone().slice_assign(
-        [0..d_in, start..start + width],
-        w.slice([0..d_in, start..start + width]) + delta,
-    );
-    Linear {
-        weight: Param::from_tensor(merged),
-        bias,
-    }
+    let merged = w.clone().slice_assign([0..d_in, start..start + width], w.slice([0..d_in, start..start + width]) + delta);
+    Linear { weight: Param::from_tensor(merged), bias }
 }
 
 /// `linear(x)` plus `adapter`'s update, if any.
-pub fn forward<B: Backend>(
-    linear: &Linear<B>,
-    adapter: &Option<LoraAdapter<B>>,
-    x: Tensor<B, 3>,
-) -> Tensor<B, 3> {
+pub fn forward<B: Backend>(linear: &Linear<B>, adapter: &Option<LoraAdapter<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     match adapter {
         Some(a) => linear.forward(x.clone()) + a.delta(x),
         None => linear.forward(x),

@@ -1,23 +1,21 @@
 //! The registry of token mixers: a recipe's `kind = "..."` → config, module and state.
-use crate::aaren::{Aaren, AarenConfig};
 use crate::attention::{Attention, AttentionConfig};
 use crate::based::{TaylorAttention, TaylorAttentionConfig};
 use crate::conv::{BaseConv, BaseConvConfig};
+use crate::aaren::{Aaren, AarenConfig};
 use crate::gla::{Gla, GlaConfig, GlaState};
 use crate::linear_attention::{LinearAttention, LinearAttentionConfig};
 use crate::lolcats::{Lolcats, LolcatsConfig};
-use crate::moh::{Moh, MohConfig, MohState};
+use ember_ops::hybrid::HybridState;
 use crate::rat::{Rat, RatConfig};
-use crate::titans::{
-    Mac, MacConfig, MacState, Mag, MagConfig, MagState, Memory, MemoryConfig, Preset, TitansState,
-};
+use ember_ops::aaren::AarenState;
+use ember_ops::rat::RatState;
+use crate::moh::{Moh, MohConfig, MohState};
 use crate::transnormer::{TransNormer, TransNormerConfig, TransNormerState};
+use crate::titans::{Mac, MacConfig, MacState, Mag, MagConfig, MagState, Memory, MemoryConfig, Preset, TitansState};
 use crate::LayerContext;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
-use ember_ops::aaren::AarenState;
-use ember_ops::hybrid::HybridState;
-use ember_ops::rat::RatState;
 use ember_ops::softmax_attention::KvCache;
 use ember_ops::taylor::TaylorState;
 use serde::{Deserialize, Serialize};
@@ -62,24 +60,7 @@ pub enum MixerConfig {
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &[
-    "attention",
-    "based_linear",
-    "linear_attention",
-    "base_conv",
-    "gla",
-    "transnormer",
-    "rat",
-    "aaren",
-    "moh",
-    "lolcats",
-    "titans",
-    "moneta",
-    "yaad",
-    "memora",
-    "titans_mag",
-    "titans_mac",
-];
+pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "memora", "titans_mag", "titans_mac"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -126,10 +107,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.validate(d_model),
             MixerConfig::Moh(c) => c.validate(d_model),
             MixerConfig::Lolcats(c) => c.validate(d_model),
-            MixerConfig::Titans(c)
-            | MixerConfig::Moneta(c)
-            | MixerConfig::Yaad(c)
-            | MixerConfig::Memora(c) => c.validate(d_model),
+            MixerConfig::Titans(c) | MixerConfig::Moneta(c) | MixerConfig::Yaad(c) | MixerConfig::Memora(c) => c.validate(d_model),
             MixerConfig::TitansMag(c) => c.validate(d_model),
             MixerConfig::TitansMac(c) => c.validate(d_model),
         }
@@ -148,10 +126,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.params(d_model),
             MixerConfig::Moh(c) => c.params(d_model),
             MixerConfig::Lolcats(c) => c.params(d_model),
-            MixerConfig::Titans(_)
-            | MixerConfig::Moneta(_)
-            | MixerConfig::Yaad(_)
-            | MixerConfig::Memora(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 c.params(d_model, preset)
             }
@@ -174,10 +149,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Moh(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Lolcats(c) => c.flops_per_token(d_model, seq_len),
-            MixerConfig::Titans(_)
-            | MixerConfig::Moneta(_)
-            | MixerConfig::Yaad(_)
-            | MixerConfig::Memora(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 c.flops_per_token(d_model, seq_len, preset)
             }
@@ -200,10 +172,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => c.state_size(d_model, seq_len),
             MixerConfig::Moh(c) => c.state_size(d_model, seq_len),
             MixerConfig::Lolcats(c) => c.state_size(d_model, seq_len),
-            MixerConfig::Titans(_)
-            | MixerConfig::Moneta(_)
-            | MixerConfig::Yaad(_)
-            | MixerConfig::Memora(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 c.state_size(d_model, seq_len, preset)
             }
@@ -224,10 +193,7 @@ impl MixerConfig {
             MixerConfig::Aaren(c) => Mixer::Aaren(c.init(at, out_std, device)),
             MixerConfig::Moh(c) => Mixer::Moh(c.init(at, out_std, device)),
             MixerConfig::Lolcats(c) => Mixer::Lolcats(c.init(at, out_std, device)),
-            MixerConfig::Titans(_)
-            | MixerConfig::Moneta(_)
-            | MixerConfig::Yaad(_)
-            | MixerConfig::Memora(_) => {
+            MixerConfig::Titans(_) | MixerConfig::Moneta(_) | MixerConfig::Yaad(_) | MixerConfig::Memora(_) => {
                 let (c, preset) = self.memory().expect("a memory kind");
                 Mixer::Memory(c.init(at, out_std, preset, device))
             }
@@ -325,28 +291,16 @@ impl<B: Backend> Mixer<B> {
     }
 
     /// Recurrent form: consumes `x: [B, T, D]` (a prompt or one token) after `state`.
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<MixerState<B>>,
-    ) -> (Tensor<B, 3>, MixerState<B>) {
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<MixerState<B>>) -> (Tensor<B, 3>, MixerState<B>) {
         match (self, state) {
             (Mixer::Attention(m), None) => wrap(m.step(x, None), MixerState::KvCache),
-            (Mixer::Attention(m), Some(MixerState::KvCache(c))) => {
-                wrap(m.step(x, Some(c)), MixerState::KvCache)
-            }
+            (Mixer::Attention(m), Some(MixerState::KvCache(c))) => wrap(m.step(x, Some(c)), MixerState::KvCache),
             (Mixer::BasedLinear(m), None) => wrap(m.step(x, None), MixerState::Taylor),
-            (Mixer::BasedLinear(m), Some(MixerState::Taylor(s))) => {
-                wrap(m.step(x, Some(s)), MixerState::Taylor)
-            }
+            (Mixer::BasedLinear(m), Some(MixerState::Taylor(s))) => wrap(m.step(x, Some(s)), MixerState::Taylor),
             (Mixer::LinearAttention(m), None) => wrap(m.step(x, None), MixerState::Linear),
-            (Mixer::LinearAttention(m), Some(MixerState::Linear(s))) => {
-                wrap(m.step(x, Some(s)), MixerState::Linear)
-            }
+            (Mixer::LinearAttention(m), Some(MixerState::Linear(s))) => wrap(m.step(x, Some(s)), MixerState::Linear),
             (Mixer::BaseConv(m), None) => wrap(m.step(x, None), MixerState::Conv),
-            (Mixer::BaseConv(m), Some(MixerState::Conv(h))) => {
-                wrap(m.step(x, Some(h)), MixerState::Conv)
-            }
+            (Mixer::BaseConv(m), Some(MixerState::Conv(h))) => wrap(m.step(x, Some(h)), MixerState::Conv),
             (Mixer::Gla(m), None) => wrap(m.step(x, None), MixerState::Gla),
             (Mixer::Gla(m), Some(MixerState::Gla(s))) => wrap(m.step(x, Some(s)), MixerState::Gla),
             (Mixer::Transnormer(m), None) => wrap(m.step(x, None), MixerState::Transnormer),
@@ -356,19 +310,13 @@ impl<B: Backend> Mixer<B> {
             (Mixer::Rat(m), None) => wrap(m.step(x, None), MixerState::Rat),
             (Mixer::Rat(m), Some(MixerState::Rat(s))) => wrap(m.step(x, Some(s)), MixerState::Rat),
             (Mixer::Aaren(m), None) => wrap(m.step(x, None), MixerState::Aaren),
-            (Mixer::Aaren(m), Some(MixerState::Aaren(s))) => {
-                wrap(m.step(x, Some(s)), MixerState::Aaren)
-            }
+            (Mixer::Aaren(m), Some(MixerState::Aaren(s))) => wrap(m.step(x, Some(s)), MixerState::Aaren),
             (Mixer::Moh(m), None) => wrap(m.step(x, None), MixerState::Moh),
             (Mixer::Moh(m), Some(MixerState::Moh(s))) => wrap(m.step(x, Some(s)), MixerState::Moh),
             (Mixer::Lolcats(m), None) => wrap(m.step(x, None), MixerState::Hybrid),
-            (Mixer::Lolcats(m), Some(MixerState::Hybrid(s))) => {
-                wrap(m.step(x, Some(s)), MixerState::Hybrid)
-            }
+            (Mixer::Lolcats(m), Some(MixerState::Hybrid(s))) => wrap(m.step(x, Some(s)), MixerState::Hybrid),
             (Mixer::Memory(m), None) => wrap(m.step(x, None), MixerState::Titans),
-            (Mixer::Memory(m), Some(MixerState::Titans(s))) => {
-                wrap(m.step(x, Some(s)), MixerState::Titans)
-            }
+            (Mixer::Memory(m), Some(MixerState::Titans(s))) => wrap(m.step(x, Some(s)), MixerState::Titans),
             (Mixer::Mag(m), None) => wrap(m.step(x, None), MixerState::Mag),
             (Mixer::Mag(m), Some(MixerState::Mag(s))) => wrap(m.step(x, Some(s)), MixerState::Mag),
             (Mixer::Mac(m), None) => wrap(m.step(x, None), MixerState::Mac),

@@ -34,12 +34,7 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self {
-            kind: MlpKind::Swiglu,
-            hidden: None,
-            hidden_mult: 2.0,
-            multiple_of: 256,
-        }
+        Self { kind: MlpKind::Swiglu, hidden: None, hidden_mult: 2.0, multiple_of: 256 }
     }
 }
 
@@ -68,12 +63,7 @@ impl MlpConfig {
     }
 
     /// `None` for `kind = "none"`.
-    pub fn init<B: Backend>(
-        &self,
-        d_model: usize,
-        out_std: f64,
-        device: &B::Device,
-    ) -> Option<Mlp<B>> {
+    pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> Option<Mlp<B>> {
         let hidden = self.hidden_width(d_model);
         let gated = |activation| Glu {
             fc_in: linear(d_model, 2 * hidden, false, INIT_STD, device),
@@ -121,8 +111,7 @@ impl<B: Backend> Mlp<B> {
                 let hidden = h.dims()[2] / 2;
                 let value = h.clone().narrow(2, 0, hidden);
                 let gate = h.narrow(2, hidden, hidden);
-                m.fc_out
-                    .forward(value * if m.activation { silu(gate) } else { gate })
+                m.fc_out.forward(value * if m.activation { silu(gate) } else { gate })
             }
             Mlp::Gelu(m) => m.fc_out.forward(gelu(m.fc_in.forward(x))),
         }

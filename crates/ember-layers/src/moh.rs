@@ -69,62 +69,36 @@ impl MohConfig {
             return Err("heads must be positive".into());
         }
         if self.shared_heads > self.heads {
-            return Err(format!(
-                "shared_heads ({}) must be at most heads ({})",
-                self.shared_heads, self.heads
-            ));
+            return Err(format!("shared_heads ({}) must be at most heads ({})", self.shared_heads, self.heads));
         }
         let routed = self.routed_heads();
         if self.top_k > routed {
-            return Err(format!(
-                "top_k ({}) must be at most heads − shared_heads ({routed})",
-                self.top_k
-            ));
+            return Err(format!("top_k ({}) must be at most heads − shared_heads ({routed})", self.top_k));
         }
         if self.top_k == 0 && routed > 0 {
             return Err(format!("top_k must be positive when there are routed heads (heads − shared_heads = {routed})"));
         }
         if self.head_dim.is_none() && d_model % self.heads != 0 {
-            return Err(format!(
-                "d_model ({d_model}) is not divisible by heads ({}); set head_dim",
-                self.heads
-            ));
+            return Err(format!("d_model ({d_model}) is not divisible by heads ({}); set head_dim", self.heads));
         }
         let dh = self.head_dim(d_model);
         if dh == 0 || dh % 2 != 0 {
-            return Err(format!(
-                "head_dim ({dh}) must be positive and even for RoPE"
-            ));
+            return Err(format!("head_dim ({dh}) must be positive and even for RoPE"));
         }
         if !(self.rope_base > 1.0) {
             return Err(format!("rope_base must be > 1, got {}", self.rope_base));
         }
         if !(self.balance_loss_weight >= 0.0 && self.balance_loss_weight.is_finite()) {
-            return Err(format!(
-                "balance_loss_weight must be finite and >= 0, got {}",
-                self.balance_loss_weight
-            ));
+            return Err(format!("balance_loss_weight must be finite and >= 0, got {}", self.balance_loss_weight));
         }
         Ok(())
     }
 
     /// Output widths of the three router projections `W_r, W_s, W_h` (0 where absent).
     fn router_widths(&self) -> (usize, usize, usize) {
-        let routed = if self.top_k > 0 {
-            self.routed_heads()
-        } else {
-            0
-        };
-        let shared = if self.shared_heads > 1 {
-            self.shared_heads
-        } else {
-            0
-        };
-        let stage = if self.shared_heads > 0 && self.top_k > 0 {
-            2
-        } else {
-            0
-        };
+        let routed = if self.top_k > 0 { self.routed_heads() } else { 0 };
+        let shared = if self.shared_heads > 1 { self.shared_heads } else { 0 };
+        let stage = if self.shared_heads > 0 && self.top_k > 0 { 2 } else { 0 };
         (routed, shared, stage)
     }
 
@@ -136,11 +110,7 @@ impl MohConfig {
 
     /// Heads whose scores and values are computed per query.
     fn computed_heads(&self) -> usize {
-        if self.skip_unselected {
-            self.shared_heads + self.top_k
-        } else {
-            self.heads
-        }
+        if self.skip_unselected { self.shared_heads + self.top_k } else { self.heads }
     }
 
     /// Forward FLOPs per token at `seq_len`: projections and routers, plus scores and mixing
@@ -161,8 +131,7 @@ impl MohConfig {
         let d_model = at.d_model;
         let inner = self.heads * self.head_dim(d_model);
         let (r, s, w) = self.router_widths();
-        let router =
-            |width: usize| (width > 0).then(|| linear(d_model, width, false, INIT_STD, device));
+        let router = |width: usize| (width > 0).then(|| linear(d_model, width, false, INIT_STD, device));
         Moh {
             qkv: linear(d_model, 3 * inner, false, INIT_STD, device),
             out: linear(inner, d_model, false, out_std, device),
@@ -237,26 +206,17 @@ fn top_k_mask<B: Backend>(p: Tensor<B, 3>, k: usize) -> Tensor<B, 3, Bool> {
     let own = p.clone().unsqueeze_dim::<4>(3).expand([b, t, e, e]); // [.., i, j] = p_i
     let other = p.unsqueeze_dim::<4>(2).expand([b, t, e, e]); // [.., i, j] = p_j
     let lower_index: Vec<bool> = (0..e).flat_map(|i| (0..e).map(move |j| j < i)).collect();
-    let lower_index =
-        Tensor::<B, 2, Bool>::from_data(TensorData::new(lower_index, [e, e]), &device)
-            .reshape([1, 1, e, e])
-            .expand([b, t, e, e]);
-    let beats = other
-        .clone()
-        .greater(own.clone())
-        .bool_or(other.equal(own).bool_and(lower_index));
+    let lower_index = Tensor::<B, 2, Bool>::from_data(TensorData::new(lower_index, [e, e]), &device)
+        .reshape([1, 1, e, e])
+        .expand([b, t, e, e]);
+    let beats = other.clone().greater(own.clone()).bool_or(other.equal(own).bool_and(lower_index));
     let rank = beats.int().sum_dim(3).reshape([b, t, e]);
     rank.lower_elem(k as i64)
 }
 
 /// A boolean tensor's entries in row-major order.
 fn on_host<B: Backend, const D: usize>(mask: &Tensor<B, D, Bool>) -> Vec<bool> {
-    mask.clone()
-        .int()
-        .into_data()
-        .iter::<i64>()
-        .map(|m| m != 0)
-        .collect()
+    mask.clone().int().into_data().iter::<i64>().map(|m| m != 0).collect()
 }
 
 fn int_tensor<B: Backend>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
@@ -275,19 +235,11 @@ impl<B: Backend> Moh<B> {
 
     /// Queries `[B, T, H, Dh]` and head-major keys and values `[B, H, T, Dh]`, RoPE applied from
     /// absolute position `offset`.
-    fn project(
-        &self,
-        x: Tensor<B, 3>,
-        offset: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (h, dh) = (self.heads, self.head_dim);
         let qkv = self.qkv.forward(x);
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * h * dh, h * dh)
-                .reshape([b, t, h, dh])
-        };
+        let split = |i: usize| qkv.clone().narrow(2, i * h * dh, h * dh).reshape([b, t, h, dh]);
         let q = rope::apply(split(0), offset, self.rope_base);
         let k = rope::apply(split(1), offset, self.rope_base).swap_dims(1, 2);
         (q, k, split(2).swap_dims(1, 2))
@@ -315,19 +267,12 @@ impl<B: Backend> Moh<B> {
         let (shared, routed) = match &self.router_stage {
             Some(w) => {
                 let stage = softmax(to_f32(w.forward(x)), 2) * 2.0;
-                (
-                    shared.map(|g| g * stage.clone().narrow(2, 0, 1)),
-                    routed.map(|g| g * stage.narrow(2, 1, 1)),
-                )
+                (shared.map(|g| g * stage.clone().narrow(2, 0, 1)), routed.map(|g| g * stage.narrow(2, 1, 1)))
             }
             None => (shared, routed),
         };
         let gates = Tensor::cat(shared.into_iter().chain(routed).collect(), 2);
-        Routing {
-            gates,
-            probs,
-            selected,
-        }
+        Routing { gates, probs, selected }
     }
 
     /// `β · L_b` with `L_b = E · Σ_i f_i P_i` over all `B·T` tokens (§8.3); `f` (the fraction of
@@ -338,11 +283,7 @@ impl<B: Backend> Moh<B> {
             return None;
         }
         let [b, t, e] = p.dims();
-        let fraction = p
-            .zeros_like()
-            .mask_fill(selected, 1.0)
-            .reshape([b * t, e])
-            .mean_dim(0);
+        let fraction = p.zeros_like().mask_fill(selected, 1.0).reshape([b * t, e]).mean_dim(0);
         let mean_prob = p.reshape([b * t, e]).mean_dim(0);
         Some((mean_prob * fraction).sum() * (e as f64 * self.balance_loss_weight))
     }
@@ -355,21 +296,8 @@ impl<B: Backend> Moh<B> {
     }
 
     /// Every head for every query (queries at absolute positions `offset..`, keys at `0..S`).
-    fn attend_dense(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        offset: usize,
-    ) -> Tensor<B, 4> {
-        softmax_attention::parallel(
-            q,
-            k.swap_dims(1, 2),
-            v.swap_dims(1, 2),
-            self.scale(),
-            None,
-            offset,
-        )
+    fn attend_dense(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, offset: usize) -> Tensor<B, 4> {
+        softmax_attention::parallel(q, k.swap_dims(1, 2), v.swap_dims(1, 2), self.scale(), None, offset)
     }
 
     /// Shared heads for every query; each routed head only for the queries that selected it
@@ -388,12 +316,7 @@ impl<B: Backend> Moh<B> {
         let mut parts = Vec::new();
         if hs > 0 {
             let narrow = |x: Tensor<B, 4>| x.narrow(1, 0, hs);
-            parts.push(self.attend_dense(
-                q.clone().narrow(2, 0, hs),
-                narrow(k.clone()),
-                narrow(v.clone()),
-                offset,
-            ));
+            parts.push(self.attend_dense(q.clone().narrow(2, 0, hs), narrow(k.clone()), narrow(v.clone()), offset));
         }
         if e > 0 {
             // Rows of the selected (token, routed head) pairs in a [B·T·E, Dh] layout, grouped
@@ -402,9 +325,7 @@ impl<B: Backend> Moh<B> {
             let mut groups = Vec::new(); // (batch, routed head, query positions)
             for bi in 0..b {
                 for ei in 0..e {
-                    let times: Vec<usize> = (0..t)
-                        .filter(|&ti| selected[(bi * t + ti) * e + ei])
-                        .collect();
+                    let times: Vec<usize> = (0..t).filter(|&ti| selected[(bi * t + ti) * e + ei]).collect();
                     rows.extend(times.iter().map(|&ti| ((bi * t + ti) * e + ei) as i64));
                     if !times.is_empty() {
                         groups.push((bi, ei, times));
@@ -412,41 +333,23 @@ impl<B: Backend> Moh<B> {
                 }
             }
             let rows = int_tensor::<B>(rows, &device);
-            let queries = q
-                .narrow(2, hs, e)
-                .reshape([b * t * e, d])
-                .select(0, rows.clone());
+            let queries = q.narrow(2, hs, e).reshape([b * t * e, d]).select(0, rows.clone());
             let keys = k.dims()[2];
-            let key_positions =
-                Tensor::<B, 1, Int>::arange(0..keys as i64, &device).reshape([1, keys]);
+            let key_positions = Tensor::<B, 1, Int>::arange(0..keys as i64, &device).reshape([1, keys]);
             let mut outputs = Vec::with_capacity(groups.len());
             let mut start = 0;
             for (bi, ei, times) in groups {
                 let n = times.len();
-                let head = |x: &Tensor<B, 4>| {
-                    x.clone()
-                        .slice([bi..bi + 1, hs + ei..hs + ei + 1])
-                        .reshape([keys, d])
-                };
-                let scores = queries
-                    .clone()
-                    .narrow(0, start, n)
-                    .matmul(head(&k).transpose())
-                    * self.scale();
-                let positions = int_tensor::<B>(
-                    times.iter().map(|&ti| (offset + ti) as i64).collect(),
-                    &device,
-                );
+                let head = |x: &Tensor<B, 4>| x.clone().slice([bi..bi + 1, hs + ei..hs + ei + 1]).reshape([keys, d]);
+                let scores = queries.clone().narrow(0, start, n).matmul(head(&k).transpose()) * self.scale();
+                let positions = int_tensor::<B>(times.iter().map(|&ti| (offset + ti) as i64).collect(), &device);
                 let future = key_positions.clone().greater(positions.reshape([n, 1]));
                 let probs = softmax(to_f32(scores).mask_fill(future, f32::NEG_INFINITY), 1);
                 let values = head(&v);
                 outputs.push(to_dtype(probs, values.dtype()).matmul(values));
                 start += n;
             }
-            let routed = to_dtype(
-                Tensor::<B, 2>::zeros([b * t * e, d], &device),
-                queries.dtype(),
-            );
+            let routed = to_dtype(Tensor::<B, 2>::zeros([b * t * e, d], &device), queries.dtype());
             let routed = if outputs.is_empty() {
                 routed
             } else {
@@ -475,11 +378,7 @@ impl<B: Backend> Moh<B> {
 
     /// Training forward with the chosen path (`sparse` = skip unselected heads) and the weighted
     /// load-balance loss (`None` without routed heads or with β = 0).
-    pub fn forward_aux_with(
-        &self,
-        x: Tensor<B, 3>,
-        sparse: bool,
-    ) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
+    pub fn forward_aux_with(&self, x: Tensor<B, 3>, sparse: bool) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
         let (y, routing) = self.mix(x.clone(), self.project(x, 0), 0, sparse);
         (y, self.balance_loss(&routing))
     }
@@ -489,8 +388,7 @@ impl<B: Backend> Moh<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.mix(x.clone(), self.project(x, 0), 0, self.skip_unselected)
-            .0
+        self.mix(x.clone(), self.project(x, 0), 0, self.skip_unselected).0
     }
 
     /// Consumes `x: [B, T, D]` after the tokens in `state`: a prompt through the training path,
@@ -506,28 +404,14 @@ impl<B: Backend> Moh<B> {
         let y = if t == 1 {
             self.decode(x, q, k.clone(), v.clone())
         } else {
-            self.mix(x, (q, k.clone(), v.clone()), offset, self.skip_unselected)
-                .0
+            self.mix(x, (q, k.clone(), v.clone()), offset, self.skip_unselected).0
         };
-        (
-            y,
-            MohState {
-                k,
-                v,
-                position: offset + t,
-            },
-        )
+        (y, MohState { k, v, position: offset + t })
     }
 
     /// One new token per sequence (`q: [B, 1, H, Dh]`) against all cached keys: the active
     /// heads (shared plus selected) are gathered, attended, and scattered back.
-    fn decode(
-        &self,
-        x: Tensor<B, 3>,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    fn decode(&self, x: Tensor<B, 3>, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, h, s, d] = k.dims();
         let device = q.device();
         let routing = self.routing(x);
@@ -536,27 +420,19 @@ impl<B: Backend> Moh<B> {
         let mut rows = Vec::new(); // index into [B·H] of each active (sequence, head)
         for bi in 0..b {
             rows.extend((0..hs).map(|hi| (bi * h + hi) as i64));
-            rows.extend(
-                (0..e)
-                    .filter(|&ei| selected[bi * e + ei])
-                    .map(|ei| (bi * h + hs + ei) as i64),
-            );
+            rows.extend((0..e).filter(|&ei| selected[bi * e + ei]).map(|ei| (bi * h + hs + ei) as i64));
         }
         let active = rows.len() / b;
         let rows = int_tensor::<B>(rows, &device);
         let gather = |x: Tensor<B, 4>, len: usize| {
-            x.reshape([b * h, len, d])
-                .select(0, rows.clone())
-                .reshape([b, active, len, d])
+            x.reshape([b * h, len, d]).select(0, rows.clone()).reshape([b, active, len, d])
         };
         let q = gather(q.swap_dims(1, 2), 1);
         let (k, v) = (gather(k, s), gather(v, s));
         // A new token sees every cached key: no mask.
         let scores = q.matmul(k.swap_dims(2, 3)) * self.scale();
         let probs = softmax(to_f32(scores), 3);
-        let out = to_dtype(probs, v.dtype())
-            .matmul(v)
-            .reshape([b * active, d]);
+        let out = to_dtype(probs, v.dtype()).matmul(v).reshape([b * active, d]);
         let heads_out = to_dtype(Tensor::<B, 2>::zeros([b * h, d], &device), out.dtype())
             .select_assign(0, rows, out, IndexingUpdateOp::Add)
             .reshape([b, 1, h, d]);

@@ -1,7 +1,7 @@
 //! Normalisation layers: RMSNorm with a learnable gain (LAYERS.md P1) and TransNormerLLM's
 //! SRMSNorm without one (P2). Both compute their statistic in f32.
-use burn::module::Module;
 pub use burn::nn::{RmsNorm, RmsNormConfig};
+use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 use ember_ops::precision::{to_dtype, to_f32};
 use serde::{Deserialize, Serialize};

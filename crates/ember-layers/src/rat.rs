@@ -29,12 +29,7 @@ pub struct RatConfig {
 
 impl Default for RatConfig {
     fn default() -> Self {
-        Self {
-            head_dim: 64,
-            chunk_size: 64,
-            groups: 2,
-            rope_base: 10_000.0,
-        }
+        Self { head_dim: 64, chunk_size: 64, groups: 2, rope_base: 10_000.0 }
     }
 }
 
@@ -45,23 +40,14 @@ impl RatConfig {
 
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
         if self.head_dim == 0 || d_model % self.head_dim != 0 {
-            return Err(format!(
-                "head_dim ({}) must be positive and divide d_model ({d_model})",
-                self.head_dim
-            ));
+            return Err(format!("head_dim ({}) must be positive and divide d_model ({d_model})", self.head_dim));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!(
-                "head_dim ({}) must be even for RoPE",
-                self.head_dim
-            ));
+            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
         }
         let heads = self.heads(d_model);
         if self.groups == 0 || heads % self.groups != 0 {
-            return Err(format!(
-                "groups ({}) must be positive and divide the number of heads ({heads})",
-                self.groups
-            ));
+            return Err(format!("groups ({}) must be positive and divide the number of heads ({heads})", self.groups));
         }
         if self.chunk_size == 0 {
             return Err("chunk_size must be positive".into());
@@ -95,11 +81,7 @@ impl RatConfig {
         if seq_len == 0 {
             return 1.0;
         }
-        let (l, n, r) = (
-            self.chunk_size,
-            seq_len / self.chunk_size,
-            seq_len % self.chunk_size,
-        );
+        let (l, n, r) = (self.chunk_size, seq_len / self.chunk_size, seq_len % self.chunk_size);
         let earlier = l * n * n.saturating_sub(1) / 2 + r * n;
         earlier as f64 / seq_len as f64 + 1.0
     }
@@ -115,12 +97,7 @@ impl RatConfig {
         let d_model = at.d_model;
         // Forget-gate bias log(u), u ~ U(1, L−1): initial gates σ(b) = u/(1+u) ∈ (1/2, (L−1)/L).
         let gate_bias = if self.chunk_size > 2 {
-            Tensor::random(
-                [d_model],
-                Distribution::Uniform(1.0, (self.chunk_size - 1) as f64),
-                device,
-            )
-            .log()
+            Tensor::random([d_model], Distribution::Uniform(1.0, (self.chunk_size - 1) as f64), device).log()
         } else {
             Tensor::zeros([d_model], device)
         };
@@ -172,10 +149,7 @@ impl<B: Backend> Rat<B> {
         let column = |start: usize, width: usize| p.clone().narrow(2, start, width);
         let heads = |x: Tensor<B, 3>| x.reshape([b, t, h, dh]);
         // Groups side by side, repeated H/G times: [g0, g1, g0, g1, …].
-        let tiled = |x: Tensor<B, 3>| {
-            x.reshape([b, t, self.groups, dh])
-                .repeat_dim(2, h / self.groups)
-        };
+        let tiled = |x: Tensor<B, 3>| x.reshape([b, t, self.groups, dh]).repeat_dim(2, h / self.groups);
         let gate = to_f32(column(2 * d, d)) + to_f32(self.gate_bias.val()).reshape([1, 1, d]);
         RatInputs {
             z: sigmoid(column(0, d)),
@@ -197,9 +171,7 @@ impl<B: Backend> Rat<B> {
     pub fn forward_with(&self, x: Tensor<B, 3>, form: Form) -> Tensor<B, 3> {
         let RatInputs { z, q, k, v, g } = self.project(x);
         let out = match form {
-            Form::Parallel | Form::Chunked => {
-                rat::parallel(q, k, v, g, None, self.chunk_size, self.rope_base)
-            }
+            Form::Parallel | Form::Chunked => rat::parallel(q, k, v, g, None, self.chunk_size, self.rope_base),
             Form::Recurrent => rat::recurrent(q, k, v, g, None, self.chunk_size, self.rope_base),
         };
         self.finish(z, out.output)

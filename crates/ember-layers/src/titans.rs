@@ -14,18 +14,15 @@
 //! as a gate) is the [`Mag`] mixer and MAC (memory as context) the [`Mac`] mixer below.
 use crate::attention::{Attention, AttentionConfig};
 use crate::init::{linear, INIT_STD};
-use crate::norm::{rms_norm, srms_norm, RmsNorm};
 use crate::LayerContext;
+use crate::norm::{rms_norm, srms_norm, RmsNorm};
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear};
 use burn::tensor::activation::{log_sigmoid, silu};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use ember_ops::conv::{causal_conv, next_history};
 use ember_ops::softmax_attention::KvCache;
-use ember_ops::titans::{
-    self as op, probability, Activation, MemoryInputs, MemoryRule, MemoryState, Objective,
-    Retention, Update,
-};
+use ember_ops::titans::{self as op, probability, Activation, MemoryInputs, MemoryRule, MemoryState, Objective, Retention, Update};
 use serde::{Deserialize, Serialize};
 
 /// Which named model a `[model.mixers.NAME]` table is: it sets the defaults of `objective`,
@@ -172,20 +169,13 @@ impl MemoryConfig {
         };
         let objective = match self.objective.unwrap_or(objective) {
             ObjectiveKind::L2 => Objective::L2,
-            ObjectiveKind::Lp => Objective::Lp {
-                p: self.p,
-                sharpness: self.sharpness,
-            },
-            ObjectiveKind::Huber => Objective::Huber {
-                sharpness: self.sharpness,
-            },
+            ObjectiveKind::Lp => Objective::Lp { p: self.p, sharpness: self.sharpness },
+            ObjectiveKind::Huber => Objective::Huber { sharpness: self.sharpness },
         };
         let retention = match self.retention.unwrap_or(retention) {
             RetentionKind::Decay => Retention::Decay,
             RetentionKind::Lq => Retention::Lq { q: self.q },
-            RetentionKind::Kl => Retention::Softmax {
-                scale: self.simplex_scale,
-            },
+            RetentionKind::Kl => Retention::Softmax { scale: self.simplex_scale },
         };
         MemoryRule {
             residual: self.residual,
@@ -202,37 +192,24 @@ impl MemoryConfig {
 
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
         if self.heads == 0 || d_model % self.heads != 0 {
-            return Err(format!(
-                "heads ({}) must be positive and divide d_model ({d_model})",
-                self.heads
-            ));
+            return Err(format!("heads ({}) must be positive and divide d_model ({d_model})", self.heads));
         }
         if self.depth == 0 || self.expansion == 0 || self.chunk_size == 0 || self.conv_kernel == 0 {
             return Err("depth, expansion, chunk_size and conv_kernel must be positive".into());
         }
-        for (key, value, max) in [
-            ("theta_init", self.theta_init / self.theta_max, "theta_max"),
-            ("eta_init", self.eta_init / self.eta_max, "eta_max"),
-            ("alpha_init", self.alpha_init, "1"),
-        ] {
+        for (key, value, max) in [("theta_init", self.theta_init / self.theta_max, "theta_max"), ("eta_init", self.eta_init / self.eta_max, "eta_max"), ("alpha_init", self.alpha_init, "1")] {
             if !(value > 0.0 && value < 1.0) {
                 return Err(format!("{key} must lie strictly between 0 and {max}"));
             }
         }
         if !(self.grad_clip >= 0.0) {
-            return Err(format!(
-                "grad_clip must be ≥ 0 (0 turns it off), got {}",
-                self.grad_clip
-            ));
+            return Err(format!("grad_clip must be ≥ 0 (0 turns it off), got {}", self.grad_clip));
         }
         if !(self.eta_max > 0.0 && self.eta_max <= 1.0) {
             return Err(format!("eta_max must lie in (0, 1], got {}", self.eta_max));
         }
         if !(self.p >= 1.0 && self.q >= 2.0) {
-            return Err(format!(
-                "p must be ≥ 1 and q ≥ 2 (got p = {}, q = {})",
-                self.p, self.q
-            ));
+            return Err(format!("p must be ≥ 1 and q ≥ 2 (got p = {}, q = {})", self.p, self.q));
         }
         if !(self.delta_init > 0.0 && self.sharpness > 0.0 && self.simplex_scale > 0.0) {
             return Err("delta_init, sharpness and simplex_scale must be positive".into());
@@ -244,12 +221,7 @@ impl MemoryConfig {
     pub fn layer_dims(&self, d: usize) -> Vec<(usize, usize)> {
         let hidden = self.expansion * d;
         (0..self.depth)
-            .map(|l| {
-                (
-                    if l == 0 { d } else { hidden },
-                    if l + 1 == self.depth { d } else { hidden },
-                )
-            })
+            .map(|l| (if l == 0 { d } else { hidden }, if l + 1 == self.depth { d } else { hidden }))
             .collect()
     }
 
@@ -259,26 +231,14 @@ impl MemoryConfig {
     }
 
     fn memory_floats(&self, d_model: usize) -> usize {
-        self.heads
-            * self
-                .layer_dims(self.head_dim(d_model))
-                .iter()
-                .map(|(i, o)| i * o)
-                .sum::<usize>()
+        self.heads * self.layer_dims(self.head_dim(d_model)).iter().map(|(i, o)| i * o).sum::<usize>()
     }
 
     pub fn params(&self, d_model: usize, preset: Preset) -> usize {
         let d = d_model;
         let gates = self.gates(preset) * self.heads;
         let gate = if self.output_gate { d * d } else { 0 };
-        3 * d * d
-            + 3 * d * self.conv_kernel
-            + (d + 1) * gates
-            + self.memory_floats(d)
-            + self.head_dim(d)
-            + gate
-            + d * d
-            + self.persistent * d
+        3 * d * d + 3 * d * self.conv_kernel + (d + 1) * gates + self.memory_floats(d) + self.head_dim(d) + gate + d * d + self.persistent * d
     }
 
     /// Projections, convolution, and per head and token: one inner gradient (forward and
@@ -287,8 +247,7 @@ impl MemoryConfig {
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize, preset: Preset) -> f64 {
         let d = d_model as f64;
         let gate = if self.output_gate { d * d } else { 0.0 };
-        let matmuls =
-            2.0 * (3.0 * d * d + d * (self.gates(preset) * self.heads) as f64 + gate + d * d);
+        let matmuls = 2.0 * (3.0 * d * d + d * (self.gates(preset) * self.heads) as f64 + gate + d * d);
         let momentum = self.rule(preset).momentum as usize as f64;
         let c = self.chunk_size.min(seq_len.max(1)) as f64;
         // KL retention reads through the chunk-start softmax's Jacobian: per token, `C` products
@@ -299,10 +258,7 @@ impl MemoryConfig {
             .iter()
             .map(|&(i, o)| {
                 let (i, o) = (i as f64, o as f64);
-                6.0 * i * o
-                    + 2.0 * i * o * (1.0 + momentum)
-                    + 2.0 * c * (i + o)
-                    + kl * 2.0 * c * i * o
+                6.0 * i * o + 2.0 * i * o * (1.0 + momentum) + 2.0 * c * (i + o) + kl * 2.0 * c * i * o
             })
             .sum();
         matmuls + 2.0 * 3.0 * d * self.conv_kernel as f64 + self.heads as f64 * per_head
@@ -316,13 +272,7 @@ impl MemoryConfig {
         copies * self.memory_floats(d_model) + (self.conv_kernel - 1) * 3 * d_model + pending
     }
 
-    pub fn init<B: Backend>(
-        &self,
-        at: LayerContext,
-        out_std: f64,
-        preset: Preset,
-        device: &B::Device,
-    ) -> Memory<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, preset: Preset, device: &B::Device) -> Memory<B> {
         let d_model = at.d_model;
         let (h, dh) = (self.heads, self.head_dim(d_model));
         let gates = self.gates(preset);
@@ -334,46 +284,25 @@ impl MemoryConfig {
         if gates == 4 {
             bias.extend(vec![(self.delta_init.exp() - 1.0).ln(); h]); // softplus⁻¹
         }
-        let gate_proj = Linear {
-            bias: Some(Param::from_tensor(Tensor::from_floats(
-                bias.as_slice(),
-                device,
-            ))),
-            ..gate_proj
-        };
+        let gate_proj = Linear { bias: Some(Param::from_tensor(Tensor::from_floats(bias.as_slice(), device))), ..gate_proj };
         let bound = 1.0 / (self.conv_kernel as f64).sqrt();
         let memory = self
             .layer_dims(dh)
             .into_iter()
             .map(|(i, o)| {
                 let std = (2.0 / (i + o) as f64).sqrt(); // Xavier
-                Param::from_tensor(Tensor::random(
-                    [h, i, o],
-                    Distribution::Normal(0.0, std),
-                    device,
-                ))
+                Param::from_tensor(Tensor::random([h, i, o], Distribution::Normal(0.0, std), device))
             })
             .collect();
         Memory {
             qkv: linear(d_model, 3 * d_model, false, INIT_STD, device),
-            conv: Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            }
-            .init([3 * d_model, self.conv_kernel], device),
+            conv: Initializer::Uniform { min: -bound, max: bound }.init([3 * d_model, self.conv_kernel], device),
             gates: gate_proj,
             memory,
-            persistent: (self.persistent > 0).then(|| {
-                Param::from_tensor(Tensor::random(
-                    [self.persistent, d_model],
-                    Distribution::Normal(0.0, INIT_STD),
-                    device,
-                ))
-            }),
+            persistent: (self.persistent > 0)
+                .then(|| Param::from_tensor(Tensor::random([self.persistent, d_model], Distribution::Normal(0.0, INIT_STD), device))),
             norm_gain: Param::from_tensor(Tensor::ones([dh], device)),
-            gate: self
-                .output_gate
-                .then(|| linear(d_model, d_model, false, INIT_STD, device)),
+            gate: self.output_gate.then(|| linear(d_model, d_model, false, INIT_STD, device)),
             out: linear(d_model, d_model, false, out_std, device),
             heads: h,
             theta_max: self.theta_max,
@@ -426,16 +355,9 @@ impl<B: Backend> Memory<B> {
 
     /// A fresh state for `batch` sequences: `M_0` and an empty convolution history.
     pub fn initial_state(&self, batch: usize, device: &B::Device) -> TitansState<B> {
-        let weights = self
-            .memory
-            .iter()
-            .map(|w| w.val().unsqueeze_dim::<4>(0).repeat_dim(0, batch))
-            .collect();
+        let weights = self.memory.iter().map(|w| w.val().unsqueeze_dim::<4>(0).repeat_dim(0, batch)).collect();
         let [channels, k] = self.conv.dims();
-        TitansState {
-            memory: MemoryState::new(weights, self.rule.momentum),
-            conv: Tensor::zeros([batch, k - 1, channels], device),
-        }
+        TitansState { memory: MemoryState::new(weights, self.rule.momentum), conv: Tensor::zeros([batch, k - 1, channels], device) }
     }
 
     /// The memory's per-token inputs for `x: [B, T, D]` after the convolution history `conv`;
@@ -489,12 +411,7 @@ impl<B: Backend> Memory<B> {
 
     /// Consumes `x: [B, T, D]` after `state` (a fresh one: from the persistent tokens), with the
     /// chunked form or (`sequential`) the token-by-token reference.
-    pub fn run(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<TitansState<B>>,
-        sequential: bool,
-    ) -> (Tensor<B, 3>, TitansState<B>) {
+    pub fn run(&self, x: Tensor<B, 3>, state: Option<TitansState<B>>, sequential: bool) -> (Tensor<B, 3>, TitansState<B>) {
         let (x, skip) = match state {
             Some(_) => (x, 0),
             None => self.with_persistent(x),
@@ -516,11 +433,7 @@ impl<B: Backend> Memory<B> {
 
     /// Recurrent form: one token or a prompt after `state`. The chunked form started from the
     /// state serves both: a single token replays at most `chunk_size − 1` pending ones.
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<TitansState<B>>,
-    ) -> (Tensor<B, 3>, TitansState<B>) {
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<TitansState<B>>) -> (Tensor<B, 3>, TitansState<B>) {
         self.run(x, state, false)
     }
 }
@@ -540,16 +453,8 @@ pub struct MagConfig {
 impl Default for MagConfig {
     fn default() -> Self {
         Self {
-            attention: AttentionConfig {
-                heads: 4,
-                window: Some(64),
-                persistent: 4,
-                ..Default::default()
-            },
-            memory: MemoryConfig {
-                persistent: 4,
-                ..Default::default()
-            },
+            attention: AttentionConfig { heads: 4, window: Some(64), persistent: 4, ..Default::default() },
+            memory: MemoryConfig { persistent: 4, ..Default::default() },
             norm_eps: 1e-6,
         }
     }
@@ -557,33 +462,21 @@ impl Default for MagConfig {
 
 impl MagConfig {
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
-        self.attention
-            .validate(d_model)
-            .map_err(|e| format!("attention: {e}"))?;
-        self.memory
-            .validate(d_model)
-            .map_err(|e| format!("memory: {e}"))
+        self.attention.validate(d_model).map_err(|e| format!("attention: {e}"))?;
+        self.memory.validate(d_model).map_err(|e| format!("memory: {e}"))
     }
 
     pub fn params(&self, d_model: usize) -> usize {
-        self.attention.params(d_model)
-            + self.memory.params(d_model, Preset::Titans)
-            + 2 * d_model
-            + d_model * d_model
+        self.attention.params(d_model) + self.memory.params(d_model, Preset::Titans) + 2 * d_model + d_model * d_model
     }
 
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
         let d = d_model as f64;
-        self.attention.flops_per_token(d_model, seq_len)
-            + self
-                .memory
-                .flops_per_token(d_model, seq_len, Preset::Titans)
-            + 2.0 * d * d
+        self.attention.flops_per_token(d_model, seq_len) + self.memory.flops_per_token(d_model, seq_len, Preset::Titans) + 2.0 * d * d
     }
 
     pub fn state_size(&self, d_model: usize, seq_len: usize) -> usize {
-        self.attention.state_size(d_model, seq_len)
-            + self.memory.state_size(d_model, seq_len, Preset::Titans)
+        self.attention.state_size(d_model, seq_len) + self.memory.state_size(d_model, seq_len, Preset::Titans)
     }
 
     pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Mag<B> {
@@ -623,8 +516,7 @@ impl<B: Backend> MagState<B> {
 impl<B: Backend> Mag<B> {
     fn combine(&self, attention: Tensor<B, 3>, memory: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = probability(self.norm_memory.forward(memory));
-        self.out
-            .forward(self.norm_attention.forward(attention) * gate)
+        self.out.forward(self.norm_attention.forward(attention) * gate)
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -664,15 +556,8 @@ pub struct MacConfig {
 impl Default for MacConfig {
     fn default() -> Self {
         Self {
-            attention: AttentionConfig {
-                heads: 4,
-                persistent: 4,
-                ..Default::default()
-            },
-            memory: MemoryConfig {
-                chunk_size: 64,
-                ..Default::default()
-            },
+            attention: AttentionConfig { heads: 4, persistent: 4, ..Default::default() },
+            memory: MemoryConfig { chunk_size: 64, ..Default::default() },
             norm_eps: 1e-6,
         }
     }
@@ -684,23 +569,14 @@ impl MacConfig {
             return Err("attention.window: MAC attends over whole segments (the memory's chunk_size); remove it".into());
         }
         if self.memory.persistent > 0 {
-            return Err(
-                "memory.persistent: MAC's persistent tokens are attention.persistent".into(),
-            );
+            return Err("memory.persistent: MAC's persistent tokens are attention.persistent".into());
         }
-        self.attention
-            .validate(d_model)
-            .map_err(|e| format!("attention: {e}"))?;
-        self.memory
-            .validate(d_model)
-            .map_err(|e| format!("memory: {e}"))
+        self.attention.validate(d_model).map_err(|e| format!("attention: {e}"))?;
+        self.memory.validate(d_model).map_err(|e| format!("memory: {e}"))
     }
 
     pub fn params(&self, d_model: usize) -> usize {
-        self.attention.params(d_model)
-            + self.memory.params(d_model, Preset::Titans)
-            + 2 * d_model
-            + 2 * d_model * d_model
+        self.attention.params(d_model) + self.memory.params(d_model, Preset::Titans) + 2 * d_model + 2 * d_model * d_model
     }
 
     /// The memory (written with `y`), the retrieval, and attention over `2·c` keys on average
@@ -708,29 +584,15 @@ impl MacConfig {
     pub fn flops_per_token(&self, d_model: usize, seq_len: usize) -> f64 {
         let d = d_model as f64;
         let segment = self.memory.chunk_size.min(seq_len.max(1));
-        let read: f64 = 2.0
-            * self
-                .memory
-                .layer_dims(self.memory.head_dim(d_model))
-                .iter()
-                .map(|(i, o)| (i * o) as f64)
-                .sum::<f64>();
-        let attention = self.attention.flops_per_token(d_model, segment)
-            + self.attention.params(d_model) as f64
-            + 4.0 * d * (segment as f64 + 1.0) / 2.0;
-        attention
-            + self
-                .memory
-                .flops_per_token(d_model, seq_len, Preset::Titans)
-            + 2.0 * d * d * 2.0
-            + self.memory.heads as f64 * read
+        let read: f64 = 2.0 * self.memory.layer_dims(self.memory.head_dim(d_model)).iter().map(|(i, o)| (i * o) as f64).sum::<f64>();
+        let attention = self.attention.flops_per_token(d_model, segment) + self.attention.params(d_model) as f64 + 4.0 * d * (segment as f64 + 1.0) / 2.0;
+        attention + self.memory.flops_per_token(d_model, seq_len, Preset::Titans) + 2.0 * d * d * 2.0 + self.memory.heads as f64 * read
     }
 
     /// The memory's state plus the keys and values of the segment in progress (`h` and `S`).
     pub fn state_size(&self, d_model: usize, seq_len: usize) -> usize {
         let in_segment = seq_len % self.memory.chunk_size;
-        self.memory.state_size(d_model, seq_len, Preset::Titans)
-            + self.attention.state_size(d_model, 2 * in_segment)
+        self.memory.state_size(d_model, seq_len, Preset::Titans) + self.attention.state_size(d_model, 2 * in_segment)
     }
 
     pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> Mac<B> {
@@ -768,10 +630,7 @@ pub struct MacState<B: Backend> {
 
 impl<B: Backend> MacState<B> {
     pub fn numel(&self) -> usize {
-        self.memory.numel()
-            + self.keys.as_ref().map_or(0, |(k, v)| {
-                k.shape().num_elements() + v.shape().num_elements()
-            })
+        self.memory.numel() + self.keys.as_ref().map_or(0, |(k, v)| k.shape().num_elements() + v.shape().num_elements())
     }
 }
 
@@ -792,54 +651,30 @@ impl<B: Backend> Mac<B> {
         // Attention from the segment's tokens over [P; earlier h, S; this piece's h, S].
         let (q, k_s, v_s) = self.attention.project(x, p);
         let (_, k_h, v_h) = self.attention.project(read, p);
-        let (k_new, v_new) = (
-            Tensor::cat(vec![k_h, k_s], 1),
-            Tensor::cat(vec![v_h, v_s], 1),
-        );
+        let (k_new, v_new) = (Tensor::cat(vec![k_h, k_s], 1), Tensor::cat(vec![v_h, v_s], 1));
         let device = k_new.device();
         let causal = ember_ops::mask::hidden_keys::<B>(n, n, 0, None, &device);
         let mut hidden = Tensor::cat(vec![causal.clone(), causal], 1);
         let (k, v) = match state.keys {
             Some((k_old, v_old)) => {
-                let earlier = ember_ops::mask::hidden_keys::<B>(
-                    n,
-                    k_old.dims()[1],
-                    k_old.dims()[1],
-                    None,
-                    &device,
-                );
+                let earlier = ember_ops::mask::hidden_keys::<B>(n, k_old.dims()[1], k_old.dims()[1], None, &device);
                 hidden = Tensor::cat(vec![earlier, hidden], 1);
-                (
-                    Tensor::cat(vec![k_old, k_new], 1),
-                    Tensor::cat(vec![v_old, v_new], 1),
-                )
+                (Tensor::cat(vec![k_old, k_new], 1), Tensor::cat(vec![v_old, v_new], 1))
             }
             None => (k_new, v_new),
         };
         let prefix = self.attention.prefix();
-        let o = ember_ops::softmax_attention::masked(
-            q,
-            k.clone(),
-            v.clone(),
-            hidden,
-            prefix.as_ref(),
-            self.attention.scale(),
-        );
+        let o = ember_ops::softmax_attention::masked(q, k.clone(), v.clone(), hidden, prefix.as_ref(), self.attention.scale());
         let y = self.attention.merge(o);
         let (m, memory) = self.memory.step(y.clone(), Some(state.memory));
         let keys = (memory.memory.pending_len() > 0).then_some((k, v));
-        let out = self
-            .out
-            .forward(self.norm_attention.forward(y) * probability(self.norm_memory.forward(m)));
+        let out = self.out.forward(self.norm_attention.forward(y) * probability(self.norm_memory.forward(m)));
         (out, MacState { memory, keys })
     }
 
     /// Consumes `x: [B, T, D]` after `state`, segment piece by segment piece.
     pub fn step(&self, x: Tensor<B, 3>, state: Option<MacState<B>>) -> (Tensor<B, 3>, MacState<B>) {
-        let mut state = state.unwrap_or_else(|| MacState {
-            memory: self.memory.initial_state(x.dims()[0], &x.device()),
-            keys: None,
-        });
+        let mut state = state.unwrap_or_else(|| MacState { memory: self.memory.initial_state(x.dims()[0], &x.device()), keys: None });
         let t = x.dims()[1];
         let mut outputs = Vec::new();
         let mut start = 0;

@@ -73,22 +73,13 @@ impl Default for TransNormerConfig {
 /// ALiBi slopes for `n` heads: `2^{−8(h+1)/n}` for a power of two; otherwise the slopes of the
 /// nearest lower power of two followed by every other slope of the doubled set.
 pub fn alibi_slopes(n: usize) -> Vec<f64> {
-    let power_of_two = |n: usize| {
-        (1..=n)
-            .map(|i| 2f64.powf(-8.0 * i as f64 / n as f64))
-            .collect::<Vec<_>>()
-    };
+    let power_of_two = |n: usize| (1..=n).map(|i| 2f64.powf(-8.0 * i as f64 / n as f64)).collect::<Vec<_>>();
     if n == 0 || n.is_power_of_two() {
         return power_of_two(n);
     }
     let lower = 1 << n.ilog2();
     let mut slopes = power_of_two(lower);
-    slopes.extend(
-        power_of_two(2 * lower)
-            .into_iter()
-            .step_by(2)
-            .take(n - lower),
-    );
+    slopes.extend(power_of_two(2 * lower).into_iter().step_by(2).take(n - lower));
     slopes
 }
 
@@ -117,15 +108,8 @@ impl TransNormerConfig {
         match self.decay_schedule {
             DecaySchedule::Released => {
                 // With a single layer, 1 − l/(L−1) is 0/0: that layer gets the plain slopes.
-                let depth = if at.n_layers > 1 {
-                    1.0 - l / (n - 1.0) + 1e-5
-                } else {
-                    1.0
-                };
-                alibi_slopes(self.heads)
-                    .into_iter()
-                    .map(|s| -s * depth)
-                    .collect()
+                let depth = if at.n_layers > 1 { 1.0 - l / (n - 1.0) + 1e-5 } else { 1.0 };
+                alibi_slopes(self.heads).into_iter().map(|s| -s * depth).collect()
             }
             DecaySchedule::Fla => {
                 let rate = 8.0 / self.heads as f64 * (1.0 - l / n);
@@ -137,10 +121,7 @@ impl TransNormerConfig {
     pub fn validate(&self, d_model: usize) -> Result<(), String> {
         let e = self.hidden(d_model);
         if self.heads == 0 || e == 0 || e % self.heads != 0 {
-            return Err(format!(
-                "hidden_dim ({e}) must be positive and divisible by heads ({})",
-                self.heads
-            ));
+            return Err(format!("hidden_dim ({e}) must be positive and divisible by heads ({})", self.heads));
         }
         if self.chunk_size == 0 {
             return Err("chunk_size must be positive".into());
@@ -149,10 +130,7 @@ impl TransNormerConfig {
             return Err(format!("norm_eps must be positive, got {}", self.norm_eps));
         }
         if self.form == Form::Recurrent {
-            return Err(
-                "form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)"
-                    .into(),
-            );
+            return Err("form must be \"chunked\" or \"parallel\" (the recurrent form is for generation)".into());
         }
         Ok(())
     }
@@ -199,24 +177,17 @@ impl TransNormerConfig {
         self.state_size_at(LayerContext::single(d_model))
     }
 
-    pub fn init<B: Backend>(
-        &self,
-        at: LayerContext,
-        out_std: f64,
-        device: &B::Device,
-    ) -> TransNormer<B> {
+    pub fn init<B: Backend>(&self, at: LayerContext, out_std: f64, device: &B::Device) -> TransNormer<B> {
         let (d_model, e, h) = (at.d_model, self.hidden(at.d_model), self.heads);
         let d = e / h;
         // θ_{h,i} = 10000^{−2(h·d+i)/(H·d)}: one RoPE-like frequency per channel over all heads.
-        let theta: Vec<f32> = (0..e)
-            .map(|c| 10_000f64.powf(-2.0 * c as f64 / e as f64) as f32)
-            .collect();
+        let theta: Vec<f32> = (0..e).map(|c| 10_000f64.powf(-2.0 * c as f64 / e as f64) as f32).collect();
         TransNormer {
             qkvu: linear(d_model, 4 * e, false, INIT_STD, device),
             out: linear(e, d_model, false, out_std, device),
-            lrpe_theta: self.uses_lrpe(at.layer).then(|| {
-                Param::from_tensor(Tensor::from_data(TensorData::new(theta, [h, d]), device))
-            }),
+            lrpe_theta: self
+                .uses_lrpe(at.layer)
+                .then(|| Param::from_tensor(Tensor::from_data(TensorData::new(theta, [h, d]), device))),
             log_decay: self.log_decays(at),
             heads: h,
             norm_eps: self.norm_eps,
@@ -262,12 +233,8 @@ impl<B: Backend> TransNormerState<B> {
 pub fn lrpe<B: Backend>(x: Tensor<B, 4>, theta: Tensor<B, 2>, offset: usize) -> Tensor<B, 4> {
     let [_, t, h, d] = x.dims();
     let positions = Tensor::<B, 1, Int>::arange(offset as i64..(offset + t) as i64, &x.device());
-    let angles =
-        to_f32(positions.float()).reshape([1, t, 1, 1]) * to_f32(theta).reshape([1, 1, h, d]);
-    let (cos, sin) = (
-        to_dtype(angles.clone().cos(), x.dtype()),
-        to_dtype(angles.sin(), x.dtype()),
-    );
+    let angles = to_f32(positions.float()).reshape([1, t, 1, 1]) * to_f32(theta).reshape([1, 1, h, d]);
+    let (cos, sin) = (to_dtype(angles.clone().cos(), x.dtype()), to_dtype(angles.sin(), x.dtype()));
     Tensor::cat(vec![x.clone() * cos, x * sin], 3)
 }
 
@@ -278,11 +245,7 @@ impl<B: Backend> TransNormer<B> {
 
     /// `q, k: [B, T, H, d_k]` (SiLU, then LRPE from position `offset` where enabled),
     /// `v: [B, T, H, d]` and the output gate `u: [B, T, E]`.
-    fn project(
-        &self,
-        x: Tensor<B, 3>,
-        offset: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 3>) {
+    fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 3>) {
         let [b, t, _] = x.dims();
         let (e, h) = (self.hidden(), self.heads);
         let qkvu = self.qkvu.forward(x);
@@ -299,18 +262,13 @@ impl<B: Backend> TransNormer<B> {
     /// The constant log decays as the `[B, T, H]` the per-head op takes.
     fn log_decay(&self, b: usize, t: usize, device: &B::Device) -> Tensor<B, 3> {
         let rates: Vec<f32> = self.log_decay.iter().map(|&r| r as f32).collect();
-        op::constant_per_head(
-            Tensor::from_data(TensorData::new(rates, [self.heads]), device),
-            b,
-            t,
-        )
+        op::constant_per_head(Tensor::from_data(TensorData::new(rates, [self.heads]), device), b, t)
     }
 
     /// `(SRMSNorm(O) ⊙ u) W_o`, the norm over all `E` channels at once.
     fn output(&self, o: Tensor<B, 4>, u: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, h, d] = o.dims();
-        self.out
-            .forward(srms_norm(o.reshape([b, t, h * d]), self.norm_eps) * u)
+        self.out.forward(srms_norm(o.reshape([b, t, h * d]), self.norm_eps) * u)
     }
 
     /// Training forward with an explicit form (the config's form is `forward`'s default).
@@ -331,23 +289,12 @@ impl<B: Backend> TransNormer<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_with(
-            x,
-            if self.chunked {
-                Form::Chunked
-            } else {
-                Form::Parallel
-            },
-        )
+        self.forward_with(x, if self.chunked { Form::Chunked } else { Form::Parallel })
     }
 
     /// Consumes `x: [B, T, D]` after the tokens in `state` (a prompt in one chunked pass, or one
     /// token), with LRPE continuing at the state's position.
-    pub fn step(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<TransNormerState<B>>,
-    ) -> (Tensor<B, 3>, TransNormerState<B>) {
+    pub fn step(&self, x: Tensor<B, 3>, state: Option<TransNormerState<B>>) -> (Tensor<B, 3>, TransNormerState<B>) {
         let [b, t, _] = x.dims();
         let (h0, offset) = state.map_or((None, 0), |s| (Some(s.kv), s.position));
         let (q, k, v, u) = self.project(x, offset);
@@ -359,12 +306,6 @@ impl<B: Backend> TransNormer<B> {
         } else {
             op::chunked_per_head(q, k, v, g, h0, 1.0, self.chunk_size)
         };
-        (
-            self.output(out.output, u),
-            TransNormerState {
-                kv: out.state,
-                position: offset + t,
-            },
-        )
+        (self.output(out.output, u), TransNormerState { kv: out.state, position: offset + t })
     }
 }

@@ -3,21 +3,21 @@ mod common;
 
 use burn::backend::NdArray;
 use burn::tensor::{Distribution, Tensor};
-use ember_layers::aaren::AarenConfig;
 use ember_layers::attention::AttentionConfig;
 use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
+use ember_layers::aaren::AarenConfig;
 use ember_layers::gla::GlaConfig;
 use ember_layers::linear_attention::{LinearAttentionConfig, LinearFeatureMap};
 use ember_layers::lolcats::LolcatsConfig;
 use ember_layers::lora::LoraConfig;
-use ember_layers::moh::MohConfig;
 use ember_layers::rat::RatConfig;
-use ember_layers::titans::{MacConfig, MagConfig, MemoryConfig, ObjectiveKind};
+use ember_layers::moh::MohConfig;
 use ember_layers::transnormer::TransNormerConfig;
+use ember_layers::titans::{MacConfig, MagConfig, MemoryConfig, ObjectiveKind};
+use ember_ops::titans::Update;
 use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
-use ember_ops::titans::Update;
 use ember_ops::Form;
 
 use common::{assert_causal, in_pieces, rel_err, stepwise};
@@ -27,227 +27,51 @@ const D: usize = 32;
 
 fn mixers() -> Vec<(&'static str, MixerConfig)> {
     vec![
-        (
-            "attention",
-            MixerConfig::Attention(AttentionConfig {
-                heads: 4,
-                ..Default::default()
-            }),
-        ),
-        (
-            "gqa_window",
-            MixerConfig::Attention(AttentionConfig {
-                heads: 4,
-                kv_heads: Some(2),
-                window: Some(5),
-                ..Default::default()
-            }),
-        ),
-        (
-            "taylor_compact",
-            MixerConfig::BasedLinear(TaylorAttentionConfig {
-                heads: 4,
-                feature_dim: 8,
-                chunk_size: 16,
-                ..Default::default()
-            }),
-        ),
-        (
-            "taylor_full",
-            MixerConfig::BasedLinear(TaylorAttentionConfig {
-                heads: 2,
-                feature_dim: 4,
-                feature_map: FeatureMap::Full,
-                chunk_size: 8,
-                ..Default::default()
-            }),
-        ),
-        (
-            "linear_elu",
-            MixerConfig::LinearAttention(LinearAttentionConfig {
-                heads: 4,
-                chunk_size: 16,
-                ..Default::default()
-            }),
-        ),
-        (
-            "linear_relu_unnormalized",
-            MixerConfig::LinearAttention(LinearAttentionConfig {
-                heads: 2,
-                feature_dim: Some(8),
-                feature_map: LinearFeatureMap::Relu,
-                normalize: false,
-                chunk_size: 8,
-                ..Default::default()
-            }),
-        ),
-        (
-            "base_conv",
-            MixerConfig::BaseConv(BaseConvConfig::default()),
-        ),
-        (
-            "gla",
-            MixerConfig::Gla(GlaConfig {
-                heads: 4,
-                chunk_size: 16,
-                ..Default::default()
-            }),
-        ),
-        (
-            "transnormer",
-            MixerConfig::Transnormer(TransNormerConfig {
-                heads: 4,
-                chunk_size: 16,
-                ..Default::default()
-            }),
-        ),
-        (
-            "rat",
-            MixerConfig::Rat(RatConfig {
-                head_dim: 8,
-                chunk_size: 8,
-                ..Default::default()
-            }),
-        ),
-        (
-            "aaren",
-            MixerConfig::Aaren(AarenConfig {
-                heads: 4,
-                chunk_size: 16,
-                ..Default::default()
-            }),
-        ),
-        (
-            "moh",
-            MixerConfig::Moh(MohConfig {
-                heads: 4,
-                shared_heads: 2,
-                top_k: 1,
-                ..Default::default()
-            }),
-        ),
-        (
-            "lolcats_gqa_lora",
-            MixerConfig::Lolcats(LolcatsConfig {
-                attention: AttentionConfig {
-                    heads: 4,
-                    kv_heads: Some(2),
-                    ..Default::default()
-                },
-                feature_dim: 6,
-                window: 8,
-                lora: Some(LoraConfig {
-                    rank: 2,
-                    alpha: 4.0,
-                    targets: vec!["q".into(), "v".into(), "o".into()],
-                }),
-                ..Default::default()
-            }),
-        ),
-        (
-            "lizard",
-            MixerConfig::Lolcats(LolcatsConfig {
-                attention: AttentionConfig {
-                    heads: 2,
-                    ..Default::default()
-                },
-                feature_dim: 8,
-                window: 5,
-                decay: true,
-                decay_bias_init: 0.0,
-                decay_normalizer: 1.0,
-                sinks: 2,
-                ..Default::default()
-            }),
-        ),
-        (
-            "titans",
-            MixerConfig::Titans(MemoryConfig {
-                heads: 2,
-                chunk_size: 8,
-                persistent: 3,
-                ..Default::default()
-            }),
-        ),
-        (
-            "titans_chunk_update",
-            MixerConfig::Titans(MemoryConfig {
-                heads: 4,
-                depth: 1,
-                chunk_size: 5,
-                update: Update::Chunk,
-                ..Default::default()
-            }),
-        ),
-        (
-            "moneta",
-            MixerConfig::Moneta(MemoryConfig {
-                heads: 2,
-                chunk_size: 4,
-                ..Default::default()
-            }),
-        ),
-        (
-            "titans_mag",
-            MixerConfig::TitansMag(MagConfig {
-                attention: AttentionConfig {
-                    heads: 4,
-                    window: Some(6),
-                    persistent: 2,
-                    ..Default::default()
-                },
-                memory: MemoryConfig {
-                    heads: 2,
-                    chunk_size: 8,
-                    persistent: 2,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }),
-        ),
-        (
-            "titans_mac",
-            MixerConfig::TitansMac(MacConfig {
-                attention: AttentionConfig {
-                    heads: 4,
-                    persistent: 2,
-                    ..Default::default()
-                },
-                memory: MemoryConfig {
-                    heads: 2,
-                    chunk_size: 8,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }),
-        ),
-        (
-            "swa_persistent",
-            MixerConfig::Attention(AttentionConfig {
-                heads: 4,
-                window: Some(5),
-                persistent: 3,
-                ..Default::default()
-            }),
-        ),
-        (
-            "yaad",
-            MixerConfig::Yaad(MemoryConfig {
-                heads: 2,
-                chunk_size: 8,
-                objective: Some(ObjectiveKind::Huber),
-                ..Default::default()
-            }),
-        ),
-        (
-            "memora",
-            MixerConfig::Memora(MemoryConfig {
-                heads: 2,
-                chunk_size: 4,
-                simplex_scale: 2.0,
-                ..Default::default()
-            }),
-        ),
+        ("attention", MixerConfig::Attention(AttentionConfig { heads: 4, ..Default::default() })),
+        ("gqa_window", MixerConfig::Attention(AttentionConfig { heads: 4, kv_heads: Some(2), window: Some(5), ..Default::default() })),
+        ("taylor_compact", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 4, feature_dim: 8, chunk_size: 16, ..Default::default() })),
+        ("taylor_full", MixerConfig::BasedLinear(TaylorAttentionConfig { heads: 2, feature_dim: 4, feature_map: FeatureMap::Full, chunk_size: 8, ..Default::default() })),
+        ("linear_elu", MixerConfig::LinearAttention(LinearAttentionConfig { heads: 4, chunk_size: 16, ..Default::default() })),
+        ("linear_relu_unnormalized", MixerConfig::LinearAttention(LinearAttentionConfig { heads: 2, feature_dim: Some(8), feature_map: LinearFeatureMap::Relu, normalize: false, chunk_size: 8, ..Default::default() })),
+        ("base_conv", MixerConfig::BaseConv(BaseConvConfig::default())),
+        ("gla", MixerConfig::Gla(GlaConfig { heads: 4, chunk_size: 16, ..Default::default() })),
+        ("transnormer", MixerConfig::Transnormer(TransNormerConfig { heads: 4, chunk_size: 16, ..Default::default() })),
+        ("rat", MixerConfig::Rat(RatConfig { head_dim: 8, chunk_size: 8, ..Default::default() })),
+        ("aaren", MixerConfig::Aaren(AarenConfig { heads: 4, chunk_size: 16, ..Default::default() })),
+        ("moh", MixerConfig::Moh(MohConfig { heads: 4, shared_heads: 2, top_k: 1, ..Default::default() })),
+        ("lolcats_gqa_lora", MixerConfig::Lolcats(LolcatsConfig {
+            attention: AttentionConfig { heads: 4, kv_heads: Some(2), ..Default::default() },
+            feature_dim: 6,
+            window: 8,
+            lora: Some(LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q".into(), "v".into(), "o".into()] }),
+            ..Default::default()
+        })),
+        ("lizard", MixerConfig::Lolcats(LolcatsConfig {
+            attention: AttentionConfig { heads: 2, ..Default::default() },
+            feature_dim: 8,
+            window: 5,
+            decay: true,
+            decay_bias_init: 0.0,
+            decay_normalizer: 1.0,
+            sinks: 2,
+            ..Default::default()
+        })),
+        ("titans", MixerConfig::Titans(MemoryConfig { heads: 2, chunk_size: 8, persistent: 3, ..Default::default() })),
+        ("titans_chunk_update", MixerConfig::Titans(MemoryConfig { heads: 4, depth: 1, chunk_size: 5, update: Update::Chunk, ..Default::default() })),
+        ("moneta", MixerConfig::Moneta(MemoryConfig { heads: 2, chunk_size: 4, ..Default::default() })),
+        ("titans_mag", MixerConfig::TitansMag(MagConfig {
+            attention: AttentionConfig { heads: 4, window: Some(6), persistent: 2, ..Default::default() },
+            memory: MemoryConfig { heads: 2, chunk_size: 8, persistent: 2, ..Default::default() },
+            ..Default::default()
+        })),
+        ("titans_mac", MixerConfig::TitansMac(MacConfig {
+            attention: AttentionConfig { heads: 4, persistent: 2, ..Default::default() },
+            memory: MemoryConfig { heads: 2, chunk_size: 8, ..Default::default() },
+            ..Default::default()
+        })),
+        ("swa_persistent", MixerConfig::Attention(AttentionConfig { heads: 4, window: Some(5), persistent: 3, ..Default::default() })),
+        ("yaad", MixerConfig::Yaad(MemoryConfig { heads: 2, chunk_size: 8, objective: Some(ObjectiveKind::Huber), ..Default::default() })),
+        ("memora", MixerConfig::Memora(MemoryConfig { heads: 2, chunk_size: 4, simplex_scale: 2.0, ..Default::default() })),
     ]
 }
 
@@ -264,22 +88,13 @@ fn recurrent_equals_parallel_for_every_mixer() {
             let x = input(t, 7 + t as u64);
             let parallel = mixer.forward(x.clone());
             // Token-by-token generation through `step` reproduces the training forward.
-            let err = rel_err(
-                stepwise(x.clone(), |x, s| mixer.step(x, s)),
-                parallel.clone(),
-            );
-            assert!(
-                err <= 1e-4,
-                "{name} T={t}: recurrent vs forward rel err {err}"
-            );
+            let err = rel_err(stepwise(x.clone(), |x, s| mixer.step(x, s)), parallel.clone());
+            assert!(err <= 1e-4, "{name} T={t}: recurrent vs forward rel err {err}");
             // Prefill of a prompt then one more token equals the forward too.
             if t > 1 {
                 let (y, _) = in_pieces(x.clone(), &[t - 1], |x, s, _| mixer.step(x, s));
                 let err = rel_err(y, parallel);
-                assert!(
-                    err <= 1e-4,
-                    "{name} T={t}: prefill+step vs forward rel err {err}"
-                );
+                assert!(err <= 1e-4, "{name} T={t}: prefill+step vs forward rel err {err}");
             }
         }
     }
@@ -296,10 +111,7 @@ fn state_carries_across_calls_for_every_mixer() {
         for split in [1, 16, 37] {
             let (y, _) = in_pieces(x.clone(), &[split], |x, s, _| mixer.step(x, s));
             let err = rel_err(y, whole.clone());
-            assert!(
-                err <= 1e-4,
-                "{name} split {split}: a‖b vs a then b rel err {err}"
-            );
+            assert!(err <= 1e-4, "{name} split {split}: a‖b vs a then b rel err {err}");
         }
     }
 }
@@ -309,27 +121,15 @@ fn taylor_chunked_equals_parallel_equals_recurrent() {
     let device = Default::default();
     for map in [FeatureMap::Compact, FeatureMap::Full] {
         for chunk in [1, 5, 16, 64] {
-            let config = TaylorAttentionConfig {
-                heads: 4,
-                feature_dim: 8,
-                feature_map: map,
-                chunk_size: chunk,
-                ..Default::default()
-            };
+            let config = TaylorAttentionConfig { heads: 4, feature_dim: 8, feature_map: map, chunk_size: chunk, ..Default::default() };
             let layer = config.init::<B>(LayerContext::single(D), 0.1, &device);
             for t in [1, 7, 64, 65] {
                 let x = input(t, 100 + t as u64);
                 let p = layer.forward_with(x.clone(), Form::Parallel);
                 let c = layer.forward_with(x.clone(), Form::Chunked);
                 let r = layer.forward_with(x, Form::Recurrent);
-                assert!(
-                    rel_err(c, p.clone()) <= 1e-4,
-                    "{map:?} chunk={chunk} T={t}: chunked"
-                );
-                assert!(
-                    rel_err(r, p) <= 1e-4,
-                    "{map:?} chunk={chunk} T={t}: recurrent"
-                );
+                assert!(rel_err(c, p.clone()) <= 1e-4, "{map:?} chunk={chunk} T={t}: chunked");
+                assert!(rel_err(r, p) <= 1e-4, "{map:?} chunk={chunk} T={t}: recurrent");
             }
         }
     }
@@ -341,13 +141,7 @@ fn every_mixer_is_causal() {
     let t = 40;
     for (name, config) in mixers() {
         let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
-        assert_causal(
-            input(t, 3),
-            &[0, 17, 33, 39],
-            3.0,
-            |x| mixer.forward(x),
-            name,
-        );
+        assert_causal(input(t, 3), &[0, 17, 33, 39], 3.0, |x| mixer.forward(x), name);
     }
 }
 
@@ -355,26 +149,14 @@ fn every_mixer_is_causal() {
 fn sliding_window_ignores_tokens_outside_the_window() {
     let device = Default::default();
     let w_left = 5;
-    let config = AttentionConfig {
-        heads: 4,
-        window: Some(w_left),
-        ..Default::default()
-    };
+    let config = AttentionConfig { heads: 4, window: Some(w_left), ..Default::default() };
     let layer = config.init::<B>(LayerContext::single(D), 0.1, &device);
     let x = input(30, 11);
     let y = layer.forward(x.clone());
-    let x2 = x
-        .clone()
-        .slice_assign([0..2, 10..11, 0..D], Tensor::zeros([2, 1, D], &device));
+    let x2 = x.clone().slice_assign([0..2, 10..11, 0..D], Tensor::zeros([2, 1, D], &device));
     let y2 = layer.forward(x2);
     // Query 16 sees keys 11..=16: token 10 is out of its window. Query 15 sees token 10.
-    let q = |y: &Tensor<B, 3>, i: usize| {
-        y.clone()
-            .narrow(1, i, 1)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap()
-    };
+    let q = |y: &Tensor<B, 3>, i: usize| y.clone().narrow(1, i, 1).into_data().to_vec::<f32>().unwrap();
     assert_eq!(q(&y, 16), q(&y2, 16));
     assert_eq!(q(&y, 29), q(&y2, 29));
     assert_ne!(q(&y, 15), q(&y2, 15));
@@ -386,25 +168,13 @@ fn base_conv_sees_only_the_last_three_tokens() {
     let layer = BaseConvConfig::default().init::<B>(LayerContext::single(D), 0.1, &device);
     let x = input(20, 5);
     let y = layer.forward(x.clone());
-    let x2 = x
-        .clone()
-        .slice_assign([0..2, 8..9, 0..D], Tensor::zeros([2, 1, D], &device));
+    let x2 = x.clone().slice_assign([0..2, 8..9, 0..D], Tensor::zeros([2, 1, D], &device));
     let y2 = layer.forward(x2);
-    let q = |y: &Tensor<B, 3>, i: usize| {
-        y.clone()
-            .narrow(1, i, 1)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap()
-    };
+    let q = |y: &Tensor<B, 3>, i: usize| y.clone().narrow(1, i, 1).into_data().to_vec::<f32>().unwrap();
     for i in 8..=10 {
         assert_ne!(q(&y, i), q(&y2, i), "token {i} should see token 8");
     }
-    assert_eq!(
-        q(&y, 11),
-        q(&y2, 11),
-        "token 11 must not see token 8 (kernel 3)"
-    );
+    assert_eq!(q(&y, 11), q(&y2, 11), "token 11 must not see token 8 (kernel 3)");
 }
 
 #[test]

@@ -5,10 +5,7 @@
 mod common;
 
 use burn::backend::NdArray;
-use burn::tensor::{
-    activation::{sigmoid, softmax},
-    Tensor,
-};
+use burn::tensor::{activation::{sigmoid, softmax}, Tensor};
 use ember_layers::rat::{Rat, RatConfig, RatInputs};
 use ember_layers::LayerContext;
 use ember_ops::{rat, rope, softmax_attention, Form};
@@ -20,12 +17,7 @@ const D: usize = 32;
 const HEAD: usize = 8;
 
 fn config(chunk_size: usize) -> RatConfig {
-    RatConfig {
-        head_dim: HEAD,
-        chunk_size,
-        groups: 2,
-        ..Default::default()
-    }
+    RatConfig { head_dim: HEAD, chunk_size, groups: 2, ..Default::default() }
 }
 
 fn layer(chunk_size: usize) -> Rat<B> {
@@ -53,9 +45,7 @@ fn intra(g: Tensor<B, 4>, x: Tensor<B, 4>, chunk: usize) -> Tensor<B, 4> {
 
 /// RoPE with every token at its chunk's index, one token at a time.
 fn rope_by_chunk(x: Tensor<B, 4>, chunk: usize) -> Tensor<B, 4> {
-    let rows = (0..x.dims()[1])
-        .map(|t| rope::apply(x.clone().narrow(1, t, 1), t / chunk, 10_000.0))
-        .collect();
+    let rows = (0..x.dims()[1]).map(|t| rope::apply(x.clone().narrow(1, t, 1), t / chunk, 10_000.0)).collect();
     Tensor::cat(rows, 1)
 }
 
@@ -72,18 +62,9 @@ fn parallel_equals_token_by_token_step() {
         for t in [1, 7, 64, 65] {
             let x = input(t, 10 + t as u64);
             let parallel = layer.forward(x.clone());
-            let err = rel_err(
-                stepwise(x.clone(), |x, s| layer.step(x, s)),
-                parallel.clone(),
-            );
-            assert!(
-                err <= 1e-4,
-                "L={chunk} T={t}: step vs forward rel err {err}"
-            );
-            let err = rel_err(
-                layer.forward_with(x.clone(), Form::Recurrent),
-                parallel.clone(),
-            );
+            let err = rel_err(stepwise(x.clone(), |x, s| layer.step(x, s)), parallel.clone());
+            assert!(err <= 1e-4, "L={chunk} T={t}: step vs forward rel err {err}");
+            let err = rel_err(layer.forward_with(x.clone(), Form::Recurrent), parallel.clone());
             assert!(err <= 1e-4, "L={chunk} T={t}: recurrent form rel err {err}");
             if t > 1 {
                 let (y, _) = in_pieces(x.clone(), &[t - 1], |x, s, _| layer.step(x, s));
@@ -102,24 +83,10 @@ fn state_carries_across_calls_at_any_offset() {
     let x = input(t, 3);
     let full = layer.forward(x.clone());
     // Splits inside a chunk, on a boundary, and three-way splits with a prompt in the middle.
-    for cuts in [
-        vec![1],
-        vec![5],
-        vec![8],
-        vec![13],
-        vec![16],
-        vec![39],
-        vec![3, 21],
-        vec![8, 9, 30],
-    ] {
+    for cuts in [vec![1], vec![5], vec![8], vec![13], vec![16], vec![39], vec![3, 21], vec![8, 9, 30]] {
         let (y, _) = in_pieces(x.clone(), &cuts, |x, state, span| {
             let (y, s) = layer.step(x, state);
-            assert_eq!(
-                s.numel(),
-                2 * config.state_size(D, span.end),
-                "state size after {} tokens",
-                span.end
-            );
+            assert_eq!(s.numel(), 2 * config.state_size(D, span.end), "state size after {} tokens", span.end);
             (y, s)
         });
         let err = rel_err(y, full.clone());
@@ -131,13 +98,7 @@ fn state_carries_across_calls_at_any_offset() {
 fn is_causal() {
     let (chunk, t) = (8, 40);
     let layer = layer(chunk);
-    assert_causal(
-        input(t, 4),
-        &[0, 7, 8, 21, 39],
-        2.0,
-        |x| layer.forward(x),
-        &format!("L={chunk}"),
-    );
+    assert_causal(input(t, 4), &[0, 7, 8, 21, 39], 2.0, |x| layer.forward(x), &format!("L={chunk}"));
 }
 
 #[test]
@@ -163,14 +124,7 @@ fn chunks_of_one_token_are_softmax_attention() {
     let admit = g.ones_like() - g;
     let (k, v) = (admit.clone() * k, admit * v);
     let scale = 1.0 / (HEAD as f64).sqrt();
-    let y = softmax_attention::parallel(
-        rope::apply(q, 0, 10_000.0),
-        rope::apply(k, 0, 10_000.0),
-        v,
-        scale,
-        None,
-        0,
-    );
+    let y = softmax_attention::parallel(rope::apply(q, 0, 10_000.0), rope::apply(k, 0, 10_000.0), v, scale, None, 0);
     let err = rel_err(layer.forward(x), finish(&layer, z, y));
     assert!(err <= 1e-4, "rel err {err}");
 }
@@ -183,39 +137,19 @@ fn one_softmax_equals_the_log_sum_exp_merge() {
     let (chunk, t) = (5, 23);
     let layer = layer(chunk);
     let RatInputs { q, k, v, g, .. } = layer.project(input(t, 7));
-    let op = rat::parallel(
-        q.clone(),
-        k.clone(),
-        v.clone(),
-        g.clone(),
-        None,
-        chunk,
-        10_000.0,
-    )
-    .output;
+    let op = rat::parallel(q.clone(), k.clone(), v.clone(), g.clone(), None, chunk, 10_000.0).output;
 
     let (kt, vt) = (intra(g.clone(), k, chunk), intra(g, v, chunk));
     let n = t.div_ceil(chunk);
-    let last =
-        |x: &Tensor<B, 4>, c: usize| x.clone().narrow(1, (c * chunk + chunk - 1).min(t - 1), 1);
-    let final_k = Tensor::cat(
-        (0..n)
-            .map(|c| rope::apply(last(&kt, c), c, 10_000.0))
-            .collect(),
-        1,
-    );
+    let last = |x: &Tensor<B, 4>, c: usize| x.clone().narrow(1, (c * chunk + chunk - 1).min(t - 1), 1);
+    let final_k = Tensor::cat((0..n).map(|c| rope::apply(last(&kt, c), c, 10_000.0)).collect(), 1);
     let final_v = Tensor::cat((0..n).map(|c| last(&vt, c)).collect(), 1);
     let heads = |x: Tensor<B, 4>| x.swap_dims(1, 2); // [B, H, *, d]
     let qr = heads(rope_by_chunk(q, chunk));
     let scale = 1.0 / (HEAD as f64).sqrt();
     let inter = qr.clone().matmul(heads(final_k).swap_dims(2, 3)) * scale; // [B, H, T, n]
-    let hidden: Vec<bool> = (0..t)
-        .flat_map(|i| (0..n).map(move |j| j >= i / chunk))
-        .collect();
-    let hidden = Tensor::<B, 2, burn::tensor::Bool>::from_data(
-        burn::tensor::TensorData::new(hidden, [t, n]),
-        &Default::default(),
-    );
+    let hidden: Vec<bool> = (0..t).flat_map(|i| (0..n).map(move |j| j >= i / chunk)).collect();
+    let hidden = Tensor::<B, 2, burn::tensor::Bool>::from_data(burn::tensor::TensorData::new(hidden, [t, n]), &Default::default());
     let inter = inter.mask_fill(hidden.unsqueeze::<4>(), f32::NEG_INFINITY);
     let own = (qr * heads(rope_by_chunk(kt, chunk))).sum_dim(3) * scale; // [B, H, T, 1]
     let y_inter = softmax(inter.clone(), 3).matmul(heads(final_v));
@@ -253,11 +187,7 @@ fn the_previous_chunk_is_seen_only_through_its_cache_entry() {
         let y2 = layer.forward(x2.clone());
         for i in 16..24 {
             let row = |y: &Tensor<B, 3>| y.clone().narrow(1, i, 1).into_data();
-            assert_ne!(
-                row(&y),
-                row(&y2),
-                "token {changed} did not reach token {i} of the next chunk"
-            );
+            assert_ne!(row(&y), row(&y2), "token {changed} did not reach token {i} of the next chunk");
         }
         // After chunk 1 the intra state is reset and the caches differ only in chunk 1's entry.
         let (_, s) = layer.step(x.clone().narrow(1, 0, 16), None);
@@ -284,44 +214,24 @@ fn forget_gates_start_in_the_a4_ranges() {
     let d = 256;
     for (chunk, upper) in [(16, 0.9375), (64, 0.984375)] {
         <B as burn::tensor::backend::Backend>::seed(&Default::default(), 1);
-        let rat = RatConfig {
-            chunk_size: chunk,
-            ..Default::default()
-        }
-        .init::<B>(LayerContext::single(d), 0.1, &Default::default());
-        let gates = sigmoid(rat.gate_bias.val())
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let (lo, hi) = gates
-            .iter()
-            .fold((1.0f32, 0.0f32), |(lo, hi), &g| (lo.min(g), hi.max(g)));
+        let rat = RatConfig { chunk_size: chunk, ..Default::default() }.init::<B>(LayerContext::single(d), 0.1, &Default::default());
+        let gates = sigmoid(rat.gate_bias.val()).into_data().to_vec::<f32>().unwrap();
+        let (lo, hi) = gates.iter().fold((1.0f32, 0.0f32), |(lo, hi), &g| (lo.min(g), hi.max(g)));
         assert!(lo >= 0.5 && hi < upper, "L={chunk}: gates in [{lo}, {hi}]");
         // u = e^{b_g} = σ/(1−σ) spreads over U(1, L−1): its ends are reached to within a tenth
         // of the range, and its mean is L/2 (to 4.5 standard errors).
         let u: Vec<f32> = gates.iter().map(|g| g / (1.0 - g)).collect();
         let (span, l) = ((chunk - 2) as f32, chunk as f32);
-        let (u_lo, u_hi) = u
-            .iter()
-            .fold((f32::MAX, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        assert!(
-            u_lo < 1.0 + 0.1 * span && u_hi > l - 1.0 - 0.1 * span,
-            "L={chunk}: u in [{u_lo}, {u_hi}]"
-        );
+        let (u_lo, u_hi) = u.iter().fold((f32::MAX, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        assert!(u_lo < 1.0 + 0.1 * span && u_hi > l - 1.0 - 0.1 * span, "L={chunk}: u in [{u_lo}, {u_hi}]");
         let mean = u.iter().sum::<f32>() / d as f32;
         let standard_error = span / 12f32.sqrt() / (d as f32).sqrt();
-        assert!(
-            (mean - l / 2.0).abs() < 4.5 * standard_error,
-            "L={chunk}: mean u {mean}"
-        );
+        assert!((mean - l / 2.0).abs() < 4.5 * standard_error, "L={chunk}: mean u {mean}");
     }
     for chunk in [1, 2] {
         let rat = config(chunk).init::<B>(LayerContext::single(D), 0.1, &Default::default());
         let bias = rat.gate_bias.val().into_data().to_vec::<f32>().unwrap();
-        assert!(
-            bias.iter().all(|&b| b == 0.0),
-            "L={chunk}: bias must start at 0"
-        );
+        assert!(bias.iter().all(|&b| b == 0.0), "L={chunk}: bias must start at 0");
     }
 }
 
@@ -329,26 +239,10 @@ fn forget_gates_start_in_the_a4_ranges() {
 fn validation_names_the_problem() {
     assert!(config(8).validate(D).is_ok());
     let err = |c: RatConfig| c.validate(D).unwrap_err();
-    assert!(err(RatConfig {
-        head_dim: 12,
-        ..config(8)
-    })
-    .contains("head_dim"));
-    assert!(err(RatConfig {
-        head_dim: 1,
-        ..config(8)
-    })
-    .contains("even"));
-    assert!(err(RatConfig {
-        groups: 3,
-        ..config(8)
-    })
-    .contains("groups"));
-    assert!(err(RatConfig {
-        chunk_size: 0,
-        ..config(8)
-    })
-    .contains("chunk_size"));
+    assert!(err(RatConfig { head_dim: 12, ..config(8) }).contains("head_dim"));
+    assert!(err(RatConfig { head_dim: 1, ..config(8) }).contains("even"));
+    assert!(err(RatConfig { groups: 3, ..config(8) }).contains("groups"));
+    assert!(err(RatConfig { chunk_size: 0, ..config(8) }).contains("chunk_size"));
 }
 
 #[test]
@@ -362,9 +256,7 @@ fn parallel_gradients_equal_those_of_the_recurrent_form() {
     let weights = Tensor::<A, 3>::from_inner(input(t, 13));
     let grads = |form: Form| {
         let x = x0.clone().require_grad();
-        let g = (layer.forward_with(x.clone(), form) * weights.clone())
-            .sum()
-            .backward();
+        let g = (layer.forward_with(x.clone(), form) * weights.clone()).sum().backward();
         (x.grad(&g).unwrap(), layer.gate_bias.grad(&g).unwrap())
     };
     let (dx, db) = grads(Form::Parallel);

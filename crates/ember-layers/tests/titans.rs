@@ -21,18 +21,10 @@ fn chunked_layer_equals_sequential_layer_with_gradients() {
     for preset in [Preset::Titans, Preset::Moneta, Preset::Yaad, Preset::Memora] {
         for update in [Update::Token, Update::Chunk] {
             for chunk in [1, 4, 16] {
-                let config = MemoryConfig {
-                    heads: 2,
-                    chunk_size: chunk,
-                    update,
-                    persistent: 2,
-                    ..Default::default()
-                };
+                let config = MemoryConfig { heads: 2, chunk_size: chunk, update, persistent: 2, ..Default::default() };
                 let layer = config.init::<B>(LayerContext::single(D), 0.1, preset, &device);
-                let x = Tensor::<B, 3>::random([2, 19, D], Distribution::Normal(0.0, 1.0), &device)
-                    .require_grad();
-                let probe =
-                    Tensor::<B, 3>::random([2, 19, D], Distribution::Normal(0.0, 1.0), &device);
+                let x = Tensor::<B, 3>::random([2, 19, D], Distribution::Normal(0.0, 1.0), &device).require_grad();
+                let probe = Tensor::<B, 3>::random([2, 19, D], Distribution::Normal(0.0, 1.0), &device);
                 let (fast, _) = layer.run(x.clone(), None, false);
                 let (slow, _) = layer.run(x.clone(), None, true);
                 let what = format!("{preset:?} {update:?} chunk {chunk}");
@@ -42,10 +34,7 @@ fn chunked_layer_equals_sequential_layer_with_gradients() {
                 let dx_fast = x.grad(&g_fast).unwrap();
                 let dm_fast = layer.memory[0].grad(&g_fast).unwrap();
                 let g_slow = (slow * probe).sum().backward();
-                let (dx_slow, dm_slow) = (
-                    x.grad(&g_slow).unwrap(),
-                    layer.memory[0].grad(&g_slow).unwrap(),
-                );
+                let (dx_slow, dm_slow) = (x.grad(&g_slow).unwrap(), layer.memory[0].grad(&g_slow).unwrap());
                 let err = rel_err(dx_fast, dx_slow);
                 assert!(err < 1e-4, "{what}: input gradient rel err {err}");
                 let err = rel_err(dm_fast, dm_slow);
@@ -59,54 +48,13 @@ fn chunked_layer_equals_sequential_layer_with_gradients() {
 fn kinds_set_the_miras_defaults_and_keys_override_them() {
     let c = MemoryConfig::default();
     let titans = c.rule(Preset::Titans);
-    assert_eq!(
-        (titans.objective, titans.retention, titans.momentum),
-        (Objective::L2, Retention::Decay, true)
-    );
+    assert_eq!((titans.objective, titans.retention, titans.momentum), (Objective::L2, Retention::Decay, true));
     let moneta = c.rule(Preset::Moneta);
-    assert_eq!(
-        (moneta.objective, moneta.retention, moneta.momentum),
-        (
-            Objective::Lp {
-                p: 3.0,
-                sharpness: 10.0
-            },
-            Retention::Lq { q: 4.0 },
-            false
-        )
-    );
+    assert_eq!((moneta.objective, moneta.retention, moneta.momentum), (Objective::Lp { p: 3.0, sharpness: 10.0 }, Retention::Lq { q: 4.0 }, false));
     let yaad = c.rule(Preset::Yaad);
-    assert_eq!(
-        (yaad.objective, yaad.retention, yaad.momentum),
-        (
-            Objective::Huber { sharpness: 10.0 },
-            Retention::Decay,
-            false
-        )
-    );
-    let memora = MemoryConfig {
-        simplex_scale: 3.0,
-        ..Default::default()
-    }
-    .rule(Preset::Memora);
-    assert_eq!(
-        (memora.objective, memora.retention, memora.momentum),
-        (Objective::L2, Retention::Softmax { scale: 3.0 }, false)
-    );
-    let custom = MemoryConfig {
-        momentum: Some(true),
-        p: 2.5,
-        ..Default::default()
-    }
-    .rule(Preset::Moneta);
-    assert_eq!(
-        (custom.objective, custom.momentum),
-        (
-            Objective::Lp {
-                p: 2.5,
-                sharpness: 10.0
-            },
-            true
-        )
-    );
+    assert_eq!((yaad.objective, yaad.retention, yaad.momentum), (Objective::Huber { sharpness: 10.0 }, Retention::Decay, false));
+    let memora = MemoryConfig { simplex_scale: 3.0, ..Default::default() }.rule(Preset::Memora);
+    assert_eq!((memora.objective, memora.retention, memora.momentum), (Objective::L2, Retention::Softmax { scale: 3.0 }, false));
+    let custom = MemoryConfig { momentum: Some(true), p: 2.5, ..Default::default() }.rule(Preset::Moneta);
+    assert_eq!((custom.objective, custom.momentum), (Objective::Lp { p: 2.5, sharpness: 10.0 }, true));
 }

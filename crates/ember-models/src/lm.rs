@@ -89,9 +89,7 @@ impl LmConfig {
     /// The mixer name of every layer. Call after `validate`.
     pub fn layer_mixers(&self) -> Vec<&str> {
         let mut names: Vec<&str> = match &self.schedule.pattern {
-            Some(p) if !p.is_empty() => (0..self.n_layers)
-                .map(|l| p[l % p.len()].as_str())
-                .collect(),
+            Some(p) if !p.is_empty() => (0..self.n_layers).map(|l| p[l % p.len()].as_str()).collect(),
             _ => vec![self.schedule.default.as_str(); self.n_layers],
         };
         for (name, layers) in &self.schedule.at {
@@ -131,42 +129,21 @@ impl LmConfig {
         let names = || self.mixers.keys().cloned().collect::<Vec<_>>().join(", ");
         match (&self.schedule.pattern, self.schedule.default.is_empty()) {
             (Some(_), false) => {
-                return err(
-                    "model.schedule.default",
-                    "give either default or pattern, not both".into(),
-                );
+                return err("model.schedule.default", "give either default or pattern, not both".into());
             }
             (Some(pattern), true) => {
                 if pattern.is_empty() {
-                    return err(
-                        "model.schedule.pattern",
-                        "must name at least one mixer".into(),
-                    );
+                    return err("model.schedule.pattern", "must name at least one mixer".into());
                 }
                 if let Some(bad) = pattern.iter().find(|n| !known(n)) {
-                    return err(
-                        "model.schedule.pattern",
-                        format!(
-                            "no mixer named {bad:?} in [model.mixers] (defined: {})",
-                            names()
-                        ),
-                    );
+                    return err("model.schedule.pattern", format!("no mixer named {bad:?} in [model.mixers] (defined: {})", names()));
                 }
             }
-            (None, true) => {
-                return err(
-                    "model.schedule.default",
-                    "required (or model.schedule.pattern)".into(),
-                )
-            }
+            (None, true) => return err("model.schedule.default", "required (or model.schedule.pattern)".into()),
             (None, false) if !known(&self.schedule.default) => {
                 return err(
                     "model.schedule.default",
-                    format!(
-                        "no mixer named {:?} in [model.mixers] (defined: {})",
-                        self.schedule.default,
-                        names()
-                    ),
+                    format!("no mixer named {:?} in [model.mixers] (defined: {})", self.schedule.default, names()),
                 );
             }
             (None, false) => {}
@@ -175,20 +152,11 @@ impl LmConfig {
         for (name, layers) in &self.schedule.at {
             let key = format!("model.schedule.at.{name}");
             if !known(name) {
-                return err(
-                    &key,
-                    format!(
-                        "no mixer named {name:?} in [model.mixers] (defined: {})",
-                        names()
-                    ),
-                );
+                return err(&key, format!("no mixer named {name:?} in [model.mixers] (defined: {})", names()));
             }
             for &l in layers {
                 if l >= self.n_layers {
-                    return err(
-                        &key,
-                        format!("layer {l} is out of range (n_layers = {})", self.n_layers),
-                    );
+                    return err(&key, format!("layer {l} is out of range (n_layers = {})", self.n_layers));
                 }
                 if let Some(other) = seen.insert(l, name.clone()) {
                     return err(&key, format!("layer {l} is also assigned to {other:?}"));
@@ -207,11 +175,7 @@ impl LmConfig {
             .enumerate()
             .map(|(layer, name)| {
                 let m = &self.mixers[name];
-                let at = LayerContext {
-                    d_model: d,
-                    layer,
-                    n_layers: self.n_layers,
-                };
+                let at = LayerContext { d_model: d, layer, n_layers: self.n_layers };
                 LayerSummary {
                     layer,
                     mixer: name.to_string(),
@@ -227,11 +191,7 @@ impl LmConfig {
     /// Embedding parameters (counted once when tied).
     pub fn embedding_params(&self) -> usize {
         let e = self.padded_vocab() * self.d_model;
-        if self.tie_embeddings {
-            e
-        } else {
-            2 * e
-        }
+        if self.tie_embeddings { e } else { 2 * e }
     }
 
     pub fn num_params(&self) -> usize {
@@ -254,11 +214,7 @@ impl LmConfig {
 
     /// Forward FLOPs per token, the output head included.
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
-        let layers: f64 = self
-            .layer_summaries(seq_len)
-            .iter()
-            .map(|l| l.flops_per_token)
-            .sum();
+        let layers: f64 = self.layer_summaries(seq_len).iter().map(|l| l.flops_per_token).sum();
         layers + 2.0 * (self.padded_vocab() * self.d_model) as f64
     }
 
@@ -271,31 +227,15 @@ impl LmConfig {
     /// lock, and then copied onto `device`: a seed means the same model on cpu, wgpu, cuda and
     /// libtorch, which is what lets their training curves be compared.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Lm<B> {
-        with_host_seed(seed, |host_device| {
-            copy_values(self.init::<Host>(host_device), || self.init::<B>(device))
-        })
+        with_host_seed(seed, |host_device| copy_values(self.init::<Host>(host_device), || self.init::<B>(device)))
     }
 
     /// One mixer of this model, initialised reproducibly from `seed` like [`LmConfig::init_seeded`]
     /// (without building the rest of the model): linearization adds student mixers to a teacher.
-    pub fn init_mixer_seeded<B: Backend>(
-        &self,
-        config: &MixerConfig,
-        layer: usize,
-        seed: u64,
-        device: &B::Device,
-    ) -> Mixer<B> {
-        let at = LayerContext {
-            d_model: self.d_model,
-            layer,
-            n_layers: self.n_layers,
-        };
+    pub fn init_mixer_seeded<B: Backend>(&self, config: &MixerConfig, layer: usize, seed: u64, device: &B::Device) -> Mixer<B> {
+        let at = LayerContext { d_model: self.d_model, layer, n_layers: self.n_layers };
         let out_std = INIT_STD / (2.0 * self.n_layers as f64).sqrt();
-        with_host_seed(seed, |host_device| {
-            copy_values(config.init::<Host>(at, out_std, host_device), || {
-                config.init::<B>(at, out_std, device)
-            })
-        })
+        with_host_seed(seed, |host_device| copy_values(config.init::<Host>(at, out_std, host_device), || config.init::<B>(at, out_std, device)))
     }
 
     /// Builds the model with lazily initialised parameters; prefer [`LmConfig::init_seeded`],
@@ -309,38 +249,24 @@ impl LmConfig {
             .into_iter()
             .enumerate()
             .map(|(layer, name)| {
-                let at = LayerContext {
-                    d_model: self.d_model,
-                    layer,
-                    n_layers: self.n_layers,
-                };
+                let at = LayerContext { d_model: self.d_model, layer, n_layers: self.n_layers };
                 let mlp = self.mlp.init(self.d_model, out_std, device);
                 Block {
                     mixer_norm: self.norm.init(self.d_model, self.norm_eps, device),
                     mixer: self.mixers[name].init(at, out_std, device),
-                    mlp_norm: mlp
-                        .as_ref()
-                        .map(|_| self.norm.init(self.d_model, self.norm_eps, device)),
+                    mlp_norm: mlp.as_ref().map(|_| self.norm.init(self.d_model, self.norm_eps, device)),
                     mlp,
                 }
             })
             .collect();
         Lm {
             embed: EmbeddingConfig::new(vocab, self.d_model)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: INIT_STD,
-                })
+                .with_initializer(Initializer::Normal { mean: 0.0, std: INIT_STD })
                 .init(device),
             blocks,
             final_norm: self.norm.init(self.d_model, self.norm_eps, device),
-            embed_scale: if self.scale_embeddings {
-                (self.d_model as f64).sqrt()
-            } else {
-                1.0
-            },
-            head: (!self.tie_embeddings)
-                .then(|| linear(self.d_model, vocab, false, INIT_STD, device)),
+            embed_scale: if self.scale_embeddings { (self.d_model as f64).sqrt() } else { 1.0 },
+            head: (!self.tie_embeddings).then(|| linear(self.d_model, vocab, false, INIT_STD, device)),
         }
     }
 }
@@ -362,10 +288,7 @@ fn with_host_seed<R>(seed: u64, f: impl FnOnce(&burn::tensor::Device<Host>) -> R
 
 /// `target()` with every float parameter replaced by `host`'s, drawn (in module order) before
 /// `target` is built.
-fn copy_values<B: Backend, H: Module<Host>, M: Module<B>>(
-    host: H,
-    target: impl FnOnce() -> M,
-) -> M {
+fn copy_values<B: Backend, H: Module<Host>, M: Module<B>>(host: H, target: impl FnOnce() -> M) -> M {
     host.visit(&mut Materialize);
     let mut values = CollectValues(Vec::new());
     host.visit(&mut values);
@@ -455,11 +378,7 @@ impl<B: Backend> Lm<B> {
 
     fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let x = self.embed.forward(tokens);
-        if self.embed_scale == 1.0 {
-            x
-        } else {
-            x * self.embed_scale
-        }
+        if self.embed_scale == 1.0 { x } else { x * self.embed_scale }
     }
 
     /// Training forward: token ids `[B, T]` → logits `[B, T, vocab]`.
@@ -511,11 +430,7 @@ impl<B: Backend> Lm<B> {
     }
 
     /// Recurrent forward: consumes `tokens: [B, T]` (a prompt, or one token) after `state`.
-    pub fn step(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        state: Option<LmState<B>>,
-    ) -> (Tensor<B, 3>, LmState<B>) {
+    pub fn step(&self, tokens: Tensor<B, 2, Int>, state: Option<LmState<B>>) -> (Tensor<B, 3>, LmState<B>) {
         let mut previous = state.map(|s| s.layers.into_iter().map(Some).collect::<Vec<_>>());
         let mut x = self.embed(tokens);
         let mut layers = Vec::with_capacity(self.blocks.len());

@@ -38,10 +38,7 @@ fn config() -> LmConfig {
 }
 
 fn tokens(ids: &[i64]) -> Tensor<B, 2, Int> {
-    Tensor::from_data(
-        TensorData::new(ids.to_vec(), [1, ids.len()]),
-        &Default::default(),
-    )
+    Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Default::default())
 }
 
 fn ids(t: usize) -> Vec<i64> {
@@ -84,21 +81,10 @@ fn the_model_is_causal() {
     let a = ids(24);
     let mut b = a.clone();
     b[15] = (b[15] + 1) % 50;
-    let ya = model
-        .forward(tokens(&a))
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
-    let yb = model
-        .forward(tokens(&b))
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap();
+    let ya = model.forward(tokens(&a)).into_data().to_vec::<f32>().unwrap();
+    let yb = model.forward(tokens(&b)).into_data().to_vec::<f32>().unwrap();
     let v = config().padded_vocab();
-    assert!(
-        ya[..15 * v] == yb[..15 * v],
-        "changing token 15 changed earlier logits"
-    );
+    assert!(ya[..15 * v] == yb[..15 * v], "changing token 15 changed earlier logits");
     assert!(ya[15 * v..16 * v] != yb[15 * v..16 * v]);
 }
 
@@ -109,10 +95,7 @@ fn parameter_count_matches_the_module() {
     assert_eq!(config.num_params(), model.num_params());
     let mut tied = config.clone();
     tied.tie_embeddings = true;
-    assert_eq!(
-        tied.num_params(),
-        tied.init_seeded::<B>(0, &Default::default()).num_params()
-    );
+    assert_eq!(tied.num_params(), tied.init_seeded::<B>(0, &Default::default()).num_params());
 }
 
 #[test]
@@ -134,10 +117,7 @@ fn a_pattern_repeats_over_the_depth() {
     config.schedule.pattern = Some(vec!["conv".into(), "lin".into(), "swa".into()]);
     config.n_layers = 7;
     config.validate().unwrap();
-    assert_eq!(
-        config.layer_mixers(),
-        vec!["conv", "lin", "swa", "conv", "lin", "swa", "conv"]
-    );
+    assert_eq!(config.layer_mixers(), vec!["conv", "lin", "swa", "conv", "lin", "swa", "conv"]);
     config.schedule.at.insert("lin".into(), vec![6]);
     assert_eq!(config.layer_mixers()[6], "lin");
     let mut both = config.clone();
@@ -156,9 +136,7 @@ fn the_same_seed_gives_the_same_weights() {
     let config = config();
     let weights = |m: &ember_models::Lm<B>| -> Vec<f32> {
         let mut all = m.embed.weight.val().into_data().to_vec::<f32>().unwrap();
-        let Some(ember_layers::mlp::Mlp::Glu(mlp)) = &m.blocks[1].mlp else {
-            panic!("a SwiGLU MLP")
-        };
+        let Some(ember_layers::mlp::Mlp::Glu(mlp)) = &m.blocks[1].mlp else { panic!("a SwiGLU MLP") };
         all.extend(mlp.fc_in.weight.val().into_data().to_vec::<f32>().unwrap());
         all
     };

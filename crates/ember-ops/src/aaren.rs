@@ -28,11 +28,7 @@ impl<B: Backend, const D: usize> Segment<B, D> {
     pub fn leaf(s: Tensor<B, D>, v: Tensor<B, D>) -> Self {
         let m = s.clone().detach();
         let u = (s - m.clone()).exp();
-        Self {
-            w: v * u.clone(),
-            u,
-            m,
-        }
+        Self { w: v * u.clone(), u, m }
     }
 
     /// `w / u`.
@@ -41,18 +37,11 @@ impl<B: Backend, const D: usize> Segment<B, D> {
     }
 
     pub fn numel(&self) -> usize {
-        [&self.m, &self.u, &self.w]
-            .iter()
-            .map(|x| x.shape().num_elements())
-            .sum()
+        [&self.m, &self.u, &self.w].iter().map(|x| x.shape().num_elements()).sum()
     }
 
     fn map<const E: usize>(self, f: impl Fn(Tensor<B, D>) -> Tensor<B, E>) -> Segment<B, E> {
-        Segment {
-            m: f(self.m),
-            u: f(self.u),
-            w: f(self.w),
-        }
+        Segment { m: f(self.m), u: f(self.u), w: f(self.w) }
     }
 
     fn narrow(&self, dim: usize, start: usize, len: usize) -> Self {
@@ -61,27 +50,16 @@ impl<B: Backend, const D: usize> Segment<B, D> {
 
     fn cat(parts: Vec<Self>, dim: usize) -> Self {
         let take = |f: fn(&Self) -> Tensor<B, D>| Tensor::cat(parts.iter().map(f).collect(), dim);
-        Self {
-            m: take(|s| s.m.clone()),
-            u: take(|s| s.u.clone()),
-            w: take(|s| s.w.clone()),
-        }
+        Self { m: take(|s| s.m.clone()), u: take(|s| s.u.clone()), w: take(|s| s.w.clone()) }
     }
 }
 
 /// The segment of `earlier` followed by `later` (both of the same shapes).
-pub fn combine<B: Backend, const D: usize>(
-    earlier: Segment<B, D>,
-    later: Segment<B, D>,
-) -> Segment<B, D> {
+pub fn combine<B: Backend, const D: usize>(earlier: Segment<B, D>, later: Segment<B, D>) -> Segment<B, D> {
     let m = earlier.m.clone().max_pair(later.m.clone());
     let a = (earlier.m - m.clone()).exp();
     let b = (later.m - m.clone()).exp();
-    Segment {
-        u: earlier.u * a.clone() + later.u * b.clone(),
-        w: earlier.w * a + later.w * b,
-        m,
-    }
+    Segment { u: earlier.u * a.clone() + later.u * b.clone(), w: earlier.w * a + later.w * b, m }
 }
 
 pub struct AarenOutput<B: Backend> {
@@ -98,14 +76,8 @@ fn after_state<B: Backend>(prefixes: Segment<B, 4>, state: Option<AarenState<B>>
         Some(state) => {
             let [b, t, h, _] = prefixes.m.dims();
             let dv = prefixes.w.dims()[3];
-            let spread = |x: Tensor<B, 3>, width: usize| {
-                to_f32(x).unsqueeze_dim::<4>(1).expand([b, t, h, width])
-            };
-            let state = Segment {
-                m: spread(state.m, 1),
-                u: spread(state.u, 1),
-                w: spread(state.w, dv),
-            };
+            let spread = |x: Tensor<B, 3>, width: usize| to_f32(x).unsqueeze_dim::<4>(1).expand([b, t, h, width]);
+            let state = Segment { m: spread(state.m, 1), u: spread(state.u, 1), w: spread(state.w, dv) };
             combine(state, prefixes)
         }
     }
@@ -115,20 +87,13 @@ fn after_state<B: Backend>(prefixes: Segment<B, 4>, state: Option<AarenState<B>>
 fn finish<B: Backend>(prefixes: Segment<B, 4>, dtype: DType) -> AarenOutput<B> {
     let t = prefixes.m.dims()[1];
     let state = prefixes.narrow(1, t - 1, 1).map(|x| x.squeeze_dim::<3>(1));
-    AarenOutput {
-        output: to_dtype(prefixes.output(), dtype),
-        state,
-    }
+    AarenOutput { output: to_dtype(prefixes.output(), dtype), state }
 }
 
 /// Inclusive prefix scan by Hillis–Steele doubling (LAYERS.md §7.2): after the round with shift
 /// `2^r`, token `t` holds the segment of tokens `t − 2^{r+1} + 1 ..= t`; `⌈log2 T⌉` rounds of
 /// shifted slices, `O(T log T)` work.
-pub fn parallel<B: Backend>(
-    s: Tensor<B, 3>,
-    v: Tensor<B, 4>,
-    state: Option<AarenState<B>>,
-) -> AarenOutput<B> {
+pub fn parallel<B: Backend>(s: Tensor<B, 3>, v: Tensor<B, 4>, state: Option<AarenState<B>>) -> AarenOutput<B> {
     let dtype = v.dtype();
     let x = scan(Segment::leaf(to_f32(s).unsqueeze_dim::<4>(3), to_f32(v)), 1);
     finish(after_state(x, state), dtype)
@@ -171,16 +136,10 @@ pub fn chunked<B: Backend>(
     let s = s.swap_dims(1, 2).reshape([b, h, n, 1, chunk]); // a row of scores per chunk
     let v = v.swap_dims(1, 2).reshape([b, h, n, chunk, dv]);
     let future = hidden_keys::<B>(chunk, chunk, 0, None, &device).reshape([1, 1, 1, chunk, chunk]);
-    let scores = s
-        .expand([b, h, n, chunk, chunk])
-        .mask_fill(future, f32::NEG_INFINITY); // [.., row t, col i]
+    let scores = s.expand([b, h, n, chunk, chunk]).mask_fill(future, f32::NEG_INFINITY); // [.., row t, col i]
     let m = scores.clone().detach().max_dim(4); // running max: the diagonal keeps it finite
     let weights = (scores - m.clone()).exp(); // 0 above the diagonal
-    let intra = Segment {
-        u: weights.clone().sum_dim(4),
-        w: weights.matmul(v),
-        m,
-    }; // [B, H, n, C, *]
+    let intra = Segment { u: weights.clone().sum_dim(4), w: weights.matmul(v), m }; // [B, H, n, C, *]
 
     // Carry into chunk c = state ∘ totals of chunks 0..c−1 (a total is the chunk's last row),
     // from one scan over the chunk totals: slicing the chunks one by one would cost `O(n²)` in
@@ -190,11 +149,7 @@ pub fn chunked<B: Backend>(
     // `[B, H, chunks or 1, 1, *]` segments broadcast to `[B, H, chunks, rows, *]`.
     let spread = |x: Segment<B, 5>, chunks, rows| {
         let m = x.m.expand([b, h, chunks, rows, 1]);
-        Segment {
-            u: x.u.expand([b, h, chunks, rows, 1]),
-            w: x.w.expand([b, h, chunks, rows, dv]),
-            m,
-        }
+        Segment { u: x.u.expand([b, h, chunks, rows, 1]), w: x.w.expand([b, h, chunks, rows, dv]), m }
     };
     let prefixes = match state {
         Some(st) => {
@@ -207,52 +162,33 @@ pub fn chunked<B: Backend>(
         }
         None if n == 1 => intra,
         None => {
-            let later = combine(
-                spread(totals.narrow(2, 0, n - 1), n - 1, chunk),
-                intra.narrow(2, 1, n - 1),
-            );
+            let later = combine(spread(totals.narrow(2, 0, n - 1), n - 1, chunk), intra.narrow(2, 1, n - 1));
             Segment::cat(vec![intra.narrow(2, 0, 1), later], 2)
         }
     };
     let prefixes = prefixes.map(|x| {
         let width = x.dims()[4];
-        x.reshape([b, h, n * chunk, width])
-            .swap_dims(1, 2)
-            .narrow(1, 0, t)
+        x.reshape([b, h, n * chunk, width]).swap_dims(1, 2).narrow(1, 0, t)
     });
     finish(prefixes, dtype)
 }
 
 /// One recurrent step (LAYERS.md §7.1): `s: [B, 1, H]`, `v: [B, 1, H, dv]`.
-pub fn step<B: Backend>(
-    s: Tensor<B, 3>,
-    v: Tensor<B, 4>,
-    state: Option<AarenState<B>>,
-) -> AarenOutput<B> {
+pub fn step<B: Backend>(s: Tensor<B, 3>, v: Tensor<B, 4>, state: Option<AarenState<B>>) -> AarenOutput<B> {
     let dtype = v.dtype();
     let leaf = Segment::leaf(to_f32(s).swap_dims(1, 2), to_f32(v).squeeze_dim::<3>(1));
     let state = match state {
         None => leaf,
         Some(state) => combine(state.map(to_f32), leaf),
     };
-    AarenOutput {
-        output: to_dtype(state.output().unsqueeze_dim::<4>(1), dtype),
-        state,
-    }
+    AarenOutput { output: to_dtype(state.output().unsqueeze_dim::<4>(1), dtype), state }
 }
 
 /// Token-by-token form from `state`.
-pub fn recurrent<B: Backend>(
-    s: Tensor<B, 3>,
-    v: Tensor<B, 4>,
-    state: Option<AarenState<B>>,
-) -> AarenOutput<B> {
+pub fn recurrent<B: Backend>(s: Tensor<B, 3>, v: Tensor<B, 4>, state: Option<AarenState<B>>) -> AarenOutput<B> {
     let (output, state) = crate::scan_tokens([s.unsqueeze_dim::<4>(3), v], state, |[s, v], st| {
         let out = step(s.squeeze_dim::<3>(3), v, st);
         (out.output, Some(out.state))
     });
-    AarenOutput {
-        output,
-        state: state.expect("at least one token"),
-    }
+    AarenOutput { output, state: state.expect("at least one token") }
 }

@@ -47,12 +47,8 @@ fn decayed_scores<B: Backend, const D: usize, const E: usize>(
     mask_shape[D - 1] = l;
     let future = hidden_keys::<B>(l, l, 0, None, &q.device()).reshape(mask_shape);
     // Mask the exponent, not the product: exp(−∞) = 0 keeps overflowed terms out of the graph.
-    let decay = (rows(cum.clone()) - cols(cum))
-        .mask_fill(future, f32::NEG_INFINITY)
-        .exp();
-    (rows(q) * cols(k) * decay)
-        .sum_dim(E - 1)
-        .squeeze_dim::<D>(E - 1)
+    let decay = (rows(cum.clone()) - cols(cum)).mask_fill(future, f32::NEG_INFINITY).exp();
+    (rows(q) * cols(k) * decay).sum_dim(E - 1).squeeze_dim::<D>(E - 1)
 }
 
 /// Quadratic form over the whole sequence (memory `T²·K` per head: the reference, for tests).
@@ -76,10 +72,7 @@ pub fn parallel<B: Backend>(
     let last = g.sum_dim(2); // G_T
     let to_end = (last.clone() - cum).exp(); // exp(G_T − G_s) ≤ 1
     let state = (k * to_end).swap_dims(2, 3).matmul(v) + last.swap_dims(2, 3).exp() * h0;
-    LinearAttnOutput {
-        output: to_dtype(output.swap_dims(1, 2), dtype),
-        state,
-    }
+    LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
 }
 
 /// Inclusive scan of `S_c = a_c ⊙ S_{c−1} + u_c` along dim 2 (chunks), from `S_{−1} = 0`:
@@ -92,12 +85,8 @@ fn decay_scan<B: Backend>(mut a: Tensor<B, 5>, mut u: Tensor<B, 5>) -> Tensor<B,
     let n = u.dims()[2];
     let mut shift = 1;
     while shift < n {
-        let (a_late, a_early) = (
-            a.clone().narrow(2, shift, n - shift),
-            a.clone().narrow(2, 0, n - shift),
-        );
-        let u_late = u.clone().narrow(2, shift, n - shift)
-            + a_late.clone() * u.clone().narrow(2, 0, n - shift);
+        let (a_late, a_early) = (a.clone().narrow(2, shift, n - shift), a.clone().narrow(2, 0, n - shift));
+        let u_late = u.clone().narrow(2, shift, n - shift) + a_late.clone() * u.clone().narrow(2, 0, n - shift);
         u = Tensor::cat(vec![u.narrow(2, 0, shift), u_late], 2);
         a = Tensor::cat(vec![a.clone().narrow(2, 0, shift), a_late * a_early], 2);
         shift *= 2;
@@ -109,14 +98,9 @@ fn decay_scan<B: Backend>(mut a: Tensor<B, 5>, mut u: Tensor<B, 5>) -> Tensor<B,
 /// each chunk's own contribution `u` (`k_outᵀ v`), its total log decay `total: [B, H, N, K or
 /// 1, 1]` and the initial state `h0: [B, H, K, V]`:
 /// `S_c = exp(total_c) ⊙ S_{c−1} + u_c`, with `h0` decayed by `exp(Σ_{j≤c} total_j)` added.
-fn chunk_states<B: Backend>(
-    u: Tensor<B, 5>,
-    total: Tensor<B, 5>,
-    h0: Tensor<B, 4>,
-) -> (Tensor<B, 5>, Tensor<B, 4>) {
+fn chunk_states<B: Backend>(u: Tensor<B, 5>, total: Tensor<B, 5>, h0: Tensor<B, 4>) -> (Tensor<B, 5>, Tensor<B, 4>) {
     let [b, h, n, k, v] = u.dims();
-    let after = decay_scan(total.clone().exp(), u)
-        + total.cumsum(2).exp() * h0.clone().unsqueeze_dim::<5>(2);
+    let after = decay_scan(total.clone().exp(), u) + total.cumsum(2).exp() * h0.clone().unsqueeze_dim::<5>(2);
     let last = after.clone().narrow(2, n - 1, 1).reshape([b, h, k, v]);
     let before = match n {
         1 => h0.unsqueeze_dim::<5>(2),
@@ -147,11 +131,7 @@ pub fn chunked<B: Backend>(
     let [q, k, v, g] = [q, k, v, g].map(to_f32);
     let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     // Padding: zero keys add nothing and zero log decay keeps the state; outputs are cut back.
-    let split = |x: Tensor<B, 4>, d: usize| {
-        pad_time(x, n * chunk)
-            .swap_dims(1, 2)
-            .reshape([b, h, n, chunk, d])
-    };
+    let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
     let (q, k, v, g) = (split(q, dk), split(k, dk), split(v, dv), split(g, dk));
     let cum = g.clone().cumsum(3); // decay from each chunk's start, inclusive
     let intra = decayed_scores::<B, 5, 6>(q.clone(), k.clone(), cum.clone()).matmul(v.clone());
@@ -161,14 +141,8 @@ pub fn chunked<B: Backend>(
     let own = k_out.swap_dims(3, 4).matmul(v); // [B, H, N, K, V]
     let (before, state) = chunk_states(own, total.swap_dims(3, 4), h0);
     let output = (intra + q_in.matmul(before)) * scale;
-    let output = output
-        .reshape([b, h, n * chunk, dv])
-        .swap_dims(1, 2)
-        .narrow(1, 0, t);
-    LinearAttnOutput {
-        output: to_dtype(output, dtype),
-        state,
-    }
+    let output = output.reshape([b, h, n * chunk, dv]).swap_dims(1, 2).narrow(1, 0, t);
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
 }
 
 /// Token-by-token recurrence from `h0`.
@@ -201,10 +175,7 @@ pub fn step<B: Backend>(
     let [q, k, v, g] = [q, k, v, g].map(|x| to_f32(x).swap_dims(1, 2)); // [B, H, 1, *]
     let state = g.swap_dims(2, 3).exp() * to_f32(state) + k.swap_dims(2, 3).matmul(v);
     let output = (q * scale).matmul(state.clone()).swap_dims(1, 2);
-    LinearAttnOutput {
-        output: to_dtype(output, dtype),
-        state,
-    }
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,9 +206,7 @@ fn causal_decay<B: Backend, const D: usize>(cum: Tensor<B, D>) -> Tensor<B, D> {
     row_shape[D - 2] = 1;
     row_shape[D - 1] = l;
     // −∞ before exp: the future entries (positive exponents) never reach `exp`.
-    (cum.clone() - cum.reshape(row_shape))
-        .mask_fill(future, f32::NEG_INFINITY)
-        .exp()
+    (cum.clone() - cum.reshape(row_shape)).mask_fill(future, f32::NEG_INFINITY).exp()
 }
 
 /// [`parallel`] for a per-head log decay `g: [B, T, H]`: `O = ((Q Kᵀ) ⊙ D) V` with
@@ -260,10 +229,7 @@ pub fn parallel_per_head<B: Backend>(
     let output = (scores.matmul(v.clone()) + q.matmul(h0.clone()) * cum.clone().exp()) * scale;
     let last = g.sum_dim(2); // G_T, a sum for the reason given in `parallel`
     let state = (k * (last.clone() - cum).exp()).swap_dims(2, 3).matmul(v) + last.exp() * h0;
-    LinearAttnOutput {
-        output: to_dtype(output.swap_dims(1, 2), dtype),
-        state,
-    }
+    LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
 }
 
 /// [`chunked`] for a per-head log decay `g: [B, T, H]` (Lightning-2 blocks of `chunk` tokens):
@@ -290,20 +256,12 @@ pub fn chunked_per_head<B: Backend>(
     let [q, k, v] = [q, k, v].map(to_f32);
     let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     // Padding as in `chunked`: zero keys add nothing, zero log decay keeps the state.
-    let split = |x: Tensor<B, 4>, d: usize| {
-        pad_time(x, n * chunk)
-            .swap_dims(1, 2)
-            .reshape([b, h, n, chunk, d])
-    };
+    let split = |x: Tensor<B, 4>, d: usize| pad_time(x, n * chunk).swap_dims(1, 2).reshape([b, h, n, chunk, d]);
     let (q, k, v) = (split(q, dk), split(k, dk), split(v, dv));
     // The decay is summed over `[B, H, N, C]` and only then given its unit channel dim: wgpu
     // (Burn 0.21) got the chunked cumsum wrong on a `[.., C, 1]` tensor.
     let g = to_f32(g).swap_dims(1, 2); // [B, H, T]
-    let g = Tensor::cat(
-        vec![g.clone(), Tensor::zeros([b, h, n * chunk - t], &g.device())],
-        2,
-    )
-    .reshape([b, h, n, chunk]);
+    let g = Tensor::cat(vec![g.clone(), Tensor::zeros([b, h, n * chunk - t], &g.device())], 2).reshape([b, h, n, chunk]);
     let cum = g.clone().cumsum(3).unsqueeze_dim::<5>(4); // [B, H, N, C, 1], from each chunk's start
     let g = g.unsqueeze_dim::<5>(4);
     let scores = q.clone().matmul(k.clone().swap_dims(3, 4)) * causal_decay(cum.clone());
@@ -313,12 +271,6 @@ pub fn chunked_per_head<B: Backend>(
     let k_out = k * (total.clone() - cum).exp();
     let (before, state) = chunk_states(k_out.swap_dims(3, 4).matmul(v), total, h0);
     let output = (intra + q_in.matmul(before)) * scale;
-    let output = output
-        .reshape([b, h, n * chunk, dv])
-        .swap_dims(1, 2)
-        .narrow(1, 0, t);
-    LinearAttnOutput {
-        output: to_dtype(output, dtype),
-        state,
-    }
+    let output = output.reshape([b, h, n * chunk, dv]).swap_dims(1, 2).narrow(1, 0, t);
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
 }

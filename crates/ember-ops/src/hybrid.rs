@@ -63,15 +63,7 @@ pub struct HybridState<B: Backend> {
 
 impl<B: Backend> HybridState<B> {
     pub fn numel(&self) -> usize {
-        [
-            self.k.shape(),
-            self.v.shape(),
-            self.fk.shape(),
-            self.s.shape(),
-        ]
-        .iter()
-        .map(|s| s.num_elements())
-        .sum::<usize>()
+        [self.k.shape(), self.v.shape(), self.fk.shape(), self.s.shape()].iter().map(|s| s.num_elements()).sum::<usize>()
             + self.log_decay.shape().num_elements()
             + self.z.shape().num_elements()
     }
@@ -105,17 +97,9 @@ fn attend<B: Backend>(
     let [b, n, h, _] = inputs.q.dims();
     let device = inputs.q.device();
     let heads = |x: Tensor<B, 4>| to_f32(x).swap_dims(1, 2); // [B, H, T, *]
-    let log_decay = inputs
-        .log_decay
-        .map_or_else(|| Tensor::zeros([b, n, h], &device), to_f32)
-        .swap_dims(1, 2);
+    let log_decay = inputs.log_decay.map_or_else(|| Tensor::zeros([b, n, h], &device), to_f32).swap_dims(1, 2);
     let (q, fq) = (heads(inputs.q), heads(inputs.fq));
-    let (mut k, mut v, mut fk, mut g) = (
-        heads(inputs.k),
-        heads(inputs.v),
-        heads(inputs.fk),
-        log_decay,
-    );
+    let (mut k, mut v, mut fk, mut g) = (heads(inputs.k), heads(inputs.v), heads(inputs.fk), log_decay);
     let (prior, position) = match state {
         Some(s) => {
             let c = s.k.dims()[2];
@@ -134,10 +118,7 @@ fn attend<B: Backend>(
     let c = keys - n;
     let (dv, f) = (v.dims()[3], fk.dims()[3]);
     let w = params.window;
-    assert!(
-        w >= 2,
-        "the hybrid attention window must hold at least 2 keys, got {w}"
-    );
+    assert!(w >= 2, "the hybrid attention window must hold at least 2 keys, got {w}");
 
     // Cumulative log decay over the keys; log d_ij = G_i − G_j for j ≤ i.
     let cum = g.clone().cumsum(2); // [B, H, keys]
@@ -149,11 +130,7 @@ fn attend<B: Backend>(
 
     let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * params.scale; // [B,H,n,keys]
     let scores = scores.mask_fill(outside_window, f32::NEG_INFINITY);
-    let sink_scores = params.sinks.as_ref().map(|(sk, _)| {
-        q.clone()
-            .matmul(to_f32(sk.clone()).swap_dims(1, 2).unsqueeze::<4>())
-            * params.scale
-    });
+    let sink_scores = params.sinks.as_ref().map(|(sk, _)| q.clone().matmul(to_f32(sk.clone()).swap_dims(1, 2).unsqueeze::<4>()) * params.scale);
     let mut max = scores.clone().max_dim(3);
     if let Some(ss) = &sink_scores {
         max = Tensor::cat(vec![max, ss.clone().max_dim(3)], 3).max_dim(3);
@@ -209,20 +186,12 @@ fn attend<B: Backend>(
             let d = new.exp(); // from the last token seen to the last one of this call
             (s * d.clone().unsqueeze_dim::<4>(3), z * d)
         }
-        None => (
-            Tensor::zeros([b, h, f, dv], &device),
-            Tensor::zeros([b, h, f], &device),
-        ),
+        None => (Tensor::zeros([b, h, f, dv], &device), Tensor::zeros([b, h, f], &device)),
     };
     if evicted > 0 {
-        let to_end = (total - cum.narrow(2, 0, evicted))
-            .exp()
-            .unsqueeze_dim::<4>(3); // [B, H, e, 1]
+        let to_end = (total - cum.narrow(2, 0, evicted)).exp().unsqueeze_dim::<4>(3); // [B, H, e, 1]
         let fk_out = fk.clone().narrow(2, 0, evicted) * to_end;
-        s = s + fk_out
-            .clone()
-            .swap_dims(2, 3)
-            .matmul(v.clone().narrow(2, 0, evicted));
+        s = s + fk_out.clone().swap_dims(2, 3).matmul(v.clone().narrow(2, 0, evicted));
         z = z + fk_out.sum_dim(2).reshape([b, h, f]);
     }
     let state = HybridState {

@@ -63,14 +63,14 @@ pub fn calls() -> u64 {
 
 /// The setting in force on this thread: the last [`set_policy`], else `EMBER_KERNELS`, else auto.
 pub fn policy() -> Kernels {
-    POLICY
-        .with(Cell::get)
-        .unwrap_or_else(|| match std::env::var("EMBER_KERNELS") {
-            Ok(value) => value
-                .parse()
-                .unwrap_or_else(|e| panic!("EMBER_KERNELS: {e}")),
+    // Read once: every chunked call of every layer asks.
+    static FROM_ENV: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    POLICY.with(Cell::get).unwrap_or_else(|| {
+        *FROM_ENV.get_or_init(|| match std::env::var("EMBER_KERNELS") {
+            Ok(value) => value.parse().unwrap_or_else(|e| panic!("EMBER_KERNELS: {e}")),
             Err(_) => Kernels::Auto,
         })
+    })
 }
 
 /// Sets the policy of this thread.
@@ -176,10 +176,7 @@ mod dispatch {
     const _: () = assert!(super::MAX_CHUNK == ember_kernels::MAX_CHUNK);
 
     pub fn has<B: Backend>() -> bool {
-        fn check<B: Backend, K: ChunkedLinearAttention>() -> Option<()> {
-            same::<B, K>()
-        }
-        let found: Option<()> = (|| on_kernel_backend!(check::<B>()))();
+        let found: Option<()> = (|| on_kernel_backend!(same::<B>()))();
         found.is_some()
     }
 

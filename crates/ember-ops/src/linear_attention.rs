@@ -32,22 +32,12 @@ pub fn parallel<B: Backend>(
     let (q, k, v) = (to_f32(q), to_f32(k), to_f32(v));
     let h0 = h0.map_or_else(|| zero_state(&q, &v), to_f32);
     let t = q.dims()[1];
-    let (q, k, v) = (
-        q.swap_dims(1, 2) * scale,
-        k.swap_dims(1, 2),
-        v.swap_dims(1, 2),
-    );
+    let (q, k, v) = (q.swap_dims(1, 2) * scale, k.swap_dims(1, 2), v.swap_dims(1, 2));
     let future = hidden_keys::<B>(t, t, 0, None, &q.device()).unsqueeze::<4>();
-    let scores = q
-        .clone()
-        .matmul(k.clone().swap_dims(2, 3))
-        .mask_fill(future, 0.0);
+    let scores = q.clone().matmul(k.clone().swap_dims(2, 3)).mask_fill(future, 0.0);
     let output = scores.matmul(v.clone()) + q.matmul(h0.clone());
     let state = h0 + k.swap_dims(2, 3).matmul(v);
-    LinearAttnOutput {
-        output: to_dtype(output.swap_dims(1, 2), dtype),
-        state,
-    }
+    LinearAttnOutput { output: to_dtype(output.swap_dims(1, 2), dtype), state }
 }
 
 /// Chunked form: quadratic inside chunks of `chunk` tokens, state passed between chunks (on
@@ -73,40 +63,23 @@ pub fn chunked<B: Backend>(
     let dv = v.dims()[3];
     let n = t.div_ceil(chunk);
     // Zero padding at the end changes nothing before it: padded keys carry zero values.
-    let (q, k, v) = (
-        pad_time(q, n * chunk),
-        pad_time(k, n * chunk),
-        pad_time(v, n * chunk),
-    );
+    let (q, k, v) = (pad_time(q, n * chunk), pad_time(k, n * chunk), pad_time(v, n * chunk));
     let split = |x: Tensor<B, 4>, d: usize| x.swap_dims(1, 2).reshape([b, h, n, chunk, d]);
     let (q, k, v) = (split(q, dk) * scale, split(k, dk), split(v, dv));
 
     let future = hidden_keys::<B>(chunk, chunk, 0, None, &q.device()).unsqueeze::<5>();
-    let intra = q
-        .clone()
-        .matmul(k.clone().swap_dims(3, 4))
-        .mask_fill(future, 0.0)
-        .matmul(v.clone());
+    let intra = q.clone().matmul(k.clone().swap_dims(3, 4)).mask_fill(future, 0.0).matmul(v.clone());
     let kv = k.swap_dims(3, 4).matmul(v); // [B, H, N, K, V]
     let (before, total) = exclusive_cumsum(kv, h0);
     let inter = q.matmul(before);
-    let output = (intra + inter)
-        .reshape([b, h, n * chunk, dv])
-        .swap_dims(1, 2)
-        .narrow(1, 0, t);
-    LinearAttnOutput {
-        output: to_dtype(output, dtype),
-        state: total,
-    }
+    let output = (intra + inter).reshape([b, h, n * chunk, dv]).swap_dims(1, 2).narrow(1, 0, t);
+    LinearAttnOutput { output: to_dtype(output, dtype), state: total }
 }
 
 /// States before each chunk, `h0 + Σ_{m<n} x_m` along dim 2 of `x: [B, H, N, *, *]`, and the
 /// state after the last chunk. Shifting before the sum (rather than subtracting `x_n` from an
 /// inclusive sum) keeps each state exact: a later chunk cannot perturb an earlier one.
-pub(crate) fn exclusive_cumsum<B: Backend>(
-    x: Tensor<B, 5>,
-    h0: Tensor<B, 4>,
-) -> (Tensor<B, 5>, Tensor<B, 4>) {
+pub(crate) fn exclusive_cumsum<B: Backend>(x: Tensor<B, 5>, h0: Tensor<B, 4>) -> (Tensor<B, 5>, Tensor<B, 4>) {
     let [b, h, n, r, c] = x.dims();
     let h0 = h0.unsqueeze_dim::<5>(2);
     let shifted = match n {
@@ -146,10 +119,7 @@ pub fn step<B: Backend>(
     let [q, k, v] = [q, k, v].map(|x| to_f32(x).swap_dims(1, 2)); // [B, H, 1, *]
     let state = to_f32(state) + k.swap_dims(2, 3).matmul(v);
     let output = (q * scale).matmul(state.clone()).swap_dims(1, 2);
-    LinearAttnOutput {
-        output: to_dtype(output, dtype),
-        state,
-    }
+    LinearAttnOutput { output: to_dtype(output, dtype), state }
 }
 
 /// Pads dimension 1 (time) with zeros up to `len`.

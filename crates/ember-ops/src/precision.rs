@@ -34,10 +34,7 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(format!(
-                "unknown dtype {other:?} (known: {})",
-                Self::NAMES.join(", ")
-            )),
+            other => Err(format!("unknown dtype {other:?} (known: {})", Self::NAMES.join(", "))),
         }
     }
 }

@@ -34,19 +34,12 @@ pub struct RatState<B: Backend> {
 impl<B: Backend> RatState<B> {
     pub fn zeros(batch: usize, heads: usize, head_dim: usize, device: &B::Device) -> Self {
         let zeros = Tensor::zeros([batch, 1, heads, head_dim], device);
-        Self {
-            key: zeros.clone(),
-            value: zeros,
-            chunks: None,
-            position: 0,
-        }
+        Self { key: zeros.clone(), value: zeros, chunks: None, position: 0 }
     }
 
     /// Number of floats held.
     pub fn numel(&self) -> usize {
-        let cache = self.chunks.as_ref().map_or(0, |(k, v)| {
-            k.shape().num_elements() + v.shape().num_elements()
-        });
+        let cache = self.chunks.as_ref().map_or(0, |(k, v)| k.shape().num_elements() + v.shape().num_elements());
         self.key.shape().num_elements() + self.value.shape().num_elements() + cache
     }
 }
@@ -103,10 +96,7 @@ pub fn parallel<B: Backend>(
     // from a non-zero state (the chunk in progress, when the state has one).
     let carried = Tensor::cat(vec![state.key, state.value], 3).unsqueeze_dim::<5>(1);
     let mut carry = if n > 1 {
-        Tensor::cat(
-            vec![carried, Tensor::zeros([b, n - 1, 1, h, 2 * d], &device)],
-            1,
-        )
+        Tensor::cat(vec![carried, Tensor::zeros([b, n - 1, 1, h, 2 * d], &device)], 1)
     } else {
         carried
     };
@@ -117,10 +107,7 @@ pub fn parallel<B: Backend>(
         states.push(carry.clone());
     }
     let states = Tensor::cat(states, 2); // [B, n, L, H, 2d]
-    let finals = states
-        .clone()
-        .narrow(2, chunk - 1, 1)
-        .reshape([b, n, h, 2 * d]);
+    let finals = states.clone().narrow(2, chunk - 1, 1).reshape([b, n, h, 2 * d]);
     let final_keys = rope::apply(finals.clone().narrow(3, 0, d), chunk0, rope_base);
     let final_values = finals.narrow(3, d, d);
     let per_token = states.reshape([b, n * chunk, h, 2 * d]).narrow(1, first, t);
@@ -129,16 +116,11 @@ pub fn parallel<B: Backend>(
     // Queries at position = chunk index: with the chunks as "time" and (offset, head) as heads,
     // `rope::apply` gives every token of chunk i the position chunk0 + i.
     let q_rot = layout(q.clone(), 0.0).reshape([b, n, chunk * h, d]);
-    let q_rot = rope::apply(q_rot, chunk0, rope_base)
-        .reshape([b, n * chunk, h, d])
-        .narrow(1, first, t);
+    let q_rot = rope::apply(q_rot, chunk0, rope_base).reshape([b, n * chunk, h, d]).narrow(1, first, t);
 
     // Keys: every chunk-final so far, indexed by global chunk; query of chunk c sees j < c.
     let (keys, values) = match state.chunks.clone() {
-        Some((ck, cv)) => (
-            Tensor::cat(vec![ck, final_keys.clone()], 1),
-            Tensor::cat(vec![cv, final_values.clone()], 1),
-        ),
+        Some((ck, cv)) => (Tensor::cat(vec![ck, final_keys.clone()], 1), Tensor::cat(vec![cv, final_values.clone()], 1)),
         None => (final_keys.clone(), final_values.clone()),
     };
     let n_keys = keys.dims()[1];
@@ -153,30 +135,18 @@ pub fn parallel<B: Backend>(
     let hidden = key_chunk.greater_equal(query_chunk).unsqueeze::<4>();
     // The self score: q and k̃_t share the rotation (both at chunk c), so it needs none.
     let own = heads_first((q * key_t.clone()).sum_dim(3)) * scale; // [B, H, T, 1]
-                                                                   // One softmax over [earlier chunk-finals ‖ own state]; the own column is always finite.
-    let probs = softmax(
-        Tensor::cat(vec![inter.mask_fill(hidden, f32::NEG_INFINITY), own], 3),
-        3,
-    );
-    let y = probs
-        .clone()
-        .narrow(3, 0, n_keys)
-        .matmul(heads_first(values))
+    // One softmax over [earlier chunk-finals ‖ own state]; the own column is always finite.
+    let probs = softmax(Tensor::cat(vec![inter.mask_fill(hidden, f32::NEG_INFINITY), own], 3), 3);
+    let y = probs.clone().narrow(3, 0, n_keys).matmul(heads_first(values))
         + probs.narrow(3, n_keys, 1) * heads_first(value_t.clone());
 
     let completed = (first + t) / chunk; // chunks finished by these tokens
     let chunks = if completed == 0 {
         state.chunks
     } else {
-        let (new_k, new_v) = (
-            final_keys.narrow(1, 0, completed),
-            final_values.narrow(1, 0, completed),
-        );
+        let (new_k, new_v) = (final_keys.narrow(1, 0, completed), final_values.narrow(1, 0, completed));
         Some(match state.chunks {
-            Some((ck, cv)) => (
-                Tensor::cat(vec![ck, new_k], 1),
-                Tensor::cat(vec![cv, new_v], 1),
-            ),
+            Some((ck, cv)) => (Tensor::cat(vec![ck, new_k], 1), Tensor::cat(vec![cv, new_v], 1)),
             None => (new_k, new_v),
         })
     };
@@ -186,16 +156,8 @@ pub fn parallel<B: Backend>(
     } else {
         (key_t.narrow(1, t - 1, 1), value_t.narrow(1, t - 1, 1))
     };
-    let state = RatState {
-        key,
-        value,
-        chunks,
-        position: state.position + t,
-    };
-    RatOutput {
-        output: to_dtype(y.swap_dims(1, 2), dtype),
-        state,
-    }
+    let state = RatState { key, value, chunks, position: state.position + t };
+    RatOutput { output: to_dtype(y.swap_dims(1, 2), dtype), state }
 }
 
 /// One decoding step (LAYERS.md §6.3): `q, k, v, g: [B, 1, H, d]`.
@@ -217,21 +179,15 @@ pub fn step<B: Backend>(
     let q = rope::apply(q, c, rope_base).swap_dims(1, 2); // [B, H, 1, d]
     let key_rot = rope::apply(key.clone(), c, rope_base);
     let scale = 1.0 / (q.dims()[3] as f64).sqrt();
-    let own = q
-        .clone()
-        .matmul(key_rot.clone().swap_dims(1, 2).swap_dims(2, 3))
-        * scale; // [B, H, 1, 1]
-                 // The cache holds completed chunks only, all earlier than c: no mask.
+    let own = q.clone().matmul(key_rot.clone().swap_dims(1, 2).swap_dims(2, 3)) * scale; // [B, H, 1, 1]
+    // The cache holds completed chunks only, all earlier than c: no mask.
     let y = match &state.chunks {
         None => value.clone().swap_dims(1, 2),
         Some((ck, cv)) => {
             let n = ck.dims()[1];
             let inter = q.matmul(ck.clone().swap_dims(1, 2).swap_dims(2, 3)) * scale;
             let probs = softmax(Tensor::cat(vec![inter, own], 3), 3);
-            probs
-                .clone()
-                .narrow(3, 0, n)
-                .matmul(cv.clone().swap_dims(1, 2))
+            probs.clone().narrow(3, 0, n).matmul(cv.clone().swap_dims(1, 2))
                 + probs.narrow(3, n, 1) * value.clone().swap_dims(1, 2)
         }
     };
@@ -239,30 +195,14 @@ pub fn step<B: Backend>(
     let state = if position % chunk == 0 {
         // The chunk is complete: its final state moves into the cache and the intra state resets.
         let chunks = match state.chunks {
-            Some((ck, cv)) => (
-                Tensor::cat(vec![ck, key_rot], 1),
-                Tensor::cat(vec![cv, value.clone()], 1),
-            ),
+            Some((ck, cv)) => (Tensor::cat(vec![ck, key_rot], 1), Tensor::cat(vec![cv, value.clone()], 1)),
             None => (key_rot, value.clone()),
         };
-        RatState {
-            key: key.zeros_like(),
-            value: value.zeros_like(),
-            chunks: Some(chunks),
-            position,
-        }
+        RatState { key: key.zeros_like(), value: value.zeros_like(), chunks: Some(chunks), position }
     } else {
-        RatState {
-            key,
-            value,
-            chunks: state.chunks,
-            position,
-        }
+        RatState { key, value, chunks: state.chunks, position }
     };
-    RatOutput {
-        output: to_dtype(y.swap_dims(1, 2), dtype),
-        state,
-    }
+    RatOutput { output: to_dtype(y.swap_dims(1, 2), dtype), state }
 }
 
 /// Token-by-token form from `state` (none: a fresh sequence).

@@ -14,10 +14,7 @@ pub enum RopeScaling {
     /// Positions divided by `factor` (every frequency over `factor`).
     Linear { factor: f64 },
     /// NTK-aware: past `original_max_position` tokens the base grows with the sequence length.
-    Dynamic {
-        factor: f64,
-        original_max_position: usize,
-    },
+    Dynamic { factor: f64, original_max_position: usize },
     /// YaRN: low frequencies interpolated, high ones kept, a ramp between (`beta_fast`,
     /// `beta_slow` rotations), and cos/sin scaled by `attention_factor`.
     Yarn {
@@ -37,12 +34,7 @@ pub enum RopeScaling {
     },
     /// Llama 3.1: wavelengths above `original_max_position / low_freq_factor` divided by
     /// `factor`, below `/ high_freq_factor` kept, smoothly between.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position: usize,
-    },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: usize },
 }
 
 fn default_beta_fast() -> f64 {
@@ -61,16 +53,9 @@ impl RopeScaling {
             | RopeScaling::Llama3 { factor, .. } => *factor,
         };
         if !(factor > 0.0 && factor.is_finite()) {
-            return Err(format!(
-                "rope scaling factor must be positive, got {factor}"
-            ));
+            return Err(format!("rope scaling factor must be positive, got {factor}"));
         }
-        if let RopeScaling::Llama3 {
-            low_freq_factor,
-            high_freq_factor,
-            ..
-        } = self
-        {
+        if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = self {
             if !(high_freq_factor > low_freq_factor) {
                 return Err(format!("llama3 rope scaling needs high_freq_factor > low_freq_factor, got {high_freq_factor} and {low_freq_factor}"));
             }
@@ -81,62 +66,28 @@ impl RopeScaling {
 
 /// The inverse frequencies of the `dim / 2` rotated pairs for a sequence of `seq_len` tokens, and
 /// the factor cos and sin are scaled by (1 except for YaRN).
-pub fn frequencies(
-    dim: usize,
-    base: f64,
-    scaling: Option<&RopeScaling>,
-    seq_len: usize,
-) -> (Vec<f64>, f64) {
-    let plain = |base: f64| -> Vec<f64> {
-        (0..dim / 2)
-            .map(|i| 1.0 / base.powf(2.0 * i as f64 / dim as f64))
-            .collect()
-    };
+pub fn frequencies(dim: usize, base: f64, scaling: Option<&RopeScaling>, seq_len: usize) -> (Vec<f64>, f64) {
+    let plain = |base: f64| -> Vec<f64> { (0..dim / 2).map(|i| 1.0 / base.powf(2.0 * i as f64 / dim as f64)).collect() };
     match scaling {
         None => (plain(base), 1.0),
-        Some(RopeScaling::Linear { factor }) => {
-            (plain(base).into_iter().map(|f| f / factor).collect(), 1.0)
-        }
-        Some(RopeScaling::Dynamic {
-            factor,
-            original_max_position,
-        }) => {
+        Some(RopeScaling::Linear { factor }) => (plain(base).into_iter().map(|f| f / factor).collect(), 1.0),
+        Some(RopeScaling::Dynamic { factor, original_max_position }) => {
             let max = *original_max_position as f64;
             let seq = seq_len as f64;
             let base = match seq > max {
-                true => {
-                    base * ((factor * seq / max) - (factor - 1.0))
-                        .powf(dim as f64 / (dim as f64 - 2.0))
-                }
+                true => base * ((factor * seq / max) - (factor - 1.0)).powf(dim as f64 / (dim as f64 - 2.0)),
                 false => base,
             };
             (plain(base), 1.0)
         }
-        Some(RopeScaling::Yarn {
-            factor,
-            original_max_position,
-            beta_fast,
-            beta_slow,
-            attention_factor,
-            mscale,
-            mscale_all_dim,
-        }) => {
-            let get_mscale = |scale: f64, m: f64| {
-                if scale <= 1.0 {
-                    1.0
-                } else {
-                    0.1 * m * scale.ln() + 1.0
-                }
-            };
+        Some(RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, attention_factor, mscale, mscale_all_dim }) => {
+            let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
             let attention = attention_factor.unwrap_or(match (mscale, mscale_all_dim) {
-                (Some(m), Some(all)) if *m != 0.0 && *all != 0.0 => {
-                    get_mscale(*factor, *m) / get_mscale(*factor, *all)
-                }
+                (Some(m), Some(all)) if *m != 0.0 && *all != 0.0 => get_mscale(*factor, *m) / get_mscale(*factor, *all),
                 _ => get_mscale(*factor, 1.0),
             });
             let correction = |rotations: f64| {
-                dim as f64 * (*original_max_position as f64 / (rotations * 2.0 * PI)).ln()
-                    / (2.0 * base.ln())
+                dim as f64 * (*original_max_position as f64 / (rotations * 2.0 * PI)).ln() / (2.0 * base.ln())
             };
             let low = correction(*beta_fast).floor().max(0.0);
             let mut high = correction(*beta_slow).ceil().min(dim as f64 - 1.0);
@@ -154,12 +105,7 @@ pub fn frequencies(
                 .collect();
             (freqs, attention)
         }
-        Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        }) => {
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position }) => {
             let old = *original_max_position as f64;
             let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
             let freqs = plain(base)
@@ -171,8 +117,7 @@ pub fn frequencies(
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -189,12 +134,7 @@ pub fn apply<B: Backend>(x: Tensor<B, 4>, offset: usize, base: f64) -> Tensor<B,
 }
 
 /// [`apply`] with a frequency scaling.
-pub fn apply_scaled<B: Backend>(
-    x: Tensor<B, 4>,
-    offset: usize,
-    base: f64,
-    scaling: Option<&RopeScaling>,
-) -> Tensor<B, 4> {
+pub fn apply_scaled<B: Backend>(x: Tensor<B, 4>, offset: usize, base: f64, scaling: Option<&RopeScaling>) -> Tensor<B, 4> {
     let dtype = x.dtype();
     let x = to_f32(x);
     let [_, t, _, d] = x.dims();
@@ -209,13 +149,7 @@ pub fn apply_scaled<B: Backend>(
     let freq = Tensor::<B, 1>::from_floats(inv_freq.as_slice(), &device).reshape([1, half]);
     let angles = pos.matmul(freq); // [T, D/2]
     let angles = Tensor::cat(vec![angles.clone(), angles], 1).reshape([1, t, 1, d]);
-    let rotated = Tensor::cat(
-        vec![
-            x.clone().narrow(3, half, half).neg(),
-            x.clone().narrow(3, 0, half),
-        ],
-        3,
-    );
+    let rotated = Tensor::cat(vec![x.clone().narrow(3, half, half).neg(), x.clone().narrow(3, 0, half)], 3);
     let (cos, sin) = (angles.clone().cos(), angles.sin());
     let (cos, sin) = match attention_factor {
         f if f == 1.0 => (cos, sin),

@@ -15,9 +15,7 @@ fn expand_heads<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     if groups == 1 {
         return x;
     }
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, hkv, groups, s, d])
-        .reshape([b, hkv * groups, s, d])
+    x.unsqueeze_dim::<5>(2).expand([b, hkv, groups, s, d]).reshape([b, hkv * groups, s, d])
 }
 
 /// Learned key/value pairs that every query sees whatever its window or position (Titans'
@@ -69,23 +67,14 @@ pub fn masked<B: Backend>(
 ) -> Tensor<B, 4> {
     let [b, t, hq, _] = q.dims();
     let [_, _, hkv, d] = k.dims();
-    assert!(
-        hq % hkv == 0,
-        "query heads ({hq}) must be a multiple of key/value heads ({hkv})"
-    );
+    assert!(hq % hkv == 0, "query heads ({hq}) must be a multiple of key/value heads ({hkv})");
     let (k, v) = match prefix {
         None => (k, v),
         Some(p) => {
             let n = p.k.dims()[0];
             let batch = |x: Tensor<B, 3>| x.unsqueeze_dim::<4>(0).expand([b, n, hkv, d]);
-            hidden = Tensor::cat(
-                vec![hidden_keys::<B>(t, n, n, None, &q.device()), hidden],
-                1,
-            ); // all visible
-            (
-                Tensor::cat(vec![batch(p.k.clone()), k], 1),
-                Tensor::cat(vec![batch(p.v.clone()), v], 1),
-            )
+            hidden = Tensor::cat(vec![hidden_keys::<B>(t, n, n, None, &q.device()), hidden], 1); // all visible
+            (Tensor::cat(vec![batch(p.k.clone()), k], 1), Tensor::cat(vec![batch(p.v.clone()), v], 1))
         }
     };
     let groups = hq / hkv;
@@ -140,24 +129,12 @@ pub fn step_with_prefix<B: Backend>(
     let t = q.dims()[1];
     let (k_all, v_all, start) = match cache {
         None => (k, v, 0),
-        Some(c) => (
-            Tensor::cat(vec![c.k, k], 1),
-            Tensor::cat(vec![c.v, v], 1),
-            c.position,
-        ),
+        Some(c) => (Tensor::cat(vec![c.k, k], 1), Tensor::cat(vec![c.v, v], 1), c.position),
     };
     let cached = k_all.dims()[1];
     // Keys in the buffer start at absolute position `start + t - cached`.
     let first_key = start + t - cached;
-    let output = parallel_with_prefix(
-        q,
-        k_all.clone(),
-        v_all.clone(),
-        prefix,
-        scale,
-        window,
-        start - first_key,
-    );
+    let output = parallel_with_prefix(q, k_all.clone(), v_all.clone(), prefix, scale, window, start - first_key);
     let keep = window.map_or(cached, |w| cached.min(w + 1));
     let cache = KvCache {
         k: k_all.narrow(1, cached - keep, keep),

@@ -38,13 +38,7 @@ pub struct TaylorState<B: Backend> {
 }
 
 impl<B: Backend> TaylorState<B> {
-    pub fn zeros(
-        batch: usize,
-        heads: usize,
-        features: usize,
-        dv: usize,
-        device: &B::Device,
-    ) -> Self {
+    pub fn zeros(batch: usize, heads: usize, features: usize, dv: usize, device: &B::Device) -> Self {
         Self {
             kv: Tensor::zeros([batch, heads, features, dv], device),
             k_sum: Tensor::zeros([batch, heads, features, 1], device),
@@ -70,8 +64,7 @@ pub fn feature_map<B: Backend>(x: Tensor<B, 4>, map: FeatureMap) -> Tensor<B, 4>
     let df = d as f64;
     let constant = Tensor::ones([b, t, h, 1], (&device, x_dtype));
     let linear = x.clone() / df.powf(0.25);
-    let outer =
-        (x.clone().unsqueeze_dim::<5>(4) * x.unsqueeze_dim::<5>(3)).reshape([b, t, h, d * d]);
+    let outer = (x.clone().unsqueeze_dim::<5>(4) * x.unsqueeze_dim::<5>(3)).reshape([b, t, h, d * d]);
     let quadratic = match map {
         FeatureMap::Full => outer / (2f64.sqrt() * df.sqrt()),
         FeatureMap::Compact => {
@@ -81,19 +74,13 @@ pub fn feature_map<B: Backend>(x: Tensor<B, 4>, map: FeatureMap) -> Tensor<B, 4>
             for i in 0..d {
                 for j in i..d {
                     index.push((i * d + j) as i64);
-                    let w = if i == j {
-                        1.0 / (2f64.sqrt() * df.sqrt())
-                    } else {
-                        1.0 / df.sqrt()
-                    };
+                    let w = if i == j { 1.0 / (2f64.sqrt() * df.sqrt()) } else { 1.0 / df.sqrt() };
                     weight.push(w as f32);
                 }
             }
             let n = index.len();
             let index = Tensor::<B, 1, Int>::from_data(index.as_slice(), &device);
-            let weight = Tensor::<B, 1>::from_floats(weight.as_slice(), &device)
-                .cast(FloatDType::from(x_dtype))
-                .reshape([1, 1, 1, n]);
+            let weight = Tensor::<B, 1>::from_floats(weight.as_slice(), &device).cast(FloatDType::from(x_dtype)).reshape([1, 1, 1, n]);
             outer.select(3, index) * weight
         }
     };
@@ -120,10 +107,7 @@ pub fn parallel<B: Backend>(
     let dv = v.dims()[3];
     let device = q.device();
     let state = state.unwrap_or_else(|| TaylorState::zeros(b, h, map.dim(d), dv, &device));
-    let (phi_q, phi_k) = (
-        feature_map(q.clone(), map).swap_dims(1, 2),
-        feature_map(k.clone(), map).swap_dims(1, 2),
-    );
+    let (phi_q, phi_k) = (feature_map(q.clone(), map).swap_dims(1, 2), feature_map(k.clone(), map).swap_dims(1, 2));
     let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
     let s = q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt();
     let future = hidden_keys::<B>(t, t, 0, None, &device).unsqueeze::<4>();
@@ -166,11 +150,7 @@ pub fn chunked<B: Backend>(
     let phi_q = pad_time(feature_map(q.clone(), map), len);
     let phi_k = pad_time(feature_map(k.clone(), map), len);
     let split = |x: Tensor<B, 4>, dim: usize| x.swap_dims(1, 2).reshape([b, h, n, chunk, dim]);
-    let (q, k, v) = (
-        split(pad_time(q, len), d),
-        split(pad_time(k, len), d),
-        split(pad_time(v, len), dv),
-    );
+    let (q, k, v) = (split(pad_time(q, len), d), split(pad_time(k, len), d), split(pad_time(v, len), dv));
     let (phi_q, phi_k) = (split(phi_q, f), split(phi_k, f));
 
     let s = q.matmul(k.swap_dims(3, 4)) / (d as f64).sqrt();
@@ -185,17 +165,26 @@ pub fn chunked<B: Backend>(
 
     let num = a.clone().matmul(v) + phi_q.clone().matmul(kv_before);
     let den = a.sum_dim(4) + phi_q.matmul(ks_before);
-    let output = (num / (den + eps))
-        .reshape([b, h, len, dv])
-        .swap_dims(1, 2)
-        .narrow(1, 0, t);
-    TaylorOutput {
-        output: to_dtype(output, dtype),
-        state: TaylorState {
-            kv: kv_total,
-            k_sum: ks_total,
-        },
-    }
+    let output = (num / (den + eps)).reshape([b, h, len, dv]).swap_dims(1, 2).narrow(1, 0, t);
+    TaylorOutput { output: to_dtype(output, dtype), state: TaylorState { kv: kv_total, k_sum: ks_total } }
+}
+
+/// Token-by-token recurrence.
+pub fn recurrent<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    state: Option<TaylorState<B>>,
+    map: FeatureMap,
+    eps: f64,
+) -> TaylorOutput<B> {
+    let [b, _, h, d] = q.dims();
+    let state = state.unwrap_or_else(|| TaylorState::zeros(b, h, map.dim(d), v.dims()[3], &q.device()));
+    let (output, state) = crate::scan_tokens([q, k, v], state, |[q, k, v], s| {
+        let out = step(q, k, v, s, map, eps);
+        (out.output, out.state)
+    });
+    TaylorOutput { output, state }
 }
 
 /// [`chunked`] on the CubeCL kernels: linear attention over the features, with a column of ones
@@ -212,40 +201,13 @@ fn chunked_on_kernels<B: Backend>(
     dtype: burn::tensor::DType,
 ) -> TaylorOutput<B> {
     let [b, t, h, dv] = v.dims();
-    let ones = Tensor::ones([b, t, h, 1], &v.device());
-    let v = Tensor::cat(vec![v, ones], 3);
+    let v = Tensor::cat(vec![v.clone(), Tensor::ones([b, t, h, 1], &v.device())], 3);
     let h0 = Tensor::cat(vec![state.kv, state.k_sum], 3);
     let (phi_q, phi_k) = (feature_map(q, map), feature_map(k, map));
     let out = crate::kernels::chunked(&phi_q, &phi_k, &v, None, Some(&h0), 1.0, chunk);
-    let num = out.output.clone().narrow(3, 0, dv);
-    let den = out.output.narrow(3, dv, 1);
-    let state = TaylorState {
-        kv: out.state.clone().narrow(3, 0, dv),
-        k_sum: out.state.narrow(3, dv, 1),
-    };
-    TaylorOutput {
-        output: to_dtype(num / (den + eps), dtype),
-        state,
-    }
-}
-
-/// Token-by-token recurrence.
-pub fn recurrent<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    state: Option<TaylorState<B>>,
-    map: FeatureMap,
-    eps: f64,
-) -> TaylorOutput<B> {
-    let [b, _, h, d] = q.dims();
-    let state =
-        state.unwrap_or_else(|| TaylorState::zeros(b, h, map.dim(d), v.dims()[3], &q.device()));
-    let (output, state) = crate::scan_tokens([q, k, v], state, |[q, k, v], s| {
-        let out = step(q, k, v, s, map, eps);
-        (out.output, out.state)
-    });
-    TaylorOutput { output, state }
+    let (num, den) = (out.output.clone().narrow(3, 0, dv), out.output.narrow(3, dv, 1));
+    let state = TaylorState { kv: out.state.clone().narrow(3, 0, dv), k_sum: out.state.narrow(3, dv, 1) };
+    TaylorOutput { output: to_dtype(num / (den + eps), dtype), state }
 }
 
 /// One recurrent step: `q, k, v: [B, 1, H, *]`.
@@ -265,8 +227,5 @@ pub fn step<B: Backend>(
     let num = phi_q.clone().matmul(kv.clone());
     let den = phi_q.matmul(k_sum.clone());
     let output = to_dtype((num / (den + eps)).swap_dims(1, 2), dtype);
-    TaylorOutput {
-        output,
-        state: TaylorState { kv, k_sum },
-    }
+    TaylorOutput { output, state: TaylorState { kv, k_sum } }
 }

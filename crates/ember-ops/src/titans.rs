@@ -42,8 +42,8 @@
 use crate::mask::hidden_keys;
 use crate::normal_cdf;
 use crate::precision::{to_dtype, to_f32};
-use burn::tensor::activation::{log_sigmoid, softmax};
 use burn::tensor::DType;
+use burn::tensor::activation::{log_sigmoid, softmax};
 use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -77,8 +77,7 @@ impl Activation {
             // d/dz z·Φ(z) = Φ(z) + z·pdf(z)
             Activation::Gelu => {
                 let cdf = normal_cdf(z.clone());
-                let pdf =
-                    (z.clone().powi_scalar(2) * -0.5).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let pdf = (z.clone().powi_scalar(2) * -0.5).exp() / (2.0 * std::f64::consts::PI).sqrt();
                 cdf + z * pdf
             }
             Activation::Silu => {
@@ -200,19 +199,13 @@ impl<B: Backend> MemoryState<B> {
             true => weights.iter().map(|w| w.zeros_like()).collect(),
             false => Vec::new(),
         };
-        Self {
-            weights,
-            momentum,
-            pending: None,
-        }
+        Self { weights, momentum, pending: None }
     }
 
     pub fn numel(&self) -> usize {
         let pending = self.pending.as_ref().map_or(0, |p| {
             let gates = 3 + p.delta.is_some() as usize;
-            p.k.shape().num_elements()
-                + p.v.shape().num_elements()
-                + gates * p.theta.shape().num_elements()
+            p.k.shape().num_elements() + p.v.shape().num_elements() + gates * p.theta.shape().num_elements()
         });
         let matrices = self.weights.iter().chain(&self.momentum);
         matrices.map(|w| w.shape().num_elements()).sum::<usize>() + pending
@@ -291,11 +284,7 @@ fn mlp<B: Backend>(rule: &MemoryRule, weights: &[Tensor<B, 4>], x: Tensor<B, 4>)
         };
     }
     let output = if rule.residual { h + x } else { h };
-    Pass {
-        inputs,
-        pre,
-        output,
-    }
+    Pass { inputs, pre, output }
 }
 
 /// `sign(x) ≈ tanh(a·x)`.
@@ -304,11 +293,7 @@ fn smooth_sign<B: Backend>(x: Tensor<B, 4>, sharpness: f64) -> Tensor<B, 4> {
 }
 
 /// `e = ∂ℓ/∂M(k)` for the residual `r = M(k) − v`: `[B, H, N, d]`.
-fn error<B: Backend>(
-    objective: Objective,
-    r: Tensor<B, 4>,
-    delta: Option<Tensor<B, 3>>,
-) -> Tensor<B, 4> {
+fn error<B: Backend>(objective: Objective, r: Tensor<B, 4>, delta: Option<Tensor<B, 3>>) -> Tensor<B, 4> {
     match objective {
         Objective::L2 => r * 2.0,
         Objective::Lp { p, sharpness } => {
@@ -316,9 +301,7 @@ fn error<B: Backend>(
             smooth_sign(r, sharpness) * magnitude * p
         }
         Objective::Huber { sharpness } => {
-            let delta = delta
-                .expect("the Huber objective needs a threshold δ per token")
-                .unsqueeze_dim::<4>(3);
+            let delta = delta.expect("the Huber objective needs a threshold δ per token").unsqueeze_dim::<4>(3);
             let norm = r.clone().powi_scalar(2).sum_dim(3).sqrt();
             let small = norm.lower_equal(delta.clone()).float();
             let linear = smooth_sign(r.clone(), sharpness) * delta;
@@ -342,30 +325,18 @@ pub fn inner_gradients<B: Backend>(
     v: Tensor<B, 4>,
     delta: Option<Tensor<B, 3>>,
 ) -> InnerGradients<B> {
-    let Pass {
-        inputs,
-        pre,
-        output,
-    } = mlp(rule, weights, k);
+    let Pass { inputs, pre, output } = mlp(rule, weights, k);
     let mut g = error(rule.objective, output - v, delta);
     let mut errors = vec![g.clone()];
     for l in (1..weights.len()).rev() {
-        g = g.matmul(weights[l].clone().swap_dims(2, 3))
-            * rule.activation.derivative(pre[l - 1].clone());
+        g = g.matmul(weights[l].clone().swap_dims(2, 3)) * rule.activation.derivative(pre[l - 1].clone());
         errors.push(g.clone());
     }
     errors.reverse();
     if let Some(c) = rule.grad_clip {
         // ‖x_iᵀ g_i‖ = ‖x_i‖·‖g_i‖ per layer; the token's norm is over all its layers.
         let sq = |x: &Tensor<B, 4>| x.clone().powi_scalar(2).sum_dim(3);
-        let norm = inputs
-            .iter()
-            .zip(&errors)
-            .map(|(x, g)| sq(x) * sq(g))
-            .reduce(|a, b| a + b)
-            .expect("depth ≥ 1")
-            .add_scalar(1e-12)
-            .sqrt();
+        let norm = inputs.iter().zip(&errors).map(|(x, g)| sq(x) * sq(g)).reduce(|a, b| a + b).expect("depth ≥ 1").add_scalar(1e-12).sqrt();
         let scale = (norm.clone() / c).tanh() * c / norm;
         errors = errors.into_iter().map(|g| g * scale.clone()).collect();
     }
@@ -378,28 +349,16 @@ fn normaliser<B: Backend>(retention: Retention, a: &Tensor<B, 4>) -> Option<Tens
         Retention::Decay | Retention::Softmax { .. } => None,
         Retention::Lq { q } if q == 2.0 => None,
         Retention::Lq { q } => {
-            let sum = (a.clone().powi_scalar(2) + 1e-12)
-                .powf_scalar(q / 2.0)
-                .sum_dim(3)
-                .sum_dim(2);
+            let sum = (a.clone().powi_scalar(2) + 1e-12).powf_scalar(q / 2.0).sum_dim(3).sum_dim(2);
             Some(sum.powf_scalar((q - 2.0) / q))
         }
     }
 }
 
 /// The weights reads and gradients use: `A / ‖A‖_q^{q−2}`, `c·softmax(Z)` or the state itself.
-fn effective<B: Backend>(
-    retention: Retention,
-    weights: &[Tensor<B, 4>],
-) -> (Vec<Tensor<B, 4>>, Vec<Option<Tensor<B, 4>>>) {
+fn effective<B: Backend>(retention: Retention, weights: &[Tensor<B, 4>]) -> (Vec<Tensor<B, 4>>, Vec<Option<Tensor<B, 4>>>) {
     if let Retention::Softmax { scale } = retention {
-        return (
-            weights
-                .iter()
-                .map(|z| softmax(z.clone(), 2) * scale)
-                .collect(),
-            vec![None; weights.len()],
-        );
+        return (weights.iter().map(|z| softmax(z.clone(), 2) * scale).collect(), vec![None; weights.len()]);
     }
     let norms: Vec<_> = weights.iter().map(|w| normaliser(retention, w)).collect();
     let eff = weights.iter().zip(&norms).map(|(w, n)| match n {
@@ -414,72 +373,38 @@ fn effective<B: Backend>(
 fn transfer<B: Backend>(cum: Tensor<B, 3>) -> Tensor<B, 4> {
     let c = cum.dims()[2];
     let future = hidden_keys::<B>(c, c, 0, None, &cum.device()).reshape([1, 1, c, c]);
-    (cum.clone().unsqueeze_dim::<4>(3) - cum.unsqueeze_dim::<4>(2))
-        .mask_fill(future, f32::NEG_INFINITY)
-        .exp()
+    (cum.clone().unsqueeze_dim::<4>(3) - cum.unsqueeze_dim::<4>(2)).mask_fill(future, f32::NEG_INFINITY).exp()
 }
 
 /// One chunk under per-token semantics: the reads of its tokens and the state at its end.
 /// `complete`: the chunk is whole, so its last token reads the exact weights of the new state.
-fn token_chunk<B: Backend>(
-    rule: &MemoryRule,
-    state: &MemoryState<B>,
-    chunk: &Chunk<B>,
-    complete: bool,
-) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
+fn token_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Chunk<B>, complete: bool) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
     let c = chunk.len();
     let (eff, norms) = effective(rule.retention, &state.weights);
-    let grads = inner_gradients(
-        rule,
-        &eff,
-        chunk.k.clone(),
-        chunk.v.clone(),
-        chunk.delta.clone(),
-    );
+    let grads = inner_gradients(rule, &eff, chunk.k.clone(), chunk.v.clone(), chunk.delta.clone());
     let log_keep = log_sigmoid(chunk.alpha.clone().neg()); // log(1 − α)
     let decay = transfer(log_keep.clone().cumsum(2)); // A_tj = Π_{l=j+1..t} (1 − α_l)
     let beta = log_keep.cumsum(2).exp(); // β_t, [B, H, C]
-                                         // P = A·E folds the momentum scan into the decay scan; σ_t multiplies S_{t'}.
+    // P = A·E folds the momentum scan into the decay scan; σ_t multiplies S_{t'}.
     let (mix, sigma, carry) = if rule.momentum {
-        let log_eta = log_sigmoid(chunk.eta.clone())
-            .add_scalar(rule.eta_max.ln())
-            .cumsum(2);
+        let log_eta = log_sigmoid(chunk.eta.clone()).add_scalar(rule.eta_max.ln()).cumsum(2);
         let momentum = transfer(log_eta.clone()); // E_ji = Π_{m=i+1..j} η_m
         let eta_from_start = log_eta.exp(); // Π_{m≤j} η_m
-        let sigma = decay
-            .clone()
-            .matmul(eta_from_start.clone().unsqueeze_dim::<4>(3))
-            .squeeze_dim::<3>(3);
-        (
-            decay.matmul(momentum.clone()),
-            Some(sigma),
-            Some((momentum, eta_from_start)),
-        )
+        let sigma = decay.clone().matmul(eta_from_start.clone().unsqueeze_dim::<4>(3)).squeeze_dim::<3>(3);
+        (decay.matmul(momentum.clone()), Some(sigma), Some((momentum, eta_from_start)))
     } else {
         (decay, None, None)
     };
     let coeff = mix.clone() * chunk.theta.clone().unsqueeze_dim::<4>(2); // P_ti θ_i
     let col = |x: &Tensor<B, 3>| x.clone().unsqueeze_dim::<4>(3); // [B, H, C, 1]
-                                                                  // Reads, layer by layer, each token through its own weights.
+    // Reads, layer by layer, each token through its own weights.
     let mut r = chunk.q.clone();
     let depth = state.weights.len();
     for l in 0..depth {
         let out = if let Retention::Softmax { scale } = rule.retention {
-            let momentum = sigma
-                .as_ref()
-                .map(|s| (state.momentum[l].clone(), s.clone()));
+            let momentum = sigma.as_ref().map(|s| (state.momentum[l].clone(), s.clone()));
             let p = eff[l].clone() / scale;
-            linearised_softmax_read(
-                r,
-                p,
-                scale,
-                state.weights[l].clone(),
-                &beta,
-                momentum,
-                &coeff,
-                &grads.inputs[l],
-                &grads.errors[l],
-            )
+            linearised_softmax_read(r, p, scale, state.weights[l].clone(), &beta, momentum, &coeff, &grads.inputs[l], &grads.errors[l])
         } else {
             let mut out = r.clone().matmul(state.weights[l].clone()) * col(&beta);
             if let Some(sigma) = &sigma {
@@ -492,17 +417,9 @@ fn token_chunk<B: Backend>(
                 None => out,
             }
         };
-        r = if l + 1 < depth {
-            rule.activation.apply(out)
-        } else {
-            out
-        };
+        r = if l + 1 < depth { rule.activation.apply(out) } else { out };
     }
-    let reads = if rule.residual {
-        r + chunk.q.clone()
-    } else {
-        r
-    };
+    let reads = if rule.residual { r + chunk.q.clone() } else { r };
     // The chunk's end: the last row of each transfer matrix.
     let last_row = |m: &Tensor<B, 4>| m.clone().narrow(2, c - 1, 1); // [B, H, 1, C]
     let written = |l: usize, w: Tensor<B, 4>| {
@@ -518,8 +435,7 @@ fn token_chunk<B: Backend>(
         match (&sigma, &carry) {
             (Some(sigma), Some((e, from_start))) => {
                 w = w + state.momentum[l].clone() * end(sigma);
-                let s = state.momentum[l].clone() * end(from_start)
-                    - written(l, last_row(e) * theta_row.clone());
+                let s = state.momentum[l].clone() * end(from_start) - written(l, last_row(e) * theta_row.clone());
                 momentum.push(s);
             }
             _ => {}
@@ -570,7 +486,7 @@ fn linearised_softmax_read<B: Backend>(
     let d_out = p.dims()[3];
     let col = |x: Tensor<B, 3>| x.unsqueeze_dim::<4>(3);
     let rp = r.clone().matmul(p.clone()); // [B, H, C, out]
-                                          // r J(D) for a state matrix D: c·(r (p ⊙ D) − (r p) ⊙ 1ᵀ(p ⊙ D)).
+    // r J(D) for a state matrix D: c·(r (p ⊙ D) − (r p) ⊙ 1ᵀ(p ⊙ D)).
     let jacobian = |d: Tensor<B, 4>| {
         let pd = p.clone() * d;
         (r.clone().matmul(pd.clone()) - rp.clone() * pd.sum_dim(2)) * scale
@@ -580,51 +496,31 @@ fn linearised_softmax_read<B: Backend>(
         out = out + jacobian(s) * col(sigma);
     }
     let pairs = r.unsqueeze_dim::<5>(3) * x.clone().unsqueeze_dim::<5>(2); // r_t ⊙ x_i, [B, H, C, C, in]
-    let through = pairs
-        .reshape([b, h, c * c, d_in])
-        .matmul(p.clone())
-        .reshape([b, h, c, c, d_out]);
-    let first = (through * g.clone().unsqueeze_dim::<5>(2) * coeff.clone().unsqueeze_dim::<5>(4))
-        .sum_dim(3)
-        .squeeze_dim::<4>(3);
+    let through = pairs.reshape([b, h, c * c, d_in]).matmul(p.clone()).reshape([b, h, c, c, d_out]);
+    let first = (through * g.clone().unsqueeze_dim::<5>(2) * coeff.clone().unsqueeze_dim::<5>(4)).sum_dim(3).squeeze_dim::<4>(3);
     let second = rp * coeff.clone().matmul(g.clone() * x.clone().matmul(p));
     out - (first - second) * scale
 }
 
 /// One chunk under per-chunk semantics. `complete`: the chunk is whole, so it writes and its
 /// last token reads the new weights.
-fn chunk_chunk<B: Backend>(
-    rule: &MemoryRule,
-    state: &MemoryState<B>,
-    chunk: &Chunk<B>,
-    complete: bool,
-) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
+fn chunk_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Chunk<B>, complete: bool) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
     let c = chunk.len();
     let (eff, _) = effective(rule.retention, &state.weights);
     let reads = mlp(rule, &eff, chunk.q.clone()).output;
     if !complete {
         return (reads, state.weights.clone(), state.momentum.clone());
     }
-    let grads = inner_gradients(
-        rule,
-        &eff,
-        chunk.k.clone(),
-        chunk.v.clone(),
-        chunk.delta.clone(),
-    );
+    let grads = inner_gradients(rule, &eff, chunk.k.clone(), chunk.v.clone(), chunk.delta.clone());
     let pooled = |x: &Tensor<B, 3>| x.clone().mean_dim(2).unsqueeze_dim::<4>(3); // [B, H, 1, 1]
     let keep = probability(pooled(&chunk.alpha).neg());
     let theta = chunk.theta.clone().unsqueeze_dim::<4>(3);
     let mut weights = Vec::new();
     let mut momentum = Vec::new();
     for l in 0..state.weights.len() {
-        let write = (grads.inputs[l].clone() * theta.clone())
-            .swap_dims(2, 3)
-            .matmul(grads.errors[l].clone());
+        let write = (grads.inputs[l].clone() * theta.clone()).swap_dims(2, 3).matmul(grads.errors[l].clone());
         let s = match rule.momentum {
-            true => {
-                state.momentum[l].clone() * probability(pooled(&chunk.eta)) * rule.eta_max - write
-            }
+            true => state.momentum[l].clone() * probability(pooled(&chunk.eta)) * rule.eta_max - write,
             false => write.neg(),
         };
         weights.push(state.weights[l].clone() * keep.clone() + s.clone());
@@ -640,26 +536,10 @@ fn chunk_chunk<B: Backend>(
 /// `[B, T, H, *]` → `[B, H, T, *]` in f32, with the pending tokens of `state` in front (their
 /// queries zero; their reads are dropped).
 fn gather<B: Backend>(inputs: MemoryInputs<B>, pending: Option<Pending<B>>) -> Chunk<B> {
-    let MemoryInputs {
-        q,
-        k,
-        v,
-        theta,
-        eta,
-        alpha,
-        delta,
-    } = inputs;
+    let MemoryInputs { q, k, v, theta, eta, alpha, delta } = inputs;
     let t4 = |x: Tensor<B, 4>| lift(x).swap_dims(1, 2);
     let t3 = |x: Tensor<B, 3>| lift(x).swap_dims(1, 2);
-    let mut chunk = Chunk {
-        q: t4(q),
-        k: t4(k),
-        v: t4(v),
-        theta: t3(theta),
-        eta: t3(eta),
-        alpha: t3(alpha),
-        delta: delta.map(t3),
-    };
+    let mut chunk = Chunk { q: t4(q), k: t4(k), v: t4(v), theta: t3(theta), eta: t3(eta), alpha: t3(alpha), delta: delta.map(t3) };
     if let Some(p) = pending {
         let cat4 = |a: Tensor<B, 4>, b: Tensor<B, 4>| Tensor::cat(vec![t4(a), b], 2);
         let cat3 = |a: Tensor<B, 3>, b: Tensor<B, 3>| Tensor::cat(vec![t3(a), b], 2);
@@ -680,60 +560,30 @@ fn gather<B: Backend>(inputs: MemoryInputs<B>, pending: Option<Pending<B>>) -> C
 
 /// Reads `q: [B, T, H, d]` through the weights at the state's last chunk boundary (no write):
 /// Titans MAC's retrieval from the memory of the previous segments.
-pub fn read<B: Backend>(
-    rule: &MemoryRule,
-    state: &MemoryState<B>,
-    q: Tensor<B, 4>,
-) -> Tensor<B, 4> {
+pub fn read<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, q: Tensor<B, 4>) -> Tensor<B, 4> {
     let dtype = q.dtype();
     let (eff, _) = effective(rule.retention, &state.weights);
-    to_dtype(
-        mlp(rule, &eff, lift(q).swap_dims(1, 2))
-            .output
-            .swap_dims(1, 2),
-        dtype,
-    )
+    to_dtype(mlp(rule, &eff, lift(q).swap_dims(1, 2)).output.swap_dims(1, 2), dtype)
 }
 
 /// The chunked form: chunks of `rule.chunk` tokens in sequence, each a few batched matmuls.
 /// Returns the reads `[B, T, H, d]` and the state after the last token.
-pub fn chunked<B: Backend>(
-    rule: &MemoryRule,
-    inputs: MemoryInputs<B>,
-    state: MemoryState<B>,
-) -> (Tensor<B, 4>, MemoryState<B>) {
+pub fn chunked<B: Backend>(rule: &MemoryRule, inputs: MemoryInputs<B>, state: MemoryState<B>) -> (Tensor<B, 4>, MemoryState<B>) {
     run(rule, inputs, state, false)
 }
 
 /// The sequential reference: the same rule token by token (each token's weights built by the
 /// explicit scans, each gradient its own pass). The recurrent form, and the tests' oracle.
-pub fn sequential<B: Backend>(
-    rule: &MemoryRule,
-    inputs: MemoryInputs<B>,
-    state: MemoryState<B>,
-) -> (Tensor<B, 4>, MemoryState<B>) {
+pub fn sequential<B: Backend>(rule: &MemoryRule, inputs: MemoryInputs<B>, state: MemoryState<B>) -> (Tensor<B, 4>, MemoryState<B>) {
     run(rule, inputs, state, true)
 }
 
-fn run<B: Backend>(
-    rule: &MemoryRule,
-    inputs: MemoryInputs<B>,
-    state: MemoryState<B>,
-    by_token: bool,
-) -> (Tensor<B, 4>, MemoryState<B>) {
+fn run<B: Backend>(rule: &MemoryRule, inputs: MemoryInputs<B>, state: MemoryState<B>, by_token: bool) -> (Tensor<B, 4>, MemoryState<B>) {
     assert!(rule.chunk > 0, "chunk size must be positive");
     let dtype = inputs.v.dtype();
     let skip = state.pending_len();
-    let MemoryState {
-        weights,
-        momentum,
-        pending,
-    } = state;
-    let mut state = MemoryState {
-        weights: weights.into_iter().map(lift).collect(),
-        momentum: momentum.into_iter().map(lift).collect(),
-        pending: None,
-    };
+    let MemoryState { weights, momentum, pending } = state;
+    let mut state = MemoryState { weights: weights.into_iter().map(lift).collect(), momentum: momentum.into_iter().map(lift).collect(), pending: None };
     let all = gather(inputs, pending);
     let t = all.len();
     let mut reads = Vec::new();
@@ -766,12 +616,7 @@ fn run<B: Backend>(
 /// One chunk, token by token: `S` and `M` by the recurrences as written, gradients at the
 /// chunk-start weights, each read through the token's own weights (or, per chunk, through the
 /// last written ones).
-fn reference_chunk<B: Backend>(
-    rule: &MemoryRule,
-    state: &MemoryState<B>,
-    chunk: &Chunk<B>,
-    complete: bool,
-) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
+fn reference_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Chunk<B>, complete: bool) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>) {
     let c = chunk.len();
     let (eff, norms) = effective(rule.retention, &state.weights);
     // The weights a token inside the chunk reads: through the chunk-start normaliser, or the
@@ -788,11 +633,7 @@ fn reference_chunk<B: Backend>(
                     w_b.clone() + (pd.clone() - p * pd.sum_dim(2)) * scale
                 })
                 .collect(),
-            _ => w
-                .into_iter()
-                .zip(&norms)
-                .map(|(w, n)| n.as_ref().map_or(w.clone(), |n| w / n.clone()))
-                .collect(),
+            _ => w.into_iter().zip(&norms).map(|(w, n)| n.as_ref().map_or(w.clone(), |n| w / n.clone())).collect(),
         }
     };
     let gate = |x: &Tensor<B, 3>, i: usize| x.clone().narrow(2, i, 1).unsqueeze_dim::<4>(3); // [B, H, 1, 1]
@@ -800,32 +641,16 @@ fn reference_chunk<B: Backend>(
     let mut reads = Vec::with_capacity(c);
     let gradient = |i: usize| {
         let delta = chunk.delta.as_ref().map(|d| d.clone().narrow(2, i, 1));
-        let g = inner_gradients(
-            rule,
-            &eff,
-            chunk.k.clone().narrow(2, i, 1),
-            chunk.v.clone().narrow(2, i, 1),
-            delta,
-        );
-        g.inputs
-            .into_iter()
-            .zip(g.errors)
-            .map(|(x, e)| x.swap_dims(2, 3).matmul(e))
-            .collect::<Vec<_>>()
+        let g = inner_gradients(rule, &eff, chunk.k.clone().narrow(2, i, 1), chunk.v.clone().narrow(2, i, 1), delta);
+        g.inputs.into_iter().zip(g.errors).map(|(x, e)| x.swap_dims(2, 3).matmul(e)).collect::<Vec<_>>()
     };
     match rule.update {
         Update::Token => {
             for i in 0..c {
-                let (theta, keep) = (
-                    gate(&chunk.theta, i),
-                    probability(gate(&chunk.alpha, i).neg()),
-                );
+                let (theta, keep) = (gate(&chunk.theta, i), probability(gate(&chunk.alpha, i).neg()));
                 for (l, u) in gradient(i).into_iter().enumerate() {
                     let s = match rule.momentum {
-                        true => {
-                            momentum[l].clone() * probability(gate(&chunk.eta, i)) * rule.eta_max
-                                - u * theta.clone()
-                        }
+                        true => momentum[l].clone() * probability(gate(&chunk.eta, i)) * rule.eta_max - u * theta.clone(),
                         false => (u * theta.clone()).neg(),
                     };
                     weights[l] = weights[l].clone() * keep.clone() + s.clone();
@@ -862,10 +687,7 @@ fn reference_chunk<B: Backend>(
                 for (l, write) in total.into_iter().enumerate() {
                     let write = write.expect("a chunk has at least one token");
                     let s = match rule.momentum {
-                        true => {
-                            momentum[l].clone() * probability(mean(&chunk.eta)) * rule.eta_max
-                                - write
-                        }
+                        true => momentum[l].clone() * probability(mean(&chunk.eta)) * rule.eta_max - write,
                         false => write.neg(),
                     };
                     weights[l] = weights[l].clone() * keep.clone() + s.clone();

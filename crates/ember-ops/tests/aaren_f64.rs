@@ -13,24 +13,8 @@ fn rel_err(a: Tensor<F, 3>, b: Tensor<F, 3>) -> f64 {
 #[test]
 fn combine_is_associative_in_f64() {
     let segment = || {
-        let u = Tensor::<F, 3>::random(
-            [4, 6, 1],
-            Distribution::Uniform(0.1, 3.0),
-            &Default::default(),
-        );
-        Segment {
-            m: Tensor::random(
-                [4, 6, 1],
-                Distribution::Normal(0.0, 10.0),
-                &Default::default(),
-            ),
-            u,
-            w: Tensor::random(
-                [4, 6, 7],
-                Distribution::Normal(0.0, 1.0),
-                &Default::default(),
-            ),
-        }
+        let u = Tensor::<F, 3>::random([4, 6, 1], Distribution::Uniform(0.1, 3.0), &Default::default());
+        Segment { m: Tensor::random([4, 6, 1], Distribution::Normal(0.0, 10.0), &Default::default()), u, w: Tensor::random([4, 6, 7], Distribution::Normal(0.0, 1.0), &Default::default()) }
     };
     for _ in 0..5 {
         let (a, b, c) = (segment(), segment(), segment());

@@ -65,9 +65,7 @@ fn values(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
         })
         .collect()
@@ -87,23 +85,13 @@ fn scalar<Bk: Backend>(x: Tensor<Bk, 1>) -> f64 {
 
 /// `‖a − b‖ / ‖b‖`.
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let diff: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
     let scale: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     diff / scale.max(1e-300)
 }
 
 /// Central differences of `f` at `x` with step `eps`, one input at a time.
-fn finite_differences<const N: usize>(
-    x: &[f64],
-    shape: [usize; N],
-    eps: f64,
-    f: &dyn Fn(Tensor<D, N>) -> Tensor<D, 1>,
-) -> Vec<f64> {
+fn finite_differences<const N: usize>(x: &[f64], shape: [usize; N], eps: f64, f: &dyn Fn(Tensor<D, N>) -> Tensor<D, 1>) -> Vec<f64> {
     (0..x.len())
         .map(|i| {
             let (mut up, mut down) = (x.to_vec(), x.to_vec());
@@ -122,23 +110,14 @@ fn sigmoid_exact<Bk: Backend, const N: usize>(z: Tensor<Bk, N>) -> Tensor<Bk, N>
 /// The Titans-style gate pattern: per chunk of `C` tokens, `σ(−mean_c x)` as a `[B, H, 1, 1]`
 /// gate times a weight, the chunks' products concatenated, then a quadratic loss.
 /// `x: [B, T, H]`.
-fn gate_graph<Bk: Backend>(
-    x: Tensor<Bk, 3>,
-    gate: fn(Tensor<Bk, 4>) -> Tensor<Bk, 4>,
-) -> Tensor<Bk, 1> {
+fn gate_graph<Bk: Backend>(x: Tensor<Bk, 3>, gate: fn(Tensor<Bk, 4>) -> Tensor<Bk, 4>) -> Tensor<Bk, 1> {
     const C: usize = 4;
     let [b, t, h] = x.dims();
     let w: Tensor<Bk, 4> = tensor(&values(b * h * 9, 3, -2.0, 2.0), [b, h, 3, 3]);
     let chunks = (0..t)
         .step_by(C)
         .map(|s| {
-            let z = x
-                .clone()
-                .narrow(1, s, C)
-                .mean_dim(1)
-                .swap_dims(1, 2)
-                .unsqueeze_dim::<4>(3)
-                .neg();
+            let z = x.clone().narrow(1, s, C).mean_dim(1).swap_dims(1, 2).unsqueeze_dim::<4>(3).neg();
             gate(z) * w.clone()
         })
         .collect();
@@ -151,9 +130,7 @@ fn gate_inputs() -> Vec<f64> {
     values(SHAPE.iter().product(), 7, -2.0, 2.0)
 }
 
-fn gate_autodiff<Bk: burn::tensor::backend::AutodiffBackend>(
-    gate: fn(Tensor<Bk, 4>) -> Tensor<Bk, 4>,
-) -> Vec<f64> {
+fn gate_autodiff<Bk: burn::tensor::backend::AutodiffBackend>(gate: fn(Tensor<Bk, 4>) -> Tensor<Bk, 4>) -> Vec<f64> {
     let x = tensor::<Bk, 3>(&gate_inputs(), SHAPE).require_grad();
     let grads = gate_graph(x.clone(), gate).backward();
     to_vec(x.grad(&grads).unwrap())
@@ -165,20 +142,12 @@ fn gate_autodiff<Bk: burn::tensor::backend::AutodiffBackend>(
 fn ndarray_f64_sigmoid_value_precision() {
     let x = values(1000, 1, -2.0, 2.0);
     let exact: Vec<f64> = x.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
-    let max_rel = |got: Vec<f64>| {
-        got.iter()
-            .zip(&exact)
-            .map(|(a, b)| ((a - b) / b).abs())
-            .fold(0.0, f64::max)
-    };
+    let max_rel = |got: Vec<f64>| got.iter().zip(&exact).map(|(a, b)| ((a - b) / b).abs()).fold(0.0, f64::max);
     let burn_sigmoid = max_rel(to_vec(sigmoid(tensor::<D, 1>(&x, [1000]))));
     let workaround = max_rel(to_vec(sigmoid_exact(tensor::<D, 1>(&x, [1000]))));
     // Measured: 2.0e-7 (f32 rounding) and 3.5e-16.
     assert!(burn_sigmoid < 1e-6, "sigmoid rel err {burn_sigmoid}");
-    assert!(
-        workaround < 1e-14,
-        "log_sigmoid(x).exp() rel err {workaround}"
-    );
+    assert!(workaround < 1e-14, "log_sigmoid(x).exp() rel err {workaround}");
 }
 
 /// Minimal reproduction, workaround side: in the chunk-gate graph, `log_sigmoid(z).exp()` matches
@@ -189,9 +158,7 @@ fn ndarray_f64_sigmoid_value_precision() {
 fn gate_log_sigmoid_exp_matches_finite_differences() {
     let auto = gate_autodiff::<A>(sigmoid_exact);
     for eps in [1e-3, 1e-5, 1e-6] {
-        let fd = finite_differences(&gate_inputs(), SHAPE, eps, &|x| {
-            gate_graph(x, sigmoid_exact)
-        });
+        let fd = finite_differences(&gate_inputs(), SHAPE, eps, &|x| gate_graph(x, sigmoid_exact));
         let err = rel_err(&auto, &fd);
         // Measured: 6.2e-9, 1.9e-10, 2.1e-9.
         assert!(err < 1e-6, "eps {eps}: rel err {err}");
@@ -203,29 +170,15 @@ fn gate_log_sigmoid_exp_matches_finite_differences() {
 /// and without checkpointing (retro-forwards only run under `BalancedCheckpointing`).
 #[test]
 fn gate_sigmoid_autodiff_is_correct_against_exact_forward() {
-    let fd = finite_differences(&gate_inputs(), SHAPE, 1e-5, &|x| {
-        gate_graph(x, sigmoid_exact)
-    });
-    for (name, auto) in [
-        ("NoCheckpointing", gate_autodiff::<A>(sigmoid)),
-        ("BalancedCheckpointing", gate_autodiff::<AB>(sigmoid)),
-    ] {
+    let fd = finite_differences(&gate_inputs(), SHAPE, 1e-5, &|x| gate_graph(x, sigmoid_exact));
+    for (name, auto) in [("NoCheckpointing", gate_autodiff::<A>(sigmoid)), ("BalancedCheckpointing", gate_autodiff::<AB>(sigmoid))] {
         let err = rel_err(&auto, &fd);
         // Measured: 3.0e-8 (the f32 rounding of σ in sigmoid_backward).
-        assert!(
-            err < 1e-6,
-            "{name}: autodiff sigmoid vs exact finite differences: rel err {err}"
-        );
+        assert!(err < 1e-6, "{name}: autodiff sigmoid vs exact finite differences: rel err {err}");
     }
     // Both autodiff forms agree with each other to the same precision.
-    let err = rel_err(
-        &gate_autodiff::<A>(sigmoid),
-        &gate_autodiff::<A>(sigmoid_exact),
-    );
-    assert!(
-        err < 1e-6,
-        "sigmoid vs log_sigmoid(z).exp() autodiff: rel err {err}"
-    );
+    let err = rel_err(&gate_autodiff::<A>(sigmoid), &gate_autodiff::<A>(sigmoid_exact));
+    assert!(err < 1e-6, "sigmoid vs log_sigmoid(z).exp() autodiff: rel err {err}");
 }
 
 const MLP_X: [usize; 3] = [2, 3, 4];
@@ -233,10 +186,7 @@ const HIDDEN: usize = 8;
 
 /// `Σ r ⊙ (act(x W_up) W_down)`: ember-layers' `Mlp::Gelu` (bias-free `Linear`s) with a fixed
 /// random read-out.
-fn gelu_mlp<Bk: Backend>(
-    x: Tensor<Bk, 3>,
-    act: fn(Tensor<Bk, 3>) -> Tensor<Bk, 3>,
-) -> Tensor<Bk, 1> {
+fn gelu_mlp<Bk: Backend>(x: Tensor<Bk, 3>, act: fn(Tensor<Bk, 3>) -> Tensor<Bk, 3>) -> Tensor<Bk, 1> {
     let [b, t, d] = x.dims();
     let w_up: Tensor<Bk, 3> = tensor(&values(d * HIDDEN, 11, -1.0, 1.0), [1, d, HIDDEN]);
     let w_down: Tensor<Bk, 3> = tensor(&values(HIDDEN * d, 13, -1.0, 1.0), [1, HIDDEN, d]);
@@ -248,10 +198,7 @@ fn gelu_erf<Bk: Backend, const N: usize>(z: Tensor<Bk, N>) -> Tensor<Bk, N> {
     (z.clone() / std::f64::consts::SQRT_2).erf().add_scalar(1.0) / 2.0 * z
 }
 
-fn gelu_mlp_check(
-    act_a: fn(Tensor<A, 3>) -> Tensor<A, 3>,
-    act_d: fn(Tensor<D, 3>) -> Tensor<D, 3>,
-) -> f64 {
+fn gelu_mlp_check(act_a: fn(Tensor<A, 3>) -> Tensor<A, 3>, act_d: fn(Tensor<D, 3>) -> Tensor<D, 3>) -> f64 {
     let x = values(MLP_X.iter().product(), 19, -2.0, 2.0);
     let xa = tensor::<A, 3>(&x, MLP_X).require_grad();
     let grads = gelu_mlp(xa.clone(), act_a).backward();

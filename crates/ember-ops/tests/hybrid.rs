@@ -13,11 +13,7 @@ fn rand<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
 }
 
 fn host<const D: usize>(x: &Tensor<B, D>) -> Vec<f64> {
-    x.clone()
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .unwrap()
+    x.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap()
 }
 
 fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
@@ -32,13 +28,7 @@ fn inputs(t: usize, h: usize, d: usize, f: usize, gated: bool) -> HybridInputs<B
         v: rand([1, t, h, d]),
         fq: rand([1, t, h, f]).exp(),
         fk: rand([1, t, h, f]).exp(),
-        log_decay: gated.then(|| {
-            Tensor::random(
-                [1, t, h],
-                Distribution::Uniform(-0.5, 0.0),
-                &Default::default(),
-            )
-        }),
+        log_decay: gated.then(|| Tensor::random([1, t, h], Distribution::Uniform(-0.5, 0.0), &Default::default())),
     }
 }
 
@@ -49,35 +39,20 @@ fn reference(x: &HybridInputs<B>, p: &HybridParams<B>) -> Vec<f64> {
     let (q, k, v, fq, fk) = (host(&x.q), host(&x.k), host(&x.v), host(&x.fq), host(&x.fk));
     let g = x.log_decay.as_ref().map(host);
     let gamma = host(&p.gamma);
-    let sinks = p
-        .sinks
-        .as_ref()
-        .map(|(sk, sv)| (host(sk), host(sv), sk.dims()[1]));
+    let sinks = p.sinks.as_ref().map(|(sk, sv)| (host(sk), host(sv), sk.dims()[1]));
     let at = |i: usize, head: usize, c: usize, width: usize| (i * h + head) * width + c;
-    let dot = |a: &[f64], ia: usize, b: &[f64], ib: usize, n: usize| {
-        (0..n).map(|c| a[ia + c] * b[ib + c]).sum::<f64>()
-    };
+    let dot = |a: &[f64], ia: usize, b: &[f64], ib: usize, n: usize| (0..n).map(|c| a[ia + c] * b[ib + c]).sum::<f64>();
     let mut out = vec![0.0; t * h * d];
     for head in 0..h {
         for i in 0..t {
             let w = p.window;
             let window: Vec<usize> = (i.saturating_sub(w - 1)..=i).collect();
-            let mut logits: Vec<(f64, Vec<f64>)> = window
-                .iter()
-                .map(|&j| {
-                    (
-                        dot(&q, at(i, head, 0, d), &k, at(j, head, 0, d), d) * p.scale,
-                        v[at(j, head, 0, d)..at(j, head, 0, d) + d].to_vec(),
-                    )
-                })
-                .collect();
+            let mut logits: Vec<(f64, Vec<f64>)> =
+                window.iter().map(|&j| (dot(&q, at(i, head, 0, d), &k, at(j, head, 0, d), d) * p.scale, v[at(j, head, 0, d)..at(j, head, 0, d) + d].to_vec())).collect();
             if let Some((sk, sv, m)) = &sinks {
                 for s in 0..*m {
                     let o = (head * m + s) * d;
-                    logits.push((
-                        dot(&q, at(i, head, 0, d), sk, o, d) * p.scale,
-                        sv[o..o + d].to_vec(),
-                    ));
+                    logits.push((dot(&q, at(i, head, 0, d), sk, o, d) * p.scale, sv[o..o + d].to_vec()));
                 }
             }
             let max = logits.iter().map(|l| l.0).fold(f64::NEG_INFINITY, f64::max);
@@ -88,14 +63,10 @@ fn reference(x: &HybridInputs<B>, p: &HybridParams<B>) -> Vec<f64> {
                 num.iter_mut().zip(vj).for_each(|(n, x)| *n += e * x);
             }
             for j in 0..(i + 1).saturating_sub(w) {
-                let decay: f64 = g.as_ref().map_or(1.0, |g| {
-                    ((j + 1)..=i).map(|s| g[s * h + head]).sum::<f64>().exp()
-                });
+                let decay: f64 = g.as_ref().map_or(1.0, |g| ((j + 1)..=i).map(|s| g[s * h + head]).sum::<f64>().exp());
                 let a = decay * dot(&fq, at(i, head, 0, f), &fk, at(j, head, 0, f), f);
                 den += a;
-                num.iter_mut()
-                    .zip(&v[at(j, head, 0, d)..at(j, head, 0, d) + d])
-                    .for_each(|(n, x)| *n += a * x);
+                num.iter_mut().zip(&v[at(j, head, 0, d)..at(j, head, 0, d) + d]).for_each(|(n, x)| *n += a * x);
             }
             for c in 0..d {
                 out[at(i, head, c, d)] = num[c] / den;
@@ -116,37 +87,20 @@ fn params(h: usize, d: usize, window: usize, sinks: usize) -> HybridParams<B> {
 
 #[test]
 fn matches_the_formula_query_by_query() {
-    for (gated, sinks, window) in [
-        (false, 0, 4),
-        (true, 0, 4),
-        (true, 3, 5),
-        (false, 2, 2),
-        (false, 0, 40),
-    ] {
+    for (gated, sinks, window) in [(false, 0, 4), (true, 0, 4), (true, 3, 5), (false, 2, 2), (false, 0, 40)] {
         let x = inputs(23, 2, 4, 6, gated);
         let p = params(2, 4, window, sinks);
         let expected = reference(&x, &p);
         // The generation form from no state and the training form (which builds no state).
         for y in [hybrid(x.clone(), &p, None).0, parallel(x.clone(), &p)] {
-            let err = host(&y)
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                err < 1e-5,
-                "gated={gated} sinks={sinks} window={window}: {err}"
-            );
+            let err = host(&y).iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-5, "gated={gated} sinks={sinks} window={window}: {err}");
         }
     }
 }
 
 /// Feeds `x` in pieces of the given lengths, threading the state.
-fn in_pieces(
-    x: &HybridInputs<B>,
-    p: &HybridParams<B>,
-    lengths: &[usize],
-) -> (Tensor<B, 4>, HybridState<B>) {
+fn in_pieces(x: &HybridInputs<B>, p: &HybridParams<B>, lengths: &[usize]) -> (Tensor<B, 4>, HybridState<B>) {
     let (mut state, mut outputs, mut at) = (None, Vec::new(), 0);
     for &n in lengths {
         let piece = HybridInputs {
@@ -173,10 +127,7 @@ fn generation_token_by_token_and_by_prompt_matches_the_parallel_form() {
         let (whole, final_state) = hybrid(x.clone(), &p, None);
         for lengths in [vec![1; 30], vec![4, 1, 1, 9, 15], vec![13, 17]] {
             let (pieces, state) = in_pieces(&x, &p, &lengths);
-            assert!(
-                max_diff(pieces, whole.clone()) < 1e-5,
-                "gated={gated} {lengths:?}"
-            );
+            assert!(max_diff(pieces, whole.clone()) < 1e-5, "gated={gated} {lengths:?}");
             assert!(max_diff(state.s, final_state.s.clone()) < 1e-4);
             assert!(max_diff(state.k, final_state.k.clone()) == 0.0);
             assert_eq!(state.position, 30);
@@ -201,32 +152,12 @@ fn gradients_are_finite_under_strong_decay() {
     let x = inputs(64, 2, 4, 4, false);
     let lift = |t: Tensor<B, 4>| Tensor::<A, 4>::from_inner(t).require_grad();
     let fq = lift(x.fq.clone());
-    let g: Tensor<A, 3> = Tensor::<A, 3>::from_inner(Tensor::random(
-        [1, 64, 2],
-        Distribution::Uniform(-30.0, -10.0),
-        &Default::default(),
-    ))
-    .require_grad();
-    let inputs = HybridInputs {
-        q: lift(x.q),
-        k: lift(x.k),
-        v: lift(x.v),
-        fq: fq.clone(),
-        fk: lift(x.fk),
-        log_decay: Some(g.clone()),
-    };
-    let p = HybridParams {
-        gamma: Tensor::ones([2], &Default::default()) * 0.1,
-        sinks: None,
-        window: 4,
-        scale: 0.5,
-    };
+    let g: Tensor<A, 3> = Tensor::<A, 3>::from_inner(Tensor::random([1, 64, 2], Distribution::Uniform(-30.0, -10.0), &Default::default())).require_grad();
+    let inputs = HybridInputs { q: lift(x.q), k: lift(x.k), v: lift(x.v), fq: fq.clone(), fk: lift(x.fk), log_decay: Some(g.clone()) };
+    let p = HybridParams { gamma: Tensor::ones([2], &Default::default()) * 0.1, sinks: None, window: 4, scale: 0.5 };
     let (y, _) = hybrid(inputs, &p, None);
     let grads = y.sum().backward();
-    for grad in [
-        host(&g.grad(&grads).unwrap()),
-        host(&fq.grad(&grads).unwrap()),
-    ] {
+    for grad in [host(&g.grad(&grads).unwrap()), host(&fq.grad(&grads).unwrap())] {
         assert!(grad.iter().all(|v| v.is_finite()));
     }
 }

@@ -63,11 +63,7 @@ pub enum SkipReason {
     NoInteriorMinimum { curvature: f64 },
     /// The vertex is an extrapolation: the sizes sampled do not bracket it.
     #[error("the fitted parabola's minimum (N = {n_opt:.3e}) lies outside the sizes trained ({smallest:.3e} to {largest:.3e}), so it is an extrapolation")]
-    MinimumOutsideSizes {
-        n_opt: f64,
-        smallest: f64,
-        largest: f64,
-    },
+    MinimumOutsideSizes { n_opt: f64, smallest: f64, largest: f64 },
 }
 
 /// One compute budget: its runs, the fitted parabola and the minimum (or why there is none).
@@ -209,13 +205,11 @@ pub fn fit_budget(flops: f64, runs: Vec<RunResult>) -> BudgetFit {
             distinct: sizes.len(),
         }),
         Some(p) if p.a <= 0.0 => Err(SkipReason::NoInteriorMinimum { curvature: p.a }),
-        Some(p) if !(sizes[0]..=sizes[sizes.len() - 1]).contains(&(-p.b / (2.0 * p.a))) => {
-            Err(SkipReason::MinimumOutsideSizes {
-                n_opt: (-p.b / (2.0 * p.a)).exp(),
-                smallest: sizes[0].exp(),
-                largest: sizes[sizes.len() - 1].exp(),
-            })
-        }
+        Some(p) if !(sizes[0]..=sizes[sizes.len() - 1]).contains(&(-p.b / (2.0 * p.a))) => Err(SkipReason::MinimumOutsideSizes {
+            n_opt: (-p.b / (2.0 * p.a)).exp(),
+            smallest: sizes[0].exp(),
+            largest: sizes[sizes.len() - 1].exp(),
+        }),
         Some(p) => {
             let ln_n = -p.b / (2.0 * p.a);
             let n_opt = ln_n.exp();

@@ -66,15 +66,12 @@ pub fn save<B: Backend, M: Module<B>, O: Backend>(
     let tmp = root.join(format!("{name}.tmp"));
     let dest = root.join(&name);
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)
-            .with_context(|| format!("cannot clear stale {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear stale {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp)?;
 
     let mut store = SafetensorsStore::from_file(tmp.join(MODEL_FILE)).metadata("format", "ember");
-    model
-        .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("cannot write model weights: {e:?}"))?;
+    model.save_into(&mut store).map_err(|e| anyhow::anyhow!("cannot write model weights: {e:?}"))?;
     save_optimizer(&tmp.join(OPTIMIZER_FILE), optimizer)?;
     std::fs::write(tmp.join(TRAINER_FILE), serde_json::to_vec_pretty(state)?)?;
     std::fs::write(tmp.join(RECIPE_FILE), recipe_text)?;
@@ -95,8 +92,7 @@ pub fn save<B: Backend, M: Module<B>, O: Backend>(
         std::fs::rename(&tmp, &dest)?;
         std::fs::remove_dir_all(&old)?;
     } else {
-        std::fs::rename(&tmp, &dest)
-            .with_context(|| format!("cannot move checkpoint into {}", dest.display()))?;
+        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot move checkpoint into {}", dest.display()))?;
     }
     File::open(&root)?.sync_all()?;
     prune(&root, keep_last)?;
@@ -106,20 +102,11 @@ pub fn save<B: Backend, M: Module<B>, O: Backend>(
 /// Complete checkpoints under `root`, oldest first.
 pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Ok(found);
-    };
+    let Ok(entries) = std::fs::read_dir(root) else { return Ok(found) };
     for entry in entries {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        if let Some(step) = name
-            .strip_prefix("step-")
-            .and_then(|s| s.parse::<usize>().ok())
-        {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
             if path.join(TRAINER_FILE).is_file() {
                 found.push((step, path));
             }
@@ -133,8 +120,7 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
     let all = list(root)?;
     let excess = all.len().saturating_sub(keep_last.max(1));
     for (_, path) in all.into_iter().take(excess) {
-        std::fs::remove_dir_all(&path)
-            .with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
+        std::fs::remove_dir_all(&path).with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
     }
     Ok(())
 }
@@ -143,9 +129,7 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
 /// (its newest complete checkpoint), or an `ember export --format ember` directory (weights and
 /// recipe, no trainer state: it can be loaded, not resumed).
 pub fn resolve(dir: &Path) -> Result<PathBuf> {
-    if dir.join(TRAINER_FILE).is_file()
-        || (dir.join(MODEL_FILE).is_file() && dir.join(RECIPE_FILE).is_file())
-    {
+    if dir.join(TRAINER_FILE).is_file() || (dir.join(MODEL_FILE).is_file() && dir.join(RECIPE_FILE).is_file()) {
         return Ok(dir.to_path_buf());
     }
     if !dir.exists() {
@@ -163,8 +147,7 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
 pub fn load_state(ckpt: &Path) -> Result<TrainerState> {
     let path = ckpt.join(TRAINER_FILE);
     let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a valid trainer state", path.display()))
+    serde_json::from_slice(&text).with_context(|| format!("{} is not a valid trainer state", path.display()))
 }
 
 /// Loads weights into `model`; any missing, unexpected or mis-shaped tensor is an error naming it.
@@ -226,12 +209,8 @@ fn save_optimizer<B: Backend>(path: &Path, opt: &AdamW<B>) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(n, d)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                d.shape.to_vec(),
-                d.as_bytes(),
-            )
-            .expect("f32 data matches its shape");
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, d.shape.to_vec(), d.as_bytes())
+                .expect("f32 data matches its shape");
             (n.clone(), view)
         })
         .collect();
@@ -240,11 +219,7 @@ fn save_optimizer<B: Backend>(path: &Path, opt: &AdamW<B>) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-pub fn load_optimizer<B: Backend>(
-    ckpt: &Path,
-    config: OptimConfig,
-    device: &B::Device,
-) -> Result<AdamW<B>> {
+pub fn load_optimizer<B: Backend>(ckpt: &Path, config: OptimConfig, device: &B::Device) -> Result<AdamW<B>> {
     let path = ckpt.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -255,19 +230,12 @@ pub fn load_optimizer<B: Backend>(
         .and_then(|m| m.get("updates"))
         .and_then(|u| u.parse().ok())
         .with_context(|| format!("{} has no update count", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is corrupt", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{} is corrupt", path.display()))?;
     let mut parts: BTreeMap<String, (Option<Tensor<B, 1>>, Option<Tensor<B, 1>>)> = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let data = TensorData::from_bytes_vec(
-            view.data().to_vec(),
-            view.shape().to_vec(),
-            burn::tensor::DType::F32,
-        );
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), burn::tensor::DType::F32);
         let tensor = Tensor::<B, 1>::from_data(data, device);
-        let (kind, param) = name
-            .split_once('.')
-            .with_context(|| format!("{}: bad tensor name {name}", path.display()))?;
+        let (kind, param) = name.split_once('.').with_context(|| format!("{}: bad tensor name {name}", path.display()))?;
         let entry = parts.entry(param.to_string()).or_default();
         match kind {
             "m" => entry.0 = Some(tensor),
@@ -282,10 +250,7 @@ pub fn load_optimizer<B: Backend>(
             (Some(m), Some(v)) => {
                 opt.moments.insert(name, Moments { m, v });
             }
-            _ => bail!(
-                "{}: parameter {name} lacks one of its moments",
-                path.display()
-            ),
+            _ => bail!("{}: parameter {name} lacks one of its moments", path.display()),
         }
     }
     Ok(opt)

@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_models::hf;
-use ember_ops::kernels::{self, Kernels};
 use ember_ops::precision::{cast_params, to_dtype, to_f32, Precision};
+use ember_ops::kernels::{self, Kernels};
 use ember_ops::{gated_linear_attention, linear_attention, softmax_attention, taylor, Form};
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
@@ -59,18 +59,10 @@ impl Report {
             "fixture", "form", "output err", "grad err", "pass"
         );
         for r in &self.rows {
-            let grad = if r.grad_err.is_nan() {
-                "-".to_string()
-            } else {
-                format!("{:.3e}", r.grad_err)
-            };
+            let grad = if r.grad_err.is_nan() { "-".to_string() } else { format!("{:.3e}", r.grad_err) };
             s += &format!(
                 "{:<28} {:<24} {:>12.3e} {:>12}  {}\n",
-                r.fixture,
-                r.form,
-                r.output_err,
-                grad,
-                if r.pass { "ok" } else { "FAIL" }
+                r.fixture, r.form, r.output_err, grad, if r.pass { "ok" } else { "FAIL" }
             );
         }
         for (name, why) in &self.skipped {
@@ -109,40 +101,23 @@ impl Fixture {
             .transpose()
             .with_context(|| format!("{}: __metadata__.meta is not JSON", path.display()))?
             .unwrap_or(serde_json::Value::Null);
-        let st = SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{}: corrupt safetensors", path.display()))?;
+        let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt safetensors", path.display()))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != safetensors::Dtype::F32 {
-                bail!(
-                    "{}: tensor {name} is {:?}, expected F32",
-                    path.display(),
-                    view.dtype()
-                );
+                bail!("{}: tensor {name} is {:?}, expected F32", path.display(), view.dtype());
             }
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             tensors.insert(name, (view.shape().to_vec(), data));
         }
-        Ok(Self {
-            tensors,
-            meta,
-            path: path.to_path_buf(),
-        })
+        Ok(Self { tensors, meta, path: path.to_path_buf() })
     }
 
     fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
-    fn tensor<B: AutodiffBackend, const D: usize>(
-        &self,
-        name: &str,
-        device: &B::Device,
-    ) -> Result<Tensor<B, D>> {
+    fn tensor<B: AutodiffBackend, const D: usize>(&self, name: &str, device: &B::Device) -> Result<Tensor<B, D>> {
         let (shape, data) = self
             .tensors
             .get(name)
@@ -153,15 +128,9 @@ impl Fixture {
             (r, d, _) if r == d => shape.clone(),
             (3, 4, &[b, t, h]) => vec![b, t, h, 1],
             (1, 4, &[h]) => vec![1, 1, h, 1],
-            (r, _, _) => bail!(
-                "{}: tensor {name} has rank {r}, expected {D}",
-                self.path.display()
-            ),
+            (r, _, _) => bail!("{}: tensor {name} has rank {r}, expected {D}", self.path.display()),
         };
-        Ok(Tensor::from_data(
-            TensorData::new(data.clone(), shape),
-            device,
-        ))
+        Ok(Tensor::from_data(TensorData::new(data.clone(), shape), device))
     }
 
     fn meta_f64(&self, key: &str) -> Option<f64> {
@@ -169,10 +138,7 @@ impl Fixture {
     }
 }
 
-fn rel_rms<B: AutodiffBackend, const D: usize>(
-    got: Tensor<B::InnerBackend, D>,
-    want: Tensor<B::InnerBackend, D>,
-) -> f64 {
+fn rel_rms<B: AutodiffBackend, const D: usize>(got: Tensor<B::InnerBackend, D>, want: Tensor<B::InnerBackend, D>) -> f64 {
     let got = got.into_data().convert::<f64>().to_vec::<f64>().unwrap();
     let want = want.into_data().convert::<f64>().to_vec::<f64>().unwrap();
     if got.len() != want.len() {
@@ -216,19 +182,13 @@ fn check<B: AutodiffBackend>(
         vars.insert(input, fx.tensor::<B, 4>(input, device)?.require_grad());
     }
     let dtype = ctx.precision.float_dtype().into();
-    let cast: Vars<B> = vars
-        .iter()
-        .map(|(&k, v)| (k, to_dtype(v.clone(), dtype)))
-        .collect();
+    let cast: Vars<B> = vars.iter().map(|(&k, v)| (k, to_dtype(v.clone(), dtype))).collect();
     let outputs = run(&cast);
     let mut output_err: f64 = 0.0;
     let mut objective: Option<Tensor<B, 1>> = None;
     for (out, value) in outputs {
         let value = to_f32(value);
-        output_err = output_err.max(rel_rms::<B, 4>(
-            value.clone().inner(),
-            fx.tensor::<B, 4>(out, device)?.inner(),
-        ));
+        output_err = output_err.max(rel_rms::<B, 4>(value.clone().inner(), fx.tensor::<B, 4>(out, device)?.inner()));
         let upstream = format!("d{out}");
         if fx.has(&upstream) {
             let term = (value * fx.tensor::<B, 4>(&upstream, device)?).sum();
@@ -255,13 +215,7 @@ fn check<B: AutodiffBackend>(
     }
     let tol = tolerance(ctx.precision);
     let pass = output_err <= tol && grad_err <= tol;
-    Ok(Row {
-        fixture: name.to_string(),
-        form: form.to_string(),
-        output_err,
-        grad_err,
-        pass,
-    })
+    Ok(Row { fixture: name.to_string(), form: form.to_string(), output_err, grad_err, pass })
 }
 
 /// Chunk sizes exercised by chunked forms on a sequence of `t` tokens: sizes that divide `t`
@@ -275,99 +229,42 @@ fn chunk_sizes(t: usize) -> Vec<usize> {
 }
 
 /// `run` under the kernel setting `kernels`.
-fn forced<B: AutodiffBackend>(
-    kernels: Kernels,
-    run: impl Fn(&Vars<B>) -> Outputs<B>,
-) -> impl Fn(&Vars<B>) -> Outputs<B> {
+fn forced<B: AutodiffBackend>(kernels: Kernels, run: impl Fn(&Vars<B>) -> Outputs<B>) -> impl Fn(&Vars<B>) -> Outputs<B> {
     move |v| kernels::with_policy(kernels, || run(v))
 }
 
-fn run_fixture<B: AutodiffBackend>(
-    name: &str,
-    fx: &Fixture,
-    ctx: &Ctx<B>,
-) -> Result<Option<Vec<Row>>> {
-    let op = fx
-        .meta
-        .get("op")
-        .and_then(|v| v.as_str())
-        .unwrap_or(name)
-        .to_string();
+fn run_fixture<B: AutodiffBackend>(name: &str, fx: &Fixture, ctx: &Ctx<B>) -> Result<Option<Vec<Row>>> {
+    let op = fx.meta.get("op").and_then(|v| v.as_str()).unwrap_or(name).to_string();
     let scale = fx.meta_f64("scale");
     let t = fx.tensors.get("q").context("fixture has no q")?.0[1];
     let chunks = chunk_sizes(t);
-    // The chunked forms run twice where the backend has CubeCL kernels: composed ("chunked")
-    // and on the kernels ("kernels"), at the chunk sizes the kernels take.
+    // Where the backend has CubeCL kernels the chunked forms run twice: composed ("chunked") and
+    // on the kernels ("kernels", at the chunk sizes they take).
     let kernel_chunks: Vec<usize> = match kernels::available::<B>() {
-        true => chunks
-            .iter()
-            .copied()
-            .filter(|&c| c <= kernels::MAX_CHUNK)
-            .collect(),
+        true => chunks.iter().copied().filter(|&c| c <= kernels::MAX_CHUNK).collect(),
         false => Vec::new(),
     };
-    let off = Kernels::Off;
+    let chunked_runs = [("chunked", Kernels::Off, &chunks), ("kernels", Kernels::On, &kernel_chunks)];
     let mut rows = Vec::new();
     match op.as_str() {
         "linear_attn" => {
             let scale = scale.context("linear_attn fixture has no scale")?;
-            let inputs = if fx.has("h0") {
-                vec!["q", "k", "v", "h0"]
-            } else {
-                vec!["q", "k", "v"]
-            };
-            let outs =
-                |r: linear_attention::LinearAttnOutput<B>| vec![("o", r.output), ("ht", r.state)];
+            let inputs = if fx.has("h0") { vec!["q", "k", "v", "h0"] } else { vec!["q", "k", "v"] };
+            let outs = |r: linear_attention::LinearAttnOutput<B>| vec![("o", r.output), ("ht", r.state)];
             let h0 = |v: &Vars<B>| v.get("h0").cloned();
             rows.push(check(fx, name, "parallel", &inputs, ctx, |v: &Vars<B>| {
-                outs(linear_attention::parallel(
-                    v["q"].clone(),
-                    v["k"].clone(),
-                    v["v"].clone(),
-                    h0(v),
-                    scale,
-                ))
+                outs(linear_attention::parallel(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
             })?);
-            for (label, policy, sizes) in [
-                ("chunked", off, &chunks),
-                ("kernels", Kernels::On, &kernel_chunks),
-            ] {
+            for (label, policy, sizes) in chunked_runs {
                 for &chunk in sizes {
-                    rows.push(check(
-                        fx,
-                        name,
-                        &format!("{label}(C={chunk})"),
-                        &inputs,
-                        ctx,
-                        forced(policy, |v: &Vars<B>| {
-                            outs(linear_attention::chunked(
-                                v["q"].clone(),
-                                v["k"].clone(),
-                                v["v"].clone(),
-                                h0(v),
-                                scale,
-                                chunk,
-                            ))
-                        }),
-                    )?);
+                    rows.push(check(fx, name, &format!("{label}(C={chunk})"), &inputs, ctx, forced(policy, |v: &Vars<B>| {
+                        outs(linear_attention::chunked(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale, chunk))
+                    }))?);
                 }
             }
-            rows.push(check(
-                fx,
-                name,
-                "recurrent",
-                &inputs,
-                ctx,
-                |v: &Vars<B>| {
-                    outs(linear_attention::recurrent(
-                        v["q"].clone(),
-                        v["k"].clone(),
-                        v["v"].clone(),
-                        h0(v),
-                        scale,
-                    ))
-                },
-            )?);
+            rows.push(check(fx, name, "recurrent", &inputs, ctx, |v: &Vars<B>| {
+                outs(linear_attention::recurrent(v["q"].clone(), v["k"].clone(), v["v"].clone(), h0(v), scale))
+            })?);
         }
         "gla" | "scalar_decay_linear_attn" | "lightning_constant_decay" => {
             let scale = scale.context("decay fixture has no scale")?;
@@ -376,8 +273,7 @@ fn run_fixture<B: AutodiffBackend>(
             if fx.has("h0") {
                 inputs.push("h0");
             }
-            let outs =
-                |r: linear_attention::LinearAttnOutput<B>| vec![("o", r.output), ("ht", r.state)];
+            let outs = |r: linear_attention::LinearAttnOutput<B>| vec![("o", r.output), ("ht", r.state)];
             // `g` per channel, per head (lifted to [B, T, H, 1]) or constant ([1, 1, H, 1]).
             let args = |v: &Vars<B>| {
                 let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
@@ -388,43 +284,21 @@ fn run_fixture<B: AutodiffBackend>(
                 let (q, k, vv, g, h0) = args(v);
                 outs(gated_linear_attention::parallel(q, k, vv, g, h0, scale))
             })?);
-            for (label, policy, sizes) in [
-                ("chunked", off, &chunks),
-                ("kernels", Kernels::On, &kernel_chunks),
-            ] {
+            for (label, policy, sizes) in chunked_runs {
                 for &chunk in sizes {
-                    rows.push(check(
-                        fx,
-                        name,
-                        &format!("{label}(C={chunk})"),
-                        &inputs,
-                        ctx,
-                        forced(policy, |v: &Vars<B>| {
-                            let (q, k, vv, g, h0) = args(v);
-                            outs(gated_linear_attention::chunked(
-                                q, k, vv, g, h0, scale, chunk,
-                            ))
-                        }),
-                    )?);
+                    rows.push(check(fx, name, &format!("{label}(C={chunk})"), &inputs, ctx, forced(policy, |v: &Vars<B>| {
+                        let (q, k, vv, g, h0) = args(v);
+                        outs(gated_linear_attention::chunked(q, k, vv, g, h0, scale, chunk))
+                    }))?);
                 }
             }
-            rows.push(check(
-                fx,
-                name,
-                "recurrent",
-                &inputs,
-                ctx,
-                |v: &Vars<B>| {
-                    let (q, k, vv, g, h0) = args(v);
-                    outs(gated_linear_attention::recurrent(q, k, vv, g, h0, scale))
-                },
-            )?);
+            rows.push(check(fx, name, "recurrent", &inputs, ctx, |v: &Vars<B>| {
+                let (q, k, vv, g, h0) = args(v);
+                outs(gated_linear_attention::recurrent(q, k, vv, g, h0, scale))
+            })?);
             // A per-head decay (`[B, T, H]` or `[H]` in the file) also runs the Lightning-2 path,
             // which takes it as `[B, T, H]`.
-            let per_head = fx
-                .tensors
-                .get(decay)
-                .is_some_and(|(shape, _)| shape.len() < 4);
+            let per_head = fx.tensors.get(decay).is_some_and(|(shape, _)| shape.len() < 4);
             if per_head {
                 let args = |v: &Vars<B>| {
                     let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
@@ -432,38 +306,17 @@ fn run_fixture<B: AutodiffBackend>(
                     let g = v[decay].clone().expand([b, t, h, 1]).squeeze_dim::<3>(3);
                     (q, k, vv, g, v.get("h0").cloned())
                 };
-                rows.push(check(
-                    fx,
-                    name,
-                    "per-head parallel",
-                    &inputs,
-                    ctx,
-                    |v: &Vars<B>| {
-                        let (q, k, vv, g, h0) = args(v);
-                        outs(gated_linear_attention::parallel_per_head(
-                            q, k, vv, g, h0, scale,
-                        ))
-                    },
-                )?);
-                for (label, policy, sizes) in [
-                    ("chunked", off, &chunks),
-                    ("kernels", Kernels::On, &kernel_chunks),
-                ] {
+                rows.push(check(fx, name, "per-head parallel", &inputs, ctx, |v: &Vars<B>| {
+                    let (q, k, vv, g, h0) = args(v);
+                    outs(gated_linear_attention::parallel_per_head(q, k, vv, g, h0, scale))
+                })?);
+                for (label, policy, sizes) in chunked_runs {
                     for &chunk in sizes {
                         let form = format!("per-head {label}(C={chunk})");
-                        rows.push(check(
-                            fx,
-                            name,
-                            &form,
-                            &inputs,
-                            ctx,
-                            forced(policy, |v: &Vars<B>| {
-                                let (q, k, vv, g, h0) = args(v);
-                                outs(gated_linear_attention::chunked_per_head(
-                                    q, k, vv, g, h0, scale, chunk,
-                                ))
-                            }),
-                        )?);
+                        rows.push(check(fx, name, &form, &inputs, ctx, forced(policy, |v: &Vars<B>| {
+                            let (q, k, vv, g, h0) = args(v);
+                            outs(gated_linear_attention::chunked_per_head(q, k, vv, g, h0, scale, chunk))
+                        }))?);
                     }
                 }
             }
@@ -473,12 +326,11 @@ fn run_fixture<B: AutodiffBackend>(
             let eps = 1e-6;
             for map in [taylor::FeatureMap::Compact, taylor::FeatureMap::Full] {
                 let tag = format!("{map:?}").to_lowercase();
-                // The kernels run as a second chunked form.
                 let runs = [
-                    (Form::Parallel, off, &[0][..]),
-                    (Form::Chunked, off, &chunks[..]),
+                    (Form::Parallel, Kernels::Off, &[0][..]),
+                    (Form::Chunked, Kernels::Off, &chunks[..]),
                     (Form::Chunked, Kernels::On, &kernel_chunks[..]),
-                    (Form::Recurrent, off, &[0][..]),
+                    (Form::Recurrent, Kernels::Off, &[0][..]),
                 ];
                 for (form, policy, sizes) in runs {
                     for &chunk in sizes {
@@ -487,24 +339,15 @@ fn run_fixture<B: AutodiffBackend>(
                             (Form::Chunked, _) => format!("chunked(C={chunk}) {tag}"),
                             _ => format!("{form} {tag}"),
                         };
-                        rows.push(check(
-                            fx,
-                            name,
-                            &label,
-                            &inputs,
-                            ctx,
-                            forced(policy, |v: &Vars<B>| {
-                                let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
-                                let out = match form {
-                                    Form::Parallel => taylor::parallel(q, k, vv, None, map, eps),
-                                    Form::Chunked => {
-                                        taylor::chunked(q, k, vv, None, map, eps, chunk)
-                                    }
-                                    Form::Recurrent => taylor::recurrent(q, k, vv, None, map, eps),
-                                };
-                                vec![("o", out.output)]
-                            }),
-                        )?);
+                        rows.push(check(fx, name, &label, &inputs, ctx, forced(policy, |v: &Vars<B>| {
+                            let (q, k, vv) = (v["q"].clone(), v["k"].clone(), v["v"].clone());
+                            let out = match form {
+                                Form::Parallel => taylor::parallel(q, k, vv, None, map, eps),
+                                Form::Chunked => taylor::chunked(q, k, vv, None, map, eps, chunk),
+                                Form::Recurrent => taylor::recurrent(q, k, vv, None, map, eps),
+                            };
+                            vec![("o", out.output)]
+                        }))?);
                     }
                 }
             }
@@ -514,42 +357,13 @@ fn run_fixture<B: AutodiffBackend>(
             let d = fx.tensors.get("q").context("missing q")?.0[3] as f64;
             let scale = scale.unwrap_or(1.0 / d.sqrt());
             // Fixture window W means `t - s < W`, i.e. w_left = W - 1; 0 means no window.
-            let window = fx
-                .meta_f64("window")
-                .filter(|&w| w > 0.0)
-                .map(|w| w as usize - 1);
+            let window = fx.meta_f64("window").filter(|&w| w > 0.0).map(|w| w as usize - 1);
             rows.push(check(fx, name, "parallel", &inputs, ctx, |v: &Vars<B>| {
-                vec![(
-                    "o",
-                    softmax_attention::parallel(
-                        v["q"].clone(),
-                        v["k"].clone(),
-                        v["v"].clone(),
-                        scale,
-                        window,
-                        0,
-                    ),
-                )]
+                vec![("o", softmax_attention::parallel(v["q"].clone(), v["k"].clone(), v["v"].clone(), scale, window, 0))]
             })?);
-            rows.push(check(
-                fx,
-                name,
-                "recurrent (kv cache)",
-                &inputs,
-                ctx,
-                |v: &Vars<B>| {
-                    vec![(
-                        "o",
-                        softmax_attention::recurrent(
-                            v["q"].clone(),
-                            v["k"].clone(),
-                            v["v"].clone(),
-                            scale,
-                            window,
-                        ),
-                    )]
-                },
-            )?);
+            rows.push(check(fx, name, "recurrent (kv cache)", &inputs, ctx, |v: &Vars<B>| {
+                vec![("o", softmax_attention::recurrent(v["q"].clone(), v["k"].clone(), v["v"].clone(), scale, window))]
+            })?);
         }
         _ => return Ok(None),
     }
@@ -558,44 +372,27 @@ fn run_fixture<B: AutodiffBackend>(
 
 /// Runs every fixture in `dir` that ember knows, computing in `precision`; unknown files are
 /// skipped with a note.
-pub fn run<B: AutodiffBackend>(
-    dir: &Path,
-    precision: Precision,
-    device: &B::Device,
-) -> Result<Report> {
+pub fn run<B: AutodiffBackend>(dir: &Path, precision: Precision, device: &B::Device) -> Result<Report> {
     if !ember_ops::precision::supported::<B>(precision, device) {
         bail!("this backend (device {device:?}) cannot compute in {precision} (ndarray and wgpu's WGSL shaders have no bf16; flex, tch and cuda do)");
     }
     let ctx = Ctx::<B> { device, precision };
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("fixture directory {} cannot be read", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("fixture directory {} cannot be read", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
-    let mut report = Report {
-        precision,
-        ..Default::default()
-    };
+    let mut report = Report { precision, ..Default::default() };
     for path in paths {
-        let file = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
+        let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
         if path.is_dir() {
             match path.join("expected_logits.safetensors").is_file() {
                 true => report.rows.push(teacher_row::<B>(&file, &path, &ctx)?),
-                false => report.skipped.push((
-                    file,
-                    "a directory without expected_logits.safetensors".into(),
-                )),
+                false => report.skipped.push((file, "a directory without expected_logits.safetensors".into())),
             }
             continue;
         }
         let Some(name) = file.strip_suffix(".safetensors") else {
             if file != "README.md" {
-                report
-                    .skipped
-                    .push((file, "not a .safetensors file".into()));
+                report.skipped.push((file, "not a .safetensors file".into()));
             }
             continue;
         };
@@ -604,10 +401,7 @@ pub fn run<B: AutodiffBackend>(
             Some(rows) => report.rows.extend(rows),
             None => {
                 let op = fx.meta.get("op").and_then(|v| v.as_str()).unwrap_or("?");
-                report.skipped.push((
-                    file,
-                    format!("no implementation of op {op:?} in this build yet"),
-                ));
+                report.skipped.push((file, format!("no implementation of op {op:?} in this build yet")));
             }
         }
     }
@@ -617,56 +411,27 @@ pub fn run<B: AutodiffBackend>(
 /// A Hugging Face teacher directory (`hf_*`): load it through the HF loader, run its
 /// `input_ids` and compare the logits with `expected_logits` (no gradients: `grad_err` is NaN).
 fn teacher_row<B: AutodiffBackend>(name: &str, dir: &Path, ctx: &Ctx<B>) -> Result<Row> {
-    let teacher = hf::load::<B::InnerBackend>(dir, ctx.device)
-        .with_context(|| format!("loading teacher {}", dir.display()))?;
+    let teacher = hf::load::<B::InnerBackend>(dir, ctx.device).with_context(|| format!("loading teacher {}", dir.display()))?;
     let path = dir.join("expected_logits.safetensors");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: corrupt safetensors", path.display()))?;
-    let view = |n: &str| {
-        st.tensor(n)
-            .with_context(|| format!("{}: missing tensor {n}", path.display()))
-    };
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt safetensors", path.display()))?;
+    let view = |n: &str| st.tensor(n).with_context(|| format!("{}: missing tensor {n}", path.display()));
     let ids = view("input_ids")?;
     let ids_data: Vec<i64> = match ids.dtype() {
-        safetensors::Dtype::I64 => ids
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
+        safetensors::Dtype::I64 => ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
         other => bail!("{}: input_ids is {other:?}, expected I64", path.display()),
     };
     let logits = view("logits")?;
     if logits.dtype() != safetensors::Dtype::F32 {
-        bail!(
-            "{}: logits is {:?}, expected F32",
-            path.display(),
-            logits.dtype()
-        );
+        bail!("{}: logits is {:?}, expected F32", path.display(), logits.dtype());
     }
-    let want: Vec<f32> = logits
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    let tokens = Tensor::<B::InnerBackend, 2, Int>::from_data(
-        TensorData::new(ids_data, ids.shape().to_vec()),
-        ctx.device,
-    );
+    let want: Vec<f32> = logits.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let tokens = Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(ids_data, ids.shape().to_vec()), ctx.device);
     let model = cast_params(teacher.model, ctx.precision);
     let got = to_f32(model.forward(tokens));
-    let want = Tensor::<B::InnerBackend, 3>::from_data(
-        TensorData::new(want, logits.shape().to_vec()),
-        ctx.device,
-    );
+    let want = Tensor::<B::InnerBackend, 3>::from_data(TensorData::new(want, logits.shape().to_vec()), ctx.device);
     let output_err = rel_rms::<B, 3>(got, want);
-    Ok(Row {
-        fixture: name.into(),
-        form: "HF teacher logits".into(),
-        output_err,
-        grad_err: f64::NAN,
-        pass: output_err <= tolerance(ctx.precision),
-    })
+    Ok(Row { fixture: name.into(), form: "HF teacher logits".into(), output_err, grad_err: f64::NAN, pass: output_err <= tolerance(ctx.precision) })
 }
 
 /// Where the tests find the fixtures: `$EMBER_FIXTURES`, else `../shared/fixtures` beside the

@@ -27,13 +27,7 @@ pub struct SampleOptions {
 
 impl Default for SampleOptions {
     fn default() -> Self {
-        Self {
-            max_tokens: 64,
-            temperature: 0.8,
-            top_k: 50,
-            top_p: 0.95,
-            seed: 0,
-        }
+        Self { max_tokens: 64, temperature: 0.8, top_k: 50, top_p: 0.95, seed: 0 }
     }
 }
 
@@ -69,28 +63,17 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Loaded<B>> {
         bail!("{} was trained on {name} (synthetic tokens, no tokenizer): evaluate it with `ember eval {command} --checkpoint {}`", ckpt.display(), dir.display());
     }
     let tokenizer = Tokenizer::from_file(path)?;
-    Ok(Loaded {
-        model,
-        tokenizer,
-        recipe,
-    })
+    Ok(Loaded { model, tokenizer, recipe })
 }
 
 /// The model and recipe of a checkpoint (or of a run directory's newest checkpoint), and the
 /// checkpoint directory itself.
-pub fn load_model<B: Backend>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<(Lm<B>, Recipe, std::path::PathBuf)> {
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Lm<B>, Recipe, std::path::PathBuf)> {
     let ckpt = checkpoint::resolve(dir)?;
     let recipe_path = ckpt.join(RECIPE_FILE);
-    let text = std::fs::read_to_string(&recipe_path)
-        .with_context(|| format!("cannot read {}", recipe_path.display()))?;
+    let text = std::fs::read_to_string(&recipe_path).with_context(|| format!("cannot read {}", recipe_path.display()))?;
     let recipe = Recipe::from_str(&text, &recipe_path, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let model = checkpoint::load_model(
-        &ckpt,
-        recipe.model.init_seeded::<B>(recipe.train.seed, device),
-    )?;
+    let model = checkpoint::load_model(&ckpt, recipe.model.init_seeded::<B>(recipe.train.seed, device))?;
     Ok((model, recipe, ckpt))
 }
 
@@ -152,21 +135,12 @@ fn last_logits<B: Backend>(logits: Tensor<B, 3>, vocab: usize) -> Result<Vec<f32
         bail!("tokenizer has {vocab} tokens but the model only {v}");
     }
     let row = logits.narrow(1, t - 1, 1).reshape([v]).narrow(0, 0, vocab);
-    row.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
+    row.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 /// Temperature, then top-k, then top-p (nucleus), then a draw; greedy at temperature 0.
 pub fn sample(logits: &[f32], opts: &SampleOptions, rng: &mut impl Rng) -> u32 {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i as u32)
-    };
+    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
     if opts.temperature <= 0.0 {
         return argmax();
     }
@@ -176,10 +150,7 @@ pub fn sample(logits: &[f32], opts: &SampleOptions, rng: &mut impl Rng) -> u32 {
         order.truncate(opts.top_k);
     }
     let max = logits[order[0]] as f64;
-    let weights: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp())
-        .collect();
+    let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp()).collect();
     let total: f64 = weights.iter().sum();
     let mut kept = 0;
     let mut mass = 0.0;

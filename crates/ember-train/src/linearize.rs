@@ -19,10 +19,7 @@
 use crate::checkpoint::{self, TrainerState};
 use crate::metrics::Metrics;
 use crate::optim::{set_trainable, AdamW};
-use crate::recipe::{
-    parse_document, DataConfig, LogConfig, OptimConfig, Recipe, RecipeError, RecipeSource,
-    TrainConfig,
-};
+use crate::recipe::{parse_document, DataConfig, LogConfig, OptimConfig, Recipe, RecipeError, RecipeSource, TrainConfig};
 use crate::trainer::{self, batch_tensor, evaluate, open_run_data, Distill, Start, TrainOptions};
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
@@ -171,13 +168,7 @@ impl LinearizeRecipe {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, RecipeError> {
         let path = Recipe::resolve_path(path)?;
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            RecipeError::new(
-                &path,
-                crate::recipe::Origin::File,
-                crate::recipe::ErrorKind::Read {
-                    message: e.to_string(),
-                },
-            )
+            RecipeError::new(&path, crate::recipe::Origin::File, crate::recipe::ErrorKind::Read { message: e.to_string() })
         })?;
         let mut recipe = Self::from_str(&text, &path, overrides)?;
         let s = &recipe.source;
@@ -194,20 +185,9 @@ impl LinearizeRecipe {
         let fail = |key: &str, msg: &str| Err(recipe.source.error_at(key, msg));
         match &recipe.student.mixer {
             MixerConfig::Lolcats(_) | MixerConfig::Gla(_) | MixerConfig::BasedLinear(_) => {}
-            other => {
-                return fail(
-                    "student.mixer.kind",
-                    &format!(
-                        "a student is \"lolcats\", \"gla\" or \"based_linear\", not {:?}",
-                        other.kind()
-                    ),
-                )
-            }
+            other => return fail("student.mixer.kind", &format!("a student is \"lolcats\", \"gla\" or \"based_linear\", not {:?}", other.kind())),
         }
-        for (key, size) in [
-            ("stage1.batch_size", recipe.stage1.batch_size),
-            ("stage2.batch_size", recipe.stage2.batch_size),
-        ] {
+        for (key, size) in [("stage1.batch_size", recipe.stage1.batch_size), ("stage2.batch_size", recipe.stage2.batch_size)] {
             if size == 0 {
                 return fail(key, "must be positive");
             }
@@ -224,10 +204,7 @@ impl LinearizeRecipe {
             return fail("stage2.temperature", "must be positive");
         }
         if recipe.run.eval_interval == 0 || recipe.run.checkpoint_interval == 0 {
-            return fail(
-                "run.eval_interval",
-                "eval_interval and checkpoint_interval must be positive",
-            );
+            return fail("run.eval_interval", "eval_interval and checkpoint_interval must be positive");
         }
         Ok(recipe)
     }
@@ -236,13 +213,7 @@ impl LinearizeRecipe {
     /// student mixer completed with the teacher's heads, widths and RoPE.
     pub fn student_model(&self, teacher: &LmConfig, with_lora: bool) -> Result<LmConfig> {
         let attention = teacher_attention(teacher)?;
-        let mut mixer = complete(
-            &self.student.mixer,
-            &attention,
-            teacher.d_model,
-            teacher.norm_eps,
-        )
-        .map_err(|e| anyhow::anyhow!("{}", self.source.error_at("student.mixer", e)))?;
+        let mut mixer = complete(&self.student.mixer, &attention, teacher.d_model, teacher.norm_eps).map_err(|e| anyhow::anyhow!("{}", self.source.error_at("student.mixer", e)))?;
         if let (MixerConfig::Lolcats(c), true) = (&mut mixer, with_lora) {
             c.lora = self.stage2.lora.clone();
         }
@@ -256,33 +227,18 @@ impl LinearizeRecipe {
         } else {
             student.schedule.at.insert(STUDENT.into(), layers);
         }
-        student.validate().map_err(|(key, msg)| {
-            anyhow::anyhow!("the student model is invalid at {key}: {msg}")
-        })?;
+        student.validate().map_err(|(key, msg)| anyhow::anyhow!("the student model is invalid at {key}: {msg}"))?;
         Ok(student)
     }
 
     /// The replaced layers, checked against the teacher's depth.
     pub fn layers(&self, n_layers: usize) -> Result<Vec<usize>> {
-        let layers = self
-            .student
-            .layers
-            .clone()
-            .unwrap_or_else(|| (0..n_layers).collect());
+        let layers = self.student.layers.clone().unwrap_or_else(|| (0..n_layers).collect());
         if let Some(bad) = layers.iter().find(|&&l| l >= n_layers) {
-            bail!(
-                "{}",
-                self.source.error_at(
-                    "student.layers",
-                    format!("layer {bad} is out of range: the teacher has {n_layers} layers")
-                )
-            );
+            bail!("{}", self.source.error_at("student.layers", format!("layer {bad} is out of range: the teacher has {n_layers} layers")));
         }
         if layers.is_empty() {
-            bail!(
-                "{}",
-                self.source.error_at("student.layers", "names no layer")
-            );
+            bail!("{}", self.source.error_at("student.layers", "names no layer"));
         }
         Ok(layers)
     }
@@ -310,10 +266,7 @@ impl LinearizeRecipe {
                 kernels: Default::default(),
                 out_dir: self.run.out_dir.join("stage2"),
             },
-            log: LogConfig {
-                samples: 0,
-                ..self.log.clone()
-            },
+            log: LogConfig { samples: 0, ..self.log.clone() },
             source: Default::default(),
         };
         let text = format!(
@@ -322,8 +275,7 @@ impl LinearizeRecipe {
             self.source.path.display(),
             toml::to_string(&recipe).context("serialising the student recipe")?
         );
-        let mut student = Recipe::from_str(&text, &self.run.out_dir.join("student.toml"), &[])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut student = Recipe::from_str(&text, &self.run.out_dir.join("student.toml"), &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Data paths resolve against the linearization recipe, where they were written.
         let own = std::mem::replace(&mut student.source, self.source.clone());
         student.check_files().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -341,30 +293,19 @@ fn teacher_attention(teacher: &LmConfig) -> Result<AttentionConfig> {
 }
 
 /// `spec` with the teacher's shapes filled in, so the student can take over its weights.
-fn complete(
-    spec: &MixerConfig,
-    a: &AttentionConfig,
-    d_model: usize,
-    norm_eps: f64,
-) -> Result<MixerConfig, String> {
+fn complete(spec: &MixerConfig, a: &AttentionConfig, d_model: usize, norm_eps: f64) -> Result<MixerConfig, String> {
     let dh = a.head_dim(d_model);
     let width = (a.heads * dh) as f64 / d_model as f64;
     Ok(match spec {
         MixerConfig::Lolcats(c) => {
             let mut c = c.clone();
-            c.attention = AttentionConfig {
-                window: None,
-                ..a.clone()
-            };
+            c.attention = AttentionConfig { window: None, ..a.clone() };
             c.lora = None;
             MixerConfig::Lolcats(c)
         }
         MixerConfig::Gla(c) => {
             if a.qkv_bias || a.out_bias {
-                return Err(
-                    "a gla student cannot take over biased q/k/v/o projections (gla has no biases)"
-                        .into(),
-                );
+                return Err("a gla student cannot take over biased q/k/v/o projections (gla has no biases)".into());
             }
             let mut c = c.clone();
             c.heads = a.heads;
@@ -401,18 +342,13 @@ fn adopted(kind: &str) -> &'static [&'static str] {
 fn repeat_columns<B: Backend>(w: Tensor<B, 2>, kv_heads: usize, groups: usize) -> Tensor<B, 2> {
     let [d, width] = w.dims();
     let dh = width / kv_heads;
-    w.reshape([d, kv_heads, 1, dh])
-        .expand([d, kv_heads, groups, dh])
-        .reshape([d, kv_heads * groups * dh])
+    w.reshape([d, kv_heads, 1, dh]).expand([d, kv_heads, groups, dh]).reshape([d, kv_heads * groups * dh])
 }
 
 /// A bias-free projection holding a copy of (columns of) a teacher weight: a new leaf, so it
 /// can train in stage 2 without reaching back into the teacher's tensors.
 fn take_weight<B: Backend>(w: Tensor<B, 2>) -> Linear<B> {
-    Linear {
-        weight: Param::from_tensor(w.detach()),
-        bias: None,
-    }
+    Linear { weight: Param::from_tensor(w.detach()), bias: None }
 }
 
 /// The student mixer with the teacher's projections in place of its fresh ones.
@@ -447,19 +383,12 @@ fn adopt<B: Backend>(student: Mixer<B>, teacher: &Attention<B>) -> Mixer<B> {
 /// The stage-1 student: the teacher everywhere, with fresh student mixers (seeded, layer `l`
 /// from `seed + l`) that have taken over the teacher's projections in the replaced layers.
 /// Only the new mixers are allocated: the rest shares the teacher's tensors.
-fn graft<B: Backend>(
-    teacher: &Lm<B>,
-    student_config: &LmConfig,
-    layers: &[usize],
-    seed: u64,
-    device: &B::Device,
-) -> Lm<B> {
+fn graft<B: Backend>(teacher: &Lm<B>, student_config: &LmConfig, layers: &[usize], seed: u64, device: &B::Device) -> Lm<B> {
     let mut student = teacher.clone();
     let spec = &student_config.mixers[STUDENT];
     for &l in layers {
         if let Mixer::Attention(att) = &teacher.blocks[l].mixer {
-            let fresh =
-                student_config.init_mixer_seeded::<B>(spec, l, seed.wrapping_add(l as u64), device);
+            let fresh = student_config.init_mixer_seeded::<B>(spec, l, seed.wrapping_add(l as u64), device);
             student.blocks[l].mixer = adopt(fresh, att);
         }
     }
@@ -476,12 +405,7 @@ struct StudentMixers<B: Backend> {
 impl<B: Backend> StudentMixers<B> {
     /// The mixers of `layers` (a module clone shares the tensors).
     fn of(student: &Lm<B>, layers: &[usize]) -> Self {
-        Self {
-            layers: layers
-                .iter()
-                .map(|&l| student.blocks[l].mixer.clone())
-                .collect(),
-        }
+        Self { layers: layers.iter().map(|&l| student.blocks[l].mixer.clone()).collect() }
     }
 
     fn put_into(self, mut student: Lm<B>, layers: &[usize]) -> Lm<B> {
@@ -551,46 +475,22 @@ pub struct LinearizeReport {
 impl LinearizeReport {
     pub fn markdown(&self) -> String {
         use std::fmt::Write as _;
-        let mut s = format!(
-            "# Linearization of {} into {} (layers {:?})\n\n",
-            self.teacher, self.student_kind, self.layers
-        );
-        let _ = writeln!(
-            s,
-            "Validation: {} tokens of held-out text, the same for every row.\n",
-            self.valid_tokens
-        );
-        let _ = writeln!(
-            s,
-            "| model | tokens trained | valid loss | perplexity |\n|---|---|---|---|"
-        );
+        let mut s = format!("# Linearization of {} into {} (layers {:?})\n\n", self.teacher, self.student_kind, self.layers);
+        let _ = writeln!(s, "Validation: {} tokens of held-out text, the same for every row.\n", self.valid_tokens);
+        let _ = writeln!(s, "| model | tokens trained | valid loss | perplexity |\n|---|---|---|---|");
         for r in &self.rows {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.4} | {:.2} |",
-                r.model, r.tokens_trained, r.valid_loss, r.valid_perplexity
-            );
+            let _ = writeln!(s, "| {} | {} | {:.4} | {:.2} |", r.model, r.tokens_trained, r.valid_loss, r.valid_perplexity);
         }
-        let _ = writeln!(
-            s,
-            "\nPer-layer mixer-output error after stage 1 (‖student − teacher‖² / ‖teacher‖²):\n"
-        );
+        let _ = writeln!(s, "\nPer-layer mixer-output error after stage 1 (‖student − teacher‖² / ‖teacher‖²):\n");
         let _ = writeln!(s, "| layer | relative error |\n|---|---|");
         for (l, e) in &self.layer_errors {
             let _ = writeln!(s, "| {l} | {e:.4} |");
         }
         if !self.generation.is_empty() {
             let _ = writeln!(s, "\nGeneration, one sequence, token by token:\n");
-            let _ = writeln!(
-                s,
-                "| model | length | state floats | tokens/s |\n|---|---|---|---|"
-            );
+            let _ = writeln!(s, "| model | length | state floats | tokens/s |\n|---|---|---|---|");
             for g in &self.generation {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {:.1} |",
-                    g.model, g.length, g.state_floats, g.tokens_per_sec
-                );
+                let _ = writeln!(s, "| {} | {} | {} | {:.1} |", g.model, g.length, g.state_floats, g.tokens_per_sec);
             }
         }
         s
@@ -598,90 +498,43 @@ impl LinearizeReport {
 }
 
 /// Mean over `batches` of each replaced layer's relative mixer-output error.
-fn layer_errors<B: Backend>(
-    teacher: &Lm<B>,
-    student: &Lm<B>,
-    layers: &[usize],
-    batches: &[Batch],
-    device: &B::Device,
-) -> Vec<(usize, f64)> {
+fn layer_errors<B: Backend>(teacher: &Lm<B>, student: &Lm<B>, layers: &[usize], batches: &[Batch], device: &B::Device) -> Vec<(usize, f64)> {
     let mut sums = vec![0.0; layers.len()];
     for batch in batches {
         let io = teacher.mixer_io(batch_tensor::<B>(&batch.inputs, batch, device));
         for (i, &l) in layers.iter().enumerate() {
             let (x, y) = io[l].clone();
-            let err = (student.blocks[l].mixer.forward(x) - y.clone())
-                .powi_scalar(2)
-                .sum()
-                / y.powi_scalar(2).sum();
+            let err = (student.blocks[l].mixer.forward(x) - y.clone()).powi_scalar(2).sum() / y.powi_scalar(2).sum();
             sums[i] += err.into_scalar().elem::<f64>();
         }
     }
-    layers
-        .iter()
-        .zip(sums)
-        .map(|(&l, s)| (l, s / batches.len().max(1) as f64))
-        .collect()
+    layers.iter().zip(sums).map(|(&l, s)| (l, s / batches.len().max(1) as f64)).collect()
 }
 
-fn measured<B: Backend>(
-    name: &str,
-    model: &Lm<B>,
-    tokens: u64,
-    batches: &[Batch],
-    device: &B::Device,
-) -> Measured {
+fn measured<B: Backend>(name: &str, model: &Lm<B>, tokens: u64, batches: &[Batch], device: &B::Device) -> Measured {
     let loss = evaluate(model, batches, device).loss;
-    Measured {
-        model: name.into(),
-        tokens_trained: tokens,
-        valid_loss: loss,
-        valid_perplexity: loss.exp(),
-    }
+    Measured { model: name.into(), tokens_trained: tokens, valid_loss: loss, valid_perplexity: loss.exp() }
 }
 
 /// Generates `length` tokens one at a time (token ids cycling through `0..vocab`) and reports
 /// the state size at the end and the rate over the whole run.
-fn generation_cost<B: Backend>(
-    name: &str,
-    model: &Lm<B>,
-    length: usize,
-    vocab: usize,
-    device: &B::Device,
-) -> GenerationCost {
+fn generation_cost<B: Backend>(name: &str, model: &Lm<B>, length: usize, vocab: usize, device: &B::Device) -> GenerationCost {
     let started = Instant::now();
     let mut state = None;
     for i in 0..length {
-        let token = Tensor::<B, 2, Int>::from_data(
-            burn::tensor::TensorData::new(vec![(i % vocab) as i64], [1, 1]),
-            device,
-        );
+        let token = Tensor::<B, 2, Int>::from_data(burn::tensor::TensorData::new(vec![(i % vocab) as i64], [1, 1]), device);
         let (logits, s) = model.step(token, state);
         let _ = logits.into_data(); // wait for the device
         state = Some(s);
     }
     let state_floats = state.map_or(0, |s| s.numel());
-    GenerationCost {
-        model: name.into(),
-        length,
-        state_floats,
-        tokens_per_sec: length as f64 / started.elapsed().as_secs_f64().max(1e-9),
-    }
+    GenerationCost { model: name.into(), length, state_floats, tokens_per_sec: length as f64 / started.elapsed().as_secs_f64().max(1e-9) }
 }
 
 /// Runs (or resumes) both stages of `recipe` and writes the report.
-pub fn linearize<B: AutodiffBackend>(
-    recipe: &LinearizeRecipe,
-    opts: &LinearizeOptions,
-    device: &B::Device,
-) -> Result<LinearizeReport> {
-    let say = |msg: String| {
-        if !opts.quiet {
-            eprintln!("{msg}")
-        }
-    };
-    let teacher = hf::load::<B>(&recipe.teacher.path, device)
-        .with_context(|| format!("loading the teacher from {}", recipe.teacher.path.display()))?;
+pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeOptions, device: &B::Device) -> Result<LinearizeReport> {
+    let say = |msg: String| if !opts.quiet { eprintln!("{msg}") };
+    let teacher = hf::load::<B>(&recipe.teacher.path, device).with_context(|| format!("loading the teacher from {}", recipe.teacher.path.display()))?;
     let teacher_config = teacher.lm_config.clone();
     let layers = recipe.layers(teacher_config.n_layers)?;
     let kind = recipe.student.mixer.kind();
@@ -699,13 +552,7 @@ pub fn linearize<B: AutodiffBackend>(
     stage1_data.train.batch_size = EVAL_BATCH;
     let valid = open_run_data(&stage1_data, true)?.valid;
     if valid.is_empty() {
-        bail!(
-            "{}",
-            recipe.source.error_at(
-                "data.valid",
-                "linearization compares teacher and student on held-out text: set data.valid"
-            )
-        );
+        bail!("{}", recipe.source.error_at("data.valid", "linearization compares teacher and student on held-out text: set data.valid"));
     }
     let valid_tokens = valid.iter().map(|b| b.batch_size * b.seq_len).sum();
     let mut report = LinearizeReport {
@@ -718,50 +565,26 @@ pub fn linearize<B: AutodiffBackend>(
         generation: Vec::new(),
         interrupted: false,
     };
-    say(format!(
-        "teacher {}: valid loss {:.4} (ppl {:.2})",
-        report.teacher, report.rows[0].valid_loss, report.rows[0].valid_perplexity
-    ));
+    say(format!("teacher {}: valid loss {:.4} (ppl {:.2})", report.teacher, report.rows[0].valid_loss, report.rows[0].valid_perplexity));
 
     // ---- Stage 1: attention transfer.
     let stage1_config = recipe.student_model(&teacher_config, false)?;
     let stage1_dir = out.join("stage1");
-    let mut student = graft(
-        &teacher.model,
-        &stage1_config,
-        &layers,
-        recipe.run.seed,
-        device,
-    );
+    let mut student = graft(&teacher.model, &stage1_config, &layers, recipe.run.seed, device);
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.stage1.optim.clone());
-    let mut state = TrainerState {
-        step: 0,
-        tokens: 0,
-        loader: loader.state(),
-        elapsed_secs: 0.0,
-        last_val_loss: None,
-        last_val_accuracy: None,
-        finished: false,
-    };
+    let mut state = TrainerState { step: 0, tokens: 0, loader: loader.state(), elapsed_secs: 0.0, last_val_loss: None, last_val_accuracy: None, finished: false };
     if let Ok(ckpt) = checkpoint::resolve(&stage1_dir) {
         state = checkpoint::load_state(&ckpt)?;
         let saved = checkpoint::load_model(&ckpt, StudentMixers::of(&student, &layers))?;
         student = saved.put_into(student, &layers);
         optimizer = checkpoint::load_optimizer(&ckpt, recipe.stage1.optim.clone(), device)?;
-        loader
-            .restore(&state.loader)
-            .with_context(|| format!("resuming stage 1 from {}", ckpt.display()))?;
-        say(format!(
-            "stage 1: resuming from {} (step {})",
-            ckpt.display(),
-            state.step
-        ));
+        loader.restore(&state.loader).with_context(|| format!("resuming stage 1 from {}", ckpt.display()))?;
+        say(format!("stage 1: resuming from {} (step {})", ckpt.display(), state.step));
     }
     student = set_trainable(student, |p| transfer_trainable(p, &layers, kind));
     let total = recipe.stage1.steps;
     let stop = opts.stop_after.map_or(total, |s| s.min(total));
-    std::fs::create_dir_all(&stage1_dir)
-        .with_context(|| format!("cannot create {}", stage1_dir.display()))?;
+    std::fs::create_dir_all(&stage1_dir).with_context(|| format!("cannot create {}", stage1_dir.display()))?;
     let mut metrics = Metrics::open(&stage1_dir, recipe.log.jsonl, recipe.log.tensorboard)?;
     let (started, elapsed_before) = (Instant::now(), state.elapsed_secs);
     let bar = trainer::progress_bar(total, state.step, opts.quiet || !recipe.log.progress);
@@ -775,31 +598,20 @@ pub fn linearize<B: AutodiffBackend>(
             state.tokens += (batch.batch_size * batch.seq_len) as u64;
             // The teacher's activations (no autodiff): every replaced layer sees the teacher's
             // own input, so the layers train independently of each other.
-            let io = teacher_eval.mixer_io(batch_tensor::<B::InnerBackend>(
-                &batch.inputs,
-                &batch,
-                device,
-            ));
+            let io = teacher_eval.mixer_io(batch_tensor::<B::InnerBackend>(&batch.inputs, &batch, device));
             // Block-wise: each layer's loss is backpropagated on its own (the layers share no
             // trainable parameter), so only one layer's graph is alive at a time.
             for &l in &layers {
                 let (x, y) = io[l].clone();
                 let y_hat = student.blocks[l].mixer.forward(Tensor::from_inner(x));
-                let loss = (y_hat - Tensor::from_inner(y)).powi_scalar(2).mean()
-                    * recipe.stage1.mse_weight;
+                let loss = (y_hat - Tensor::from_inner(y)).powi_scalar(2).mean() * recipe.stage1.mse_weight;
                 loss_sum += loss.clone().into_scalar().elem::<f64>();
-                accumulated.accumulate(
-                    &student,
-                    GradientsParams::from_grads((loss / accum as f64).backward(), &student),
-                );
+                accumulated.accumulate(&student, GradientsParams::from_grads((loss / accum as f64).backward(), &student));
             }
         }
         let loss = loss_sum / accum as f64;
         if !loss.is_finite() {
-            bail!(
-                "stage 1 diverged at step {}: loss is {loss} (last checkpoint is intact)",
-                state.step
-            );
+            bail!("stage 1 diverged at step {}: loss is {loss} (last checkpoint is intact)", state.step);
         }
         let (updated, info) = optimizer.step(student, accumulated.grads(), lr);
         student = updated;
@@ -808,43 +620,20 @@ pub fn linearize<B: AutodiffBackend>(
         bar.set_position(state.step as u64);
         bar.set_message(format!("stage 1  mse {loss:.4}  lr {lr:.2e}"));
         if state.step % recipe.log.every == 0 || state.step == total {
-            metrics.log(
-                state.step,
-                &[
-                    ("stage1/loss", loss),
-                    ("stage1/lr", lr),
-                    ("stage1/grad_norm", info.grad_norm),
-                    ("stage1/tokens", state.tokens as f64),
-                ],
-            )?;
+            metrics.log(state.step, &[("stage1/loss", loss), ("stage1/lr", lr), ("stage1/grad_norm", info.grad_norm), ("stage1/tokens", state.tokens as f64)])?;
         }
         if state.step % recipe.run.eval_interval == 0 || state.step == total {
             let errors = layer_errors(&teacher_eval, &student.valid(), &layers, &valid, device);
             let mean = errors.iter().map(|e| e.1).sum::<f64>() / errors.len() as f64;
             metrics.log(state.step, &[("stage1/valid_relative_error", mean)])?;
             if !opts.quiet {
-                trainer::print_line(
-                    &bar,
-                    format!(
-                        "stage 1 step {:>5}  loss {loss:.5}  valid relative error {mean:.4}",
-                        state.step
-                    ),
-                );
+                trainer::print_line(&bar, format!("stage 1 step {:>5}  loss {loss:.5}  valid relative error {mean:.4}", state.step));
             }
         }
         state.finished = state.step == total;
-        if state.step % recipe.run.checkpoint_interval == 0 || state.step == stop || state.finished
-        {
+        if state.step % recipe.run.checkpoint_interval == 0 || state.step == stop || state.finished {
             state.loader = loader.state();
-            checkpoint::save(
-                &stage1_dir,
-                &StudentMixers::of(&student, &layers),
-                &optimizer,
-                &state,
-                &recipe.source.text,
-                recipe.data.tokenizer.as_deref(),
-                recipe.run.keep_last,
-            )?;
+            checkpoint::save(&stage1_dir, &StudentMixers::of(&student, &layers), &optimizer, &state, &recipe.source.text, recipe.data.tokenizer.as_deref(), recipe.run.keep_last)?;
         }
     }
     bar.finish_and_clear();
@@ -855,17 +644,8 @@ pub fn linearize<B: AutodiffBackend>(
     let stage1_tokens = state.tokens;
     let student_eval = student.valid();
     report.layer_errors = layer_errors(&teacher_eval, &student_eval, &layers, &valid, device);
-    report.rows.push(measured(
-        "student after stage 1",
-        &student_eval,
-        stage1_tokens,
-        &valid,
-        device,
-    ));
-    say(format!(
-        "stage 1 done: student valid loss {:.4} (ppl {:.2})",
-        report.rows[1].valid_loss, report.rows[1].valid_perplexity
-    ));
+    report.rows.push(measured("student after stage 1", &student_eval, stage1_tokens, &valid, device));
+    say(format!("stage 1 done: student valid loss {:.4} (ppl {:.2})", report.rows[1].valid_loss, report.rows[1].valid_perplexity));
 
     // ---- Stage 2: LoRA (or the named parameters) on next-token loss, optionally distilled.
     let mut final_student = student_eval;
@@ -895,54 +675,22 @@ pub fn linearize<B: AutodiffBackend>(
         // The trained student is read back into this model's shape (sharing the teacher's
         // tensors until then) rather than into a freshly initialised copy.
         let shape = model.valid();
-        let start = Start {
-            model,
-            trainable: Some(recipe.stage2.trainable.clone()),
-            distill,
-        };
-        say(format!(
-            "stage 2: {} steps of {} (trainable: {:?})",
-            recipe.stage2.steps, student_recipe.train.name, recipe.stage2.trainable
-        ));
-        let topts = TrainOptions {
-            resume,
-            stop_after: None,
-            quiet: opts.quiet,
-        };
+        let start = Start { model, trainable: Some(recipe.stage2.trainable.clone()), distill };
+        say(format!("stage 2: {} steps of {} (trainable: {:?})", recipe.stage2.steps, student_recipe.train.name, recipe.stage2.trainable));
+        let topts = TrainOptions { resume, stop_after: None, quiet: opts.quiet };
         trainer::train_from::<B>(&student_recipe, &topts, device, Some(start))?;
         let ckpt = checkpoint::resolve(stage2_dir)?;
         let trained: Lm<B::InnerBackend> = checkpoint::load_model(&ckpt, shape)?;
         let tokens = checkpoint::load_state(&ckpt)?.tokens;
-        report.rows.push(measured(
-            "student after stage 2",
-            &trained,
-            stage1_tokens + tokens,
-            &valid,
-            device,
-        ));
-        say(format!(
-            "stage 2 done: student valid loss {:.4} (ppl {:.2})",
-            report.rows[2].valid_loss, report.rows[2].valid_perplexity
-        ));
+        report.rows.push(measured("student after stage 2", &trained, stage1_tokens + tokens, &valid, device));
+        say(format!("stage 2 done: student valid loss {:.4} (ppl {:.2})", report.rows[2].valid_loss, report.rows[2].valid_perplexity));
         final_student = trained;
     }
 
     for &length in &recipe.run.generation_lengths {
         let vocab = teacher_config.vocab_size;
-        report.generation.push(generation_cost(
-            "teacher",
-            &teacher_eval,
-            length,
-            vocab,
-            device,
-        ));
-        report.generation.push(generation_cost(
-            "student",
-            &final_student,
-            length,
-            vocab,
-            device,
-        ));
+        report.generation.push(generation_cost("teacher", &teacher_eval, length, vocab, device));
+        report.generation.push(generation_cost("student", &final_student, length, vocab, device));
     }
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     std::fs::write(out.join("report.md"), report.markdown())?;

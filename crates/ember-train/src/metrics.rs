@@ -25,10 +25,7 @@ impl JsonlSink {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open metrics file {}", path.display()))?;
-        Ok(Self {
-            file: BufWriter::new(file),
-            path: path.to_path_buf(),
-        })
+        Ok(Self { file: BufWriter::new(file), path: path.to_path_buf() })
     }
 
     pub fn log(&mut self, step: usize, values: &[(&str, f64)]) -> Result<()> {
@@ -45,9 +42,7 @@ impl JsonlSink {
 }
 
 fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Writes scalar summaries to `events.out.tfevents.*` in a log directory.
@@ -58,26 +53,14 @@ pub struct TensorBoardSink {
 
 impl TensorBoardSink {
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create TensorBoard directory {}", dir.display()))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create TensorBoard directory {}", dir.display()))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "ember".into());
         // Nanoseconds and pid keep names unique across resumes within one second.
-        let name = format!(
-            "events.out.tfevents.{}.{host}.{}.{}",
-            now.as_secs(),
-            std::process::id(),
-            now.subsec_nanos()
-        );
+        let name = format!("events.out.tfevents.{}.{host}.{}.{}", now.as_secs(), std::process::id(), now.subsec_nanos());
         let path = dir.join(name);
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        let mut sink = Self {
-            file: BufWriter::new(file),
-            path,
-        };
+        let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut sink = Self { file: BufWriter::new(file), path };
         let mut event = Vec::new();
         proto::double(&mut event, 1, unix_time());
         proto::bytes(&mut event, 3, b"brain.Event:2");
@@ -98,9 +81,7 @@ impl TensorBoardSink {
         proto::varint_field(&mut event, 2, step as u64);
         proto::bytes(&mut event, 5, &summary);
         self.record(&event)?;
-        self.file
-            .flush()
-            .with_context(|| format!("cannot write {}", self.path.display()))
+        self.file.flush().with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     /// TFRecord framing: length, masked CRC32C of the length, data, masked CRC32C of the data.
@@ -111,9 +92,7 @@ impl TensorBoardSink {
         out.extend_from_slice(&masked_crc(&len).to_le_bytes());
         out.extend_from_slice(data);
         out.extend_from_slice(&masked_crc(data).to_le_bytes());
-        self.file
-            .write_all(&out)
-            .with_context(|| format!("cannot write {}", self.path.display()))
+        self.file.write_all(&out).with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
 
@@ -159,12 +138,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn open(run_dir: &Path, jsonl: bool, tensorboard: bool) -> Result<Self> {
         Ok(Self {
-            jsonl: jsonl
-                .then(|| JsonlSink::open(&run_dir.join("metrics.jsonl")))
-                .transpose()?,
-            tensorboard: tensorboard
-                .then(|| TensorBoardSink::create(&run_dir.join("tensorboard")))
-                .transpose()?,
+            jsonl: jsonl.then(|| JsonlSink::open(&run_dir.join("metrics.jsonl"))).transpose()?,
+            tensorboard: tensorboard.then(|| TensorBoardSink::create(&run_dir.join("tensorboard"))).transpose()?,
         })
     }
 

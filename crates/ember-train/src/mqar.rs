@@ -73,49 +73,23 @@ pub fn evaluate_checkpoint<B: Backend>(
     if !over.pairs.is_empty() {
         let seq_len = over.seq_len.unwrap_or(recipe.data.seq_len);
         let examples = over.examples.unwrap_or(1000);
-        mqar.test = over
-            .pairs
-            .iter()
-            .map(|&pairs| MqarSegmentConfig {
-                pairs,
-                examples,
-                seq_len: Some(seq_len),
-            })
-            .collect();
+        mqar.test = over.pairs.iter().map(|&pairs| MqarSegmentConfig { pairs, examples, seq_len: Some(seq_len) }).collect();
     } else if over.seq_len.is_some() || over.examples.is_some() {
         bail!("--seq-len and --examples describe the segments of --pairs; give --pairs too");
     }
     if mqar.test.is_empty() {
-        bail!(
-            "{}: the recipe has no data.mqar.test segments; name some with --pairs",
-            ckpt.display()
-        );
+        bail!("{}: the recipe has no data.mqar.test segments; name some with --pairs", ckpt.display());
     }
-    mqar.validate(recipe.data.seq_len)
-        .map_err(|(key, message)| anyhow::anyhow!("test set: {key}: {message}"))?;
-    let results = evaluate_mqar(
-        &model,
-        &mqar,
-        recipe.data.seq_len,
-        recipe.train.seed,
-        batch_size,
-        device,
-    );
+    mqar.validate(recipe.data.seq_len).map_err(|(key, message)| anyhow::anyhow!("test set: {key}: {message}"))?;
+    let results = evaluate_mqar(&model, &mqar, recipe.data.seq_len, recipe.train.seed, batch_size, device);
     Ok((recipe, results))
 }
 
 /// The accuracy table of one or more models' results, one row per segment.
 pub fn results_table(results: &[SegmentResult]) -> String {
-    let mut t = format!(
-        "{:>8}  {:>6}  {:>8}  {:>9}  {:>8}\n",
-        "seq_len", "pairs", "examples", "accuracy", "loss"
-    );
+    let mut t = format!("{:>8}  {:>6}  {:>8}  {:>9}  {:>8}\n", "seq_len", "pairs", "examples", "accuracy", "loss");
     for r in results {
-        let _ = writeln!(
-            t,
-            "{:>8}  {:>6}  {:>8}  {:>9.4}  {:>8.4}",
-            r.seq_len, r.pairs, r.examples, r.accuracy, r.loss
-        );
+        let _ = writeln!(t, "{:>8}  {:>6}  {:>8}  {:>9.4}  {:>8.4}", r.seq_len, r.pairs, r.examples, r.accuracy, r.loss);
     }
     t
 }
@@ -158,11 +132,7 @@ pub struct SuiteOptions {
 /// Trains each recipe of `recipes` whose run is not finished (resuming an interrupted one,
 /// skipping a finished one), `opts.jobs` at a time, then evaluates each newest checkpoint on its
 /// test set. Rows come in the order of the recipes (and widths).
-pub fn run_suite<B: AutodiffBackend>(
-    recipes: &[PathBuf],
-    opts: &SuiteOptions,
-    device: &B::Device,
-) -> Result<Vec<SuiteRow>>
+pub fn run_suite<B: AutodiffBackend>(recipes: &[PathBuf], opts: &SuiteOptions, device: &B::Device) -> Result<Vec<SuiteRow>>
 where
     B::Device: Sync,
 {
@@ -172,17 +142,10 @@ where
     };
     let mut runs = Vec::new();
     for path in recipes {
-        let stem = path
-            .file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let base = load(path, Vec::new())?;
         if base.data.mqar.is_none() {
-            bail!(
-                "{} has no [data.mqar] section; an MQAR suite holds MQAR recipes only",
-                path.display()
-            );
+            bail!("{} has no [data.mqar] section; an MQAR suite holds MQAR recipes only", path.display());
         }
         if opts.widths.is_empty() {
             runs.push((stem, base));
@@ -191,11 +154,7 @@ where
         for &width in &opts.widths {
             let name = format!("{stem}-d{width}");
             let out_dir = format!("{}-d{width}", base.train.out_dir.display());
-            let sets = vec![
-                format!("model.d_model={width}"),
-                format!("train.name={name:?}"),
-                format!("train.out_dir={out_dir:?}"),
-            ];
+            let sets = vec![format!("model.d_model={width}"), format!("train.name={name:?}"), format!("train.out_dir={out_dir:?}")];
             runs.push((name, load(path, sets)?));
         }
     }
@@ -203,30 +162,16 @@ where
     let quiet_training = opts.quiet || opts.jobs > 1;
     parallel_map(runs, opts.jobs, |(name, recipe)| {
         if !opts.quiet {
-            println!(
-                "{name}: {} parameters, {} steps, run directory {}",
-                recipe.model.num_params(),
-                recipe.steps(),
-                recipe.train.out_dir.display()
-            );
+            println!("{name}: {} parameters, {} steps, run directory {}", recipe.model.num_params(), recipe.steps(), recipe.train.out_dir.display());
         }
         let started = Instant::now();
         let run = complete_run::<B>(&recipe, quiet_training, device)?;
-        let (_, results) = evaluate_checkpoint::<B::InnerBackend>(
-            &run.checkpoint,
-            &TestOverride::default(),
-            opts.batch_size,
-            device,
-        )?;
+        let (_, results) = evaluate_checkpoint::<B::InnerBackend>(&run.checkpoint, &TestOverride::default(), opts.batch_size, device)?;
         let seq_len = recipe.data.seq_len;
         let summaries = recipe.model.layer_summaries(seq_len);
         let row = SuiteRow {
             recipe: name,
-            layers: summaries
-                .iter()
-                .map(|l| l.kind)
-                .collect::<Vec<_>>()
-                .join("+"),
+            layers: summaries.iter().map(|l| l.kind).collect::<Vec<_>>().join("+"),
             d_model: recipe.model.d_model,
             params: recipe.model.num_params(),
             state_floats: summaries.iter().map(|l| l.state_floats).sum(),
@@ -249,8 +194,7 @@ where
 
 /// The recipes of a suite directory (`*.toml`, sorted by name).
 pub fn suite_recipes(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read suite directory {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read suite directory {}", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
@@ -265,10 +209,7 @@ pub fn suite_recipes(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The suite's results as a Markdown table: one row per model, one accuracy column per test
 /// segment `(seq_len, pairs)` found in any row.
 pub fn suite_markdown(rows: &[SuiteRow]) -> String {
-    let mut columns: Vec<(usize, usize)> = rows
-        .iter()
-        .flat_map(|r| r.results.iter().map(|s| (s.seq_len, s.pairs)))
-        .collect();
+    let mut columns: Vec<(usize, usize)> = rows.iter().flat_map(|r| r.results.iter().map(|s| (s.seq_len, s.pairs))).collect();
     columns.sort();
     columns.dedup();
     let mut t = String::from("| recipe | layers | d_model | params | state (floats) |");
@@ -279,11 +220,7 @@ pub fn suite_markdown(rows: &[SuiteRow]) -> String {
     t.push_str(&"---:|".repeat(columns.len()));
     t.push_str("---:|---:|\n");
     for r in rows {
-        let _ = write!(
-            t,
-            "| {} | {} | {} | {} | {} |",
-            r.recipe, r.layers, r.d_model, r.params, r.state_floats
-        );
+        let _ = write!(t, "| {} | {} | {} | {} | {} |", r.recipe, r.layers, r.d_model, r.params, r.state_floats);
         for c in &columns {
             match r.results.iter().find(|s| (s.seq_len, s.pairs) == *c) {
                 Some(s) => {
@@ -292,11 +229,7 @@ pub fn suite_markdown(rows: &[SuiteRow]) -> String {
                 None => t.push_str(" |"),
             }
         }
-        let early = if r.stopped_early {
-            " (stopped at target)"
-        } else {
-            ""
-        };
+        let early = if r.stopped_early { " (stopped at target)" } else { "" };
         let _ = writeln!(t, " {}{early} | {:.0} s |", r.steps, r.train_secs);
     }
     t
@@ -307,41 +240,22 @@ pub fn suite_markdown(rows: &[SuiteRow]) -> String {
 pub fn write_suite(rows: &[SuiteRow], out: &Path, command: &str) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let md = out.join("results.md");
-    let body = format!(
-        "MQAR accuracy (made by `{command}`)\n\n{}",
-        suite_markdown(rows)
-    );
+    let body = format!("MQAR accuracy (made by `{command}`)\n\n{}", suite_markdown(rows));
     std::fs::write(&md, body).with_context(|| format!("cannot write {}", md.display()))?;
     let csv = out.join("results.csv");
-    let mut text = String::from(
-        "recipe,layers,d_model,params,state_floats,steps,seq_len,pairs,examples,accuracy,loss\n",
-    );
+    let mut text = String::from("recipe,layers,d_model,params,state_floats,steps,seq_len,pairs,examples,accuracy,loss\n");
     for r in rows {
         for s in &r.results {
             let _ = writeln!(
                 text,
                 "{},{},{},{},{},{},{},{},{},{:.6},{:.6}",
-                r.recipe,
-                r.layers,
-                r.d_model,
-                r.params,
-                r.state_floats,
-                r.steps,
-                s.seq_len,
-                s.pairs,
-                s.examples,
-                s.accuracy,
-                s.loss
+                r.recipe, r.layers, r.d_model, r.params, r.state_floats, r.steps, s.seq_len, s.pairs, s.examples, s.accuracy, s.loss
             );
         }
     }
     std::fs::write(&csv, text).with_context(|| format!("cannot write {}", csv.display()))?;
     let jsonl = out.join("results.jsonl");
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("rows serialize"))
-        .collect();
-    std::fs::write(&jsonl, lines.join("\n") + "\n")
-        .with_context(|| format!("cannot write {}", jsonl.display()))?;
+    let lines: Vec<String> = rows.iter().map(|r| serde_json::to_string(r).expect("rows serialize")).collect();
+    std::fs::write(&jsonl, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", jsonl.display()))?;
     Ok(vec![md, csv, jsonl])
 }

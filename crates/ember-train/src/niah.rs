@@ -39,42 +39,18 @@ pub struct NiahResult {
 /// Evaluates `model` on every segment of the NIAH test set `test` (for a recipe, its
 /// `NiahConfig::dataset(Split::Test, ...)`: the examples its training validated on). With
 /// `progress`, a line per segment goes to stderr as it finishes.
-pub fn evaluate_niah<B: Backend>(
-    model: &Lm<B>,
-    test: &NiahDataset,
-    batch_size: usize,
-    progress: bool,
-    device: &B::Device,
-) -> Vec<NiahResult> {
+pub fn evaluate_niah<B: Backend>(model: &Lm<B>, test: &NiahDataset, batch_size: usize, progress: bool, device: &B::Device) -> Vec<NiahResult> {
     let result = |s: usize, accuracy: f64, loss: f64| {
         let segment = &test.segments[s];
-        NiahResult {
-            seq_len: segment.spec.seq_len,
-            depth: segment.spec.depth,
-            needles: segment.spec.needles,
-            examples: segment.examples,
-            accuracy,
-            loss,
-        }
+        NiahResult { seq_len: segment.spec.seq_len, depth: segment.spec.depth, needles: segment.spec.needles, examples: segment.examples, accuracy, loss }
     };
     let evals = evaluate_segments(model, test, batch_size, device, |s, eval| {
         if progress {
             let r = result(s, eval.accuracy, eval.loss);
-            eprintln!(
-                "  L {:>6}  depth {:>6}  needles {}  accuracy {:.4}  ({} examples)",
-                r.seq_len,
-                depth_label(r.depth),
-                r.needles,
-                r.accuracy,
-                r.examples
-            );
+            eprintln!("  L {:>6}  depth {:>6}  needles {}  accuracy {:.4}  ({} examples)", r.seq_len, depth_label(r.depth), r.needles, r.accuracy, r.examples);
         }
     });
-    evals
-        .into_iter()
-        .enumerate()
-        .map(|(s, eval)| result(s, eval.accuracy, eval.loss))
-        .collect()
+    evals.into_iter().enumerate().map(|(s, eval)| result(s, eval.accuracy, eval.loss)).collect()
 }
 
 /// What `ember eval niah --checkpoint` tests.
@@ -106,20 +82,10 @@ pub struct NiahReport {
 
 /// A checkpoint's NIAH results: on the grid `opts` describes, or on its recipe's
 /// `[data.niah].test` segments.
-pub fn evaluate_checkpoint<B: Backend>(
-    dir: &Path,
-    opts: &NiahOptions,
-    batch_size: usize,
-    device: &B::Device,
-) -> Result<NiahReport> {
+pub fn evaluate_checkpoint<B: Backend>(dir: &Path, opts: &NiahOptions, batch_size: usize, device: &B::Device) -> Result<NiahReport> {
     let (model, recipe, ckpt) = load_model::<B>(dir, device)?;
     let model_vocab = recipe.model.vocab_size;
-    let mut niah = recipe.data.niah.clone().unwrap_or(NiahConfig {
-        vocab_size: None,
-        seed: None,
-        train: Vec::new(),
-        test: Vec::new(),
-    });
+    let mut niah = recipe.data.niah.clone().unwrap_or(NiahConfig { vocab_size: None, seed: None, train: Vec::new(), test: Vec::new() });
     if opts.vocab_size.is_some() {
         niah.vocab_size = opts.vocab_size;
     }
@@ -129,80 +95,44 @@ pub fn evaluate_checkpoint<B: Backend>(
     }
     let grid = !opts.lengths.is_empty() || !opts.depths.is_empty();
     if grid {
-        let lengths = if opts.lengths.is_empty() {
-            vec![recipe.data.seq_len]
-        } else {
-            opts.lengths.clone()
-        };
-        let depths = if opts.depths.is_empty() {
-            DEFAULT_DEPTHS.to_vec()
-        } else {
-            opts.depths.clone()
-        };
+        let lengths = if opts.lengths.is_empty() { vec![recipe.data.seq_len] } else { opts.lengths.clone() };
+        let depths = if opts.depths.is_empty() { DEFAULT_DEPTHS.to_vec() } else { opts.depths.clone() };
         let cell = |seq_len: usize, depth: f64| NiahSegmentConfig {
             examples: opts.examples.unwrap_or(DEFAULT_EXAMPLES),
             needles: opts.needles.unwrap_or(1),
             seq_len: Some(seq_len),
             depth: Some(depth),
         };
-        niah.test = depths
-            .iter()
-            .flat_map(|&d| lengths.iter().map(move |&l| cell(l, d)))
-            .collect();
+        niah.test = depths.iter().flat_map(|&d| lengths.iter().map(move |&l| cell(l, d))).collect();
     } else {
         if niah.test.is_empty() {
             let why = match recipe.data.niah {
                 Some(_) => "its recipe has no data.niah.test segments",
                 None => "its recipe has no [data.niah] section",
             };
-            bail!(
-                "{}: {why}; give --lengths and/or --depths for a grid",
-                ckpt.display()
-            );
+            bail!("{}: {why}; give --lengths and/or --depths for a grid", ckpt.display());
         }
         for s in &mut niah.test {
             s.examples = opts.examples.unwrap_or(s.examples);
             s.needles = opts.needles.unwrap_or(s.needles);
         }
     }
-    niah.validate_test(recipe.data.seq_len, model_vocab)
-        .map_err(|(key, message)| {
-            let at = key
-                .strip_prefix("test[")
-                .and_then(|k| k.split(']').next())
-                .and_then(|i| i.parse::<usize>().ok());
-            let cell = at.and_then(|i| niah.test.get(i)).map(|s| {
-                let depth = depth_label(s.depth);
-                format!(
-                    " (seq_len {}, depth {depth}, {} needles)",
-                    s.seq_len.unwrap_or(recipe.data.seq_len),
-                    s.needles
-                )
-            });
-            let field = key.rsplit('.').next().unwrap_or(&key);
-            match (grid, field) {
-                (_, "vocab_size") => anyhow::anyhow!("NIAH vocabulary {vocab_size}: {message}"),
-                (true, _) => {
-                    anyhow::anyhow!("grid cell{}: {field} {message}", cell.unwrap_or_default())
-                }
-                (false, _) => anyhow::anyhow!(
-                    "test set: data.niah.{key}{}: {message}",
-                    cell.unwrap_or_default()
-                ),
-            }
-        })?;
-    let test = niah.dataset(
-        Split::Test,
-        recipe.data.seq_len,
-        model_vocab,
-        recipe.train.seed,
-    );
+    niah.validate_test(recipe.data.seq_len, model_vocab).map_err(|(key, message)| {
+        let at = key.strip_prefix("test[").and_then(|k| k.split(']').next()).and_then(|i| i.parse::<usize>().ok());
+        let cell = at.and_then(|i| niah.test.get(i)).map(|s| {
+            let depth = depth_label(s.depth);
+            format!(" (seq_len {}, depth {depth}, {} needles)", s.seq_len.unwrap_or(recipe.data.seq_len), s.needles)
+        });
+        let field = key.rsplit('.').next().unwrap_or(&key);
+        match (grid, field) {
+            (_, "vocab_size") => anyhow::anyhow!("NIAH vocabulary {vocab_size}: {message}"),
+            (true, _) => anyhow::anyhow!("grid cell{}: {field} {message}", cell.unwrap_or_default()),
+            (false, _) => anyhow::anyhow!("test set: data.niah.{key}{}: {message}", cell.unwrap_or_default()),
+        }
+    })?;
+    let test = niah.dataset(Split::Test, recipe.data.seq_len, model_vocab, recipe.train.seed);
     let results = evaluate_niah(&model, &test, batch_size, opts.progress, device);
-    Ok(NiahReport {
-        recipe,
-        vocab_size,
-        results,
-    })
+    Ok(NiahReport { recipe, vocab_size, results })
 }
 
 /// A depth as the grid shows it: `0.25`, or `random`.
@@ -225,19 +155,11 @@ pub fn grid_table(results: &[NiahResult]) -> String {
     rows.sort_by(|a, b| a.partial_cmp(b).expect("depths are numbers"));
     rows.dedup();
     let needles_column = rows.iter().any(|r| r.0 != 1);
-    let mut t = String::from(if needles_column {
-        "| needles | depth \\ length |"
-    } else {
-        "| depth \\ length |"
-    });
+    let mut t = String::from(if needles_column { "| needles | depth \\ length |" } else { "| depth \\ length |" });
     for l in &lengths {
         let _ = write!(t, " {l} |");
     }
-    t.push_str(if needles_column {
-        "\n|---:|---:|"
-    } else {
-        "\n|---:|"
-    });
+    t.push_str(if needles_column { "\n|---:|---:|" } else { "\n|---:|" });
     t.push_str(&"---:|".repeat(lengths.len()));
     t.push('\n');
     for &(needles, random, depth) in &rows {
@@ -246,10 +168,7 @@ pub fn grid_table(results: &[NiahResult]) -> String {
         }
         let _ = write!(t, "| {} |", depth_label((!random).then_some(depth)));
         for &l in &lengths {
-            match results
-                .iter()
-                .find(|r| r.seq_len == l && row_key(r) == (needles, random, depth))
-            {
+            match results.iter().find(|r| r.seq_len == l && row_key(r) == (needles, random, depth)) {
                 Some(r) => {
                     let _ = write!(t, " {:.3} |", r.accuracy);
                 }

@@ -82,13 +82,8 @@ impl<B: Backend> ModuleVisitor<B> for Named<B> {
 
 /// Every float parameter of a module, flattened, by the dotted path the optimizer and the
 /// checkpoints use (e.g. `blocks.1.mixer.BasedLinear.q.weight`), in module order.
-pub fn named_parameters<B: Backend, M: burn::module::Module<B>>(
-    module: &M,
-) -> Vec<(String, Tensor<B, 1>)> {
-    let mut v = Named {
-        path: Path::default(),
-        params: Vec::new(),
-    };
+pub fn named_parameters<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<(String, Tensor<B, 1>)> {
+    let mut v = Named { path: Path::default(), params: Vec::new() };
     module.visit(&mut v);
     v.params
 }
@@ -116,14 +111,8 @@ impl<B: AutodiffBackend, F: Fn(&str) -> bool> ModuleMapper<B> for Trainable<F> {
 
 /// `module` with only the parameters whose path `trainable` accepts left trainable (the
 /// paths of [`named_parameters`]); the rest are frozen.
-pub fn set_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: M,
-    trainable: impl Fn(&str) -> bool,
-) -> M {
-    module.map(&mut Trainable {
-        path: Path::default(),
-        trainable,
-    })
+pub fn set_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(module: M, trainable: impl Fn(&str) -> bool) -> M {
+    module.map(&mut Trainable { path: Path::default(), trainable })
 }
 
 struct Update<'a, B: AutodiffBackend> {
@@ -147,19 +136,8 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let name = self.path.name();
-        let decay = !self
-            .opt
-            .config
-            .no_decay
-            .iter()
-            .any(|pattern| name.contains(pattern.as_str()));
-        let updated = self.opt.update(
-            &name,
-            tensor.inner(),
-            grad * self.clip_scale,
-            self.lr,
-            decay,
-        );
+        let decay = !self.opt.config.no_decay.iter().any(|pattern| name.contains(pattern.as_str()));
+        let updated = self.opt.update(&name, tensor.inner(), grad * self.clip_scale, self.lr, decay);
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
     }
 }
@@ -174,31 +152,17 @@ pub struct StepInfo {
 
 impl<B: Backend> AdamW<B> {
     pub fn new(config: OptimConfig) -> Self {
-        Self {
-            config,
-            moments: BTreeMap::new(),
-            updates: 0,
-        }
+        Self { config, moments: BTreeMap::new(), updates: 0 }
     }
 
     /// One AdamW update of a parameter: `p ← p(1 − lr·wd) − lr·m̂/(√v̂ + ε)`.
-    fn update<const D: usize>(
-        &mut self,
-        name: &str,
-        p: Tensor<B, D>,
-        g: Tensor<B, D>,
-        lr: f64,
-        decay: bool,
-    ) -> Tensor<B, D> {
+    fn update<const D: usize>(&mut self, name: &str, p: Tensor<B, D>, g: Tensor<B, D>, lr: f64, decay: bool) -> Tensor<B, D> {
         let shape = p.shape();
         let n = shape.num_elements();
         let [b1, b2] = self.config.betas;
         let g = g.reshape([n]);
         let (m, v) = match self.moments.remove(name) {
-            Some(s) => (
-                s.m * b1 + g.clone() * (1.0 - b1),
-                s.v * b2 + g.powi_scalar(2) * (1.0 - b2),
-            ),
+            Some(s) => (s.m * b1 + g.clone() * (1.0 - b1), s.v * b2 + g.powi_scalar(2) * (1.0 - b2)),
             None => (g.clone() * (1.0 - b1), g.powi_scalar(2) * (1.0 - b2)),
         };
         let t = (self.updates + 1) as i32;
@@ -206,11 +170,7 @@ impl<B: Backend> AdamW<B> {
         let v_hat = v.clone() / (1.0 - b2.powi(t));
         let step = (m_hat / (v_hat.sqrt() + self.config.eps)).reshape(shape);
         self.moments.insert(name.to_string(), Moments { m, v });
-        let p = if decay && self.config.weight_decay > 0.0 {
-            p * (1.0 - lr * self.config.weight_decay)
-        } else {
-            p
-        };
+        let p = if decay && self.config.weight_decay > 0.0 { p * (1.0 - lr * self.config.weight_decay) } else { p };
         p - step * lr
     }
 }
@@ -222,30 +182,16 @@ impl<I: Backend> AdamW<I> {
         B: AutodiffBackend<InnerBackend = I>,
         M: AutodiffModule<B>,
     {
-        let mut norm = SquaredNorm::<B> {
-            grads: &grads,
-            total: None,
-        };
+        let mut norm = SquaredNorm::<B> { grads: &grads, total: None };
         module.visit(&mut norm);
-        let grad_norm = norm
-            .total
-            .map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt());
+        let grad_norm = norm.total.map_or(0.0, |t| t.into_scalar().elem::<f64>().sqrt());
         let max = self.config.grad_clip;
         let clipped = max > 0.0 && grad_norm > max;
-        let clip_scale = if clipped {
-            max / (grad_norm + 1e-6)
-        } else {
-            1.0
-        };
-        let mut update = Update::<B> {
-            opt: self,
-            grads,
-            path: Path::default(),
-            lr,
-            clip_scale,
-        };
+        let clip_scale = if clipped { max / (grad_norm + 1e-6) } else { 1.0 };
+        let mut update = Update::<B> { opt: self, grads, path: Path::default(), lr, clip_scale };
         let module = module.map(&mut update);
         self.updates += 1;
         (module, StepInfo { grad_norm, clipped })
     }
 }
+

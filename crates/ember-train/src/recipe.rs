@@ -19,12 +19,12 @@ mod error;
 pub use error::{ErrorKind, Origin, RecipeError};
 
 use doc::{dotted, parse_dotted, suggest, Locator, Seg};
+use ember_layers::mixer::KINDS;
+pub use ember_ops::precision::Precision;
 use ember_data::mqar::MqarConfig;
 use ember_data::niah::NiahConfig;
-use ember_layers::mixer::KINDS;
 use ember_layers::MixerConfig;
 use ember_models::LmConfig;
-pub use ember_ops::precision::Precision;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -37,9 +37,7 @@ pub const RECIPE_DIR: &str = "recipes";
 /// Backend names `train.device` accepts (optionally followed by `:INDEX`), as the CLI's
 /// `--device` understands them; which ones work depends on the features the binary was built
 /// with. `auto` picks the best one compiled in and present when the run starts.
-pub const DEVICES: &[&str] = &[
-    "auto", "cpu", "ndarray", "flex", "wgpu", "cuda", "tch-cpu", "tch-cuda",
-];
+pub const DEVICES: &[&str] = &["auto", "cpu", "ndarray", "flex", "wgpu", "cuda", "tch-cpu", "tch-cuda"];
 
 /// Devices whose kernels compute in f32/f64 only (Burn's ndarray backend).
 const F32_ONLY_DEVICES: &[&str] = &["cpu", "ndarray"];
@@ -81,24 +79,13 @@ pub struct RecipeSource {
 impl RecipeSource {
     /// An error about `key` (dotted), located at the line or `--set` that set it.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> RecipeError {
-        self.locator.error(
-            &parse_dotted(key),
-            ErrorKind::Invalid {
-                key: key.to_string(),
-                message: message.into(),
-            },
-        )
+        self.locator.error(&parse_dotted(key), ErrorKind::Invalid { key: key.to_string(), message: message.into() })
     }
 
     /// Resolves the path `key` holds: as written, then beside the recipe, then one directory
     /// up (the first that exists). The error names the key, `what` was expected and every
     /// place tried.
-    pub fn resolve_path(
-        &self,
-        key: &str,
-        what: &'static str,
-        path: &Path,
-    ) -> Result<PathBuf, RecipeError> {
+    pub fn resolve_path(&self, key: &str, what: &'static str, path: &Path) -> Result<PathBuf, RecipeError> {
         let mut tried = vec![path.to_path_buf()];
         if path.is_relative() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -116,15 +103,7 @@ impl RecipeSource {
         }
         match unique.iter().find(|p| p.exists()) {
             Some(found) => Ok(found.clone()),
-            None => Err(self.locator.error(
-                &parse_dotted(key),
-                ErrorKind::FileNotFound {
-                    key: key.to_string(),
-                    what,
-                    path: path.to_path_buf(),
-                    tried: unique,
-                },
-            )),
+            None => Err(self.locator.error(&parse_dotted(key), ErrorKind::FileNotFound { key: key.to_string(), what, path: path.to_path_buf(), tried: unique })),
         }
     }
 }
@@ -132,22 +111,11 @@ impl RecipeSource {
 /// Steps 2–4 of loading for any recipe-like document (a [`Recipe`], a linearization recipe):
 /// parse `text` as TOML, apply `--set` overrides, deserialize into `T` with errors naming the
 /// key and its line. Returns the value and its [`RecipeSource`].
-pub fn parse_document<T: DeserializeOwned>(
-    text: &str,
-    origin: &Path,
-    overrides: &[String],
-) -> Result<(T, RecipeSource), RecipeError> {
+pub fn parse_document<T: DeserializeOwned>(text: &str, origin: &Path, overrides: &[String]) -> Result<(T, RecipeSource), RecipeError> {
     let mut table: Table = text.parse().map_err(|e: toml::de::Error| {
         let (line, column) = e.span().map_or((1, 1), |s| doc::line_col(text, s.start));
         let message = e.message().trim().to_string();
-        RecipeError::new(
-            origin,
-            Origin::Line {
-                line,
-                column: Some(column),
-            },
-            ErrorKind::Syntax { message },
-        )
+        RecipeError::new(origin, Origin::Line { line, column: Some(column) }, ErrorKind::Syntax { message })
     })?;
     let mut locator = Locator::new(origin, text);
     locator.apply_overrides(&mut table, overrides)?;
@@ -161,15 +129,7 @@ pub fn parse_document<T: DeserializeOwned>(
         }
         header + &toml::to_string(&table).expect("a parsed TOML table serializes")
     };
-    Ok((
-        value,
-        RecipeSource {
-            path: origin.to_path_buf(),
-            text,
-            overrides: overrides.to_vec(),
-            locator,
-        },
-    ))
+    Ok((value, RecipeSource { path: origin.to_path_buf(), text, overrides: overrides.to_vec(), locator }))
 }
 
 impl PartialEq for RecipeSource {
@@ -325,9 +285,10 @@ pub struct TrainConfig {
     /// f32 master weights, optimizer state, reductions, norms and states). Default `"f32"`.
     #[serde(default = "default_dtype")]
     pub dtype: String,
-    /// Whether the chunked mixers run on ember's CubeCL kernels: `"auto"` (on the wgpu and cuda
-    /// devices, composed Burn ops elsewhere), `"on"` (an error on a device without them) or
-    /// `"off"` (composed Burn ops everywhere). Default `"auto"`.
+    /// Whether the chunked mixers run on ember's CubeCL kernels (wgpu and cuda only): `"auto"`
+    /// where they were measured faster than the composed Burn ops (`ember_ops::kernels::Variant`),
+    /// `"on"` for every chunked linear-attention form (an error on a device without kernels),
+    /// `"off"` never. Default `"auto"`.
     #[serde(default)]
     pub kernels: ember_ops::kernels::Kernels,
     /// Output directory for checkpoints and logs, relative to the current directory.
@@ -451,8 +412,7 @@ impl OptimConfig {
             LrSchedule::Constant => self.lr,
             LrSchedule::Cosine => {
                 let p = progress(t, n);
-                self.min_lr
-                    + (self.lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+                self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
             }
             LrSchedule::Wsd => {
                 let d = ((self.decay_fraction * total_steps as f64).ceil() as usize).min(n);
@@ -486,13 +446,7 @@ impl Recipe {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
         let path = Self::resolve_path(path)?;
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            RecipeError::new(
-                &path,
-                Origin::File,
-                ErrorKind::Read {
-                    message: e.to_string(),
-                },
-            )
+            RecipeError::new(&path, Origin::File, ErrorKind::Read { message: e.to_string() })
         })?;
         let mut recipe = Self::from_str(&text, &path, overrides)?;
         recipe.check_files()?;
@@ -503,11 +457,7 @@ impl Recipe {
     /// data paths later), applies `overrides` and validates. Does not touch the file system:
     /// data paths are left as written; call [`Recipe::check_files`] to resolve them.
     #[allow(clippy::should_implement_trait)]
-    pub fn from_str(
-        text: &str,
-        origin: &Path,
-        overrides: &[String],
-    ) -> Result<Recipe, RecipeError> {
+    pub fn from_str(text: &str, origin: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
         let (mut recipe, source): (Recipe, _) = parse_document(text, origin, overrides)?;
         if recipe.train.out_dir.as_os_str().is_empty() {
             recipe.train.out_dir = Path::new("checkpoints").join(&recipe.train.name);
@@ -527,10 +477,7 @@ impl Recipe {
         }
         let bare = recipe_arg.is_relative() && recipe_arg.components().count() == 1;
         if bare {
-            let in_dir: Vec<PathBuf> = tried
-                .iter()
-                .map(|p| Path::new(RECIPE_DIR).join(p))
-                .collect();
+            let in_dir: Vec<PathBuf> = tried.iter().map(|p| Path::new(RECIPE_DIR).join(p)).collect();
             tried.extend(in_dir);
         }
         for candidate in &tried {
@@ -542,16 +489,10 @@ impl Recipe {
             return Err(RecipeError::new(
                 recipe_arg,
                 Origin::File,
-                ErrorKind::Read {
-                    message: "is a directory, not a recipe file".into(),
-                },
+                ErrorKind::Read { message: "is a directory, not a recipe file".into() },
             ));
         }
-        Err(RecipeError::new(
-            recipe_arg,
-            Origin::File,
-            ErrorKind::NotFound { tried },
-        ))
+        Err(RecipeError::new(recipe_arg, Origin::File, ErrorKind::NotFound { tried }))
     }
 
     /// Optimizer steps of the run: `train.steps`, or `train.tokens` divided by the tokens per
@@ -579,9 +520,7 @@ impl Recipe {
     /// `from_str`; call it again after changing fields by hand). Touches no files.
     pub fn validate(&self) -> Result<(), RecipeError> {
         let fail = |key: &str, message: String| Err(self.error_at(key, message));
-        self.model
-            .validate()
-            .or_else(|(key, message)| fail(&key, message))?;
+        self.model.validate().or_else(|(key, message)| fail(&key, message))?;
 
         let d = &self.data;
         if d.seq_len == 0 {
@@ -592,17 +531,9 @@ impl Recipe {
         }
         if let Some(section) = d.synthetic_section() {
             if d.mqar.is_some() && d.niah.is_some() {
-                return fail(
-                    "data.niah",
-                    "a recipe trains on one synthetic task: remove [data.mqar] or [data.niah]"
-                        .into(),
-                );
+                return fail("data.niah", "a recipe trains on one synthetic task: remove [data.mqar] or [data.niah]".into());
             }
-            for (key, set) in [
-                ("data.tokenizer", d.tokenizer.is_some()),
-                ("data.train", d.train.is_some()),
-                ("data.valid", d.valid.is_some()),
-            ] {
+            for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some()), ("data.valid", d.valid.is_some())] {
                 if set {
                     return fail(key, format!("a recipe with [{section}] generates its own tokens and test set: remove this key"));
                 }
@@ -610,139 +541,76 @@ impl Recipe {
         }
         let model_vocab = self.model.vocab_size;
         if let Some(mqar) = &d.mqar {
-            mqar.validate(d.seq_len)
-                .or_else(|(key, message)| fail(&format!("data.mqar.{key}"), message))?;
+            mqar.validate(d.seq_len).or_else(|(key, message)| fail(&format!("data.mqar.{key}"), message))?;
             if model_vocab < mqar.vocab_size {
-                return fail(
-                    "model.vocab_size",
-                    format!(
-                        "must be at least data.mqar.vocab_size = {} (the task's token ids)",
-                        mqar.vocab_size
-                    ),
-                );
+                return fail("model.vocab_size", format!("must be at least data.mqar.vocab_size = {} (the task's token ids)", mqar.vocab_size));
             }
         }
         if let Some(niah) = &d.niah {
-            niah.validate(d.seq_len, model_vocab)
-                .or_else(|(key, message)| {
-                    // The vocabulary defaults to the model's: a mistake there is model.vocab_size's.
-                    let key = match key.as_str() {
-                        "vocab_size" if niah.vocab_size.is_none() => "model.vocab_size".to_string(),
-                        _ => format!("data.niah.{key}"),
-                    };
-                    fail(&key, message)
-                })?;
+            niah.validate(d.seq_len, model_vocab).or_else(|(key, message)| {
+                // The vocabulary defaults to the model's: a mistake there is model.vocab_size's.
+                let key = match key.as_str() {
+                    "vocab_size" if niah.vocab_size.is_none() => "model.vocab_size".to_string(),
+                    _ => format!("data.niah.{key}"),
+                };
+                fail(&key, message)
+            })?;
             if model_vocab < niah.vocab(model_vocab) {
-                return fail(
-                    "model.vocab_size",
-                    format!(
-                        "must be at least data.niah.vocab_size = {} (the task's token ids)",
-                        niah.vocab(model_vocab)
-                    ),
-                );
+                return fail("model.vocab_size", format!("must be at least data.niah.vocab_size = {} (the task's token ids)", niah.vocab(model_vocab)));
             }
         }
         if d.synthetic_section().is_none() {
-            for (key, set) in [
-                ("data.tokenizer", d.tokenizer.is_some()),
-                ("data.train", d.train.is_some()),
-            ] {
+            for (key, set) in [("data.tokenizer", d.tokenizer.is_some()), ("data.train", d.train.is_some())] {
                 if !set {
-                    let hint =
-                        " (or a [data.mqar] or [data.niah] section, to train on a synthetic task)"
-                            .to_string();
-                    return Err(self.source.locator.error(
-                        &parse_dotted(key),
-                        ErrorKind::MissingKey {
-                            key: key.into(),
-                            hint,
-                        },
-                    ));
+                    let hint = " (or a [data.mqar] or [data.niah] section, to train on a synthetic task)".to_string();
+                    return Err(self.source.locator.error(&parse_dotted(key), ErrorKind::MissingKey { key: key.into(), hint }));
                 }
             }
         }
 
         let o = &self.optim;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return fail(
-                "optim.lr",
-                format!("must be a positive number, got {}", o.lr),
-            );
+            return fail("optim.lr", format!("must be a positive number, got {}", o.lr));
         }
         for (i, beta) in o.betas.iter().enumerate() {
             if !(0.0..1.0).contains(beta) {
-                return fail(
-                    &format!("optim.betas[{i}]"),
-                    format!("must be in [0, 1), got {beta}"),
-                );
+                return fail(&format!("optim.betas[{i}]"), format!("must be in [0, 1), got {beta}"));
             }
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
             return fail("optim.eps", format!("must be positive, got {}", o.eps));
         }
         if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
-            return fail(
-                "optim.weight_decay",
-                format!("must be ≥ 0, got {}", o.weight_decay),
-            );
+            return fail("optim.weight_decay", format!("must be ≥ 0, got {}", o.weight_decay));
         }
         if !(o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            return fail(
-                "optim.min_lr",
-                format!("must be in [0, optim.lr = {}], got {}", o.lr, o.min_lr),
-            );
+            return fail("optim.min_lr", format!("must be in [0, optim.lr = {}], got {}", o.lr, o.min_lr));
         }
         if !(0.0..=1.0).contains(&o.decay_fraction) {
-            return fail(
-                "optim.decay_fraction",
-                format!("must be in [0, 1], got {}", o.decay_fraction),
-            );
+            return fail("optim.decay_fraction", format!("must be in [0, 1], got {}", o.decay_fraction));
         }
         if !(o.grad_clip >= 0.0 && o.grad_clip.is_finite()) {
-            return fail(
-                "optim.grad_clip",
-                format!("must be ≥ 0 (0 turns clipping off), got {}", o.grad_clip),
-            );
+            return fail("optim.grad_clip", format!("must be ≥ 0 (0 turns clipping off), got {}", o.grad_clip));
         }
         if o.grad_accum == 0 {
             return fail("optim.grad_accum", "must be at least 1".into());
         }
 
         let t = &self.train;
-        if t.name.is_empty()
-            || !t
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return fail(
-                "train.name",
-                format!(
-                    "{:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
-                    t.name
-                ),
-            );
+        if t.name.is_empty() || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return fail("train.name", format!("{:?} must be non-empty and use only letters, digits, '-', '_' and '.'", t.name));
         }
         if t.batch_size == 0 {
             return fail("train.batch_size", "must be at least 1".into());
         }
         match (t.steps, t.tokens) {
             (Some(_), Some(_)) => {
-                return fail(
-                    "train.tokens",
-                    "set either train.steps or train.tokens, not both".into(),
-                );
+                return fail("train.tokens", "set either train.steps or train.tokens, not both".into());
             }
             (None, None) => {
                 let path = parse_dotted("train.steps");
                 let hint = " (or train.tokens)".to_string();
-                return Err(self.source.locator.error(
-                    &path,
-                    ErrorKind::MissingKey {
-                        key: "train.steps".into(),
-                        hint,
-                    },
-                ));
+                return Err(self.source.locator.error(&path, ErrorKind::MissingKey { key: "train.steps".into(), hint }));
             }
             (Some(0), None) => return fail("train.steps", "must be at least 1".into()),
             (None, Some(0)) => return fail("train.tokens", "must be at least 1".into()),
@@ -768,25 +636,15 @@ impl Recipe {
         }
         if let Some(goal) = t.stop_accuracy {
             if !(goal > 0.0 && goal <= 1.0) {
-                return fail(
-                    "train.stop_accuracy",
-                    format!("must be in (0, 1], got {goal}"),
-                );
+                return fail("train.stop_accuracy", format!("must be in (0, 1], got {goal}"));
             }
         }
         let device = t.device.split(':').next().unwrap_or_default();
-        let index_ok = t
-            .device
-            .split_once(':')
-            .is_none_or(|(_, i)| i.parse::<usize>().is_ok());
+        let index_ok = t.device.split_once(':').is_none_or(|(_, i)| i.parse::<usize>().is_ok());
         if !DEVICES.contains(&device) || !index_ok {
             return fail(
                 "train.device",
-                format!(
-                    "unknown device {:?} (known: {}; a GPU index may follow, e.g. \"cuda:1\")",
-                    t.device,
-                    DEVICES.join(", ")
-                ),
+                format!("unknown device {:?} (known: {}; a GPU index may follow, e.g. \"cuda:1\")", t.device, DEVICES.join(", ")),
             );
         }
         match t.dtype.parse::<Precision>() {
@@ -804,10 +662,7 @@ impl Recipe {
             return fail("train.out_dir", "must not be empty".into());
         }
         if self.log.samples > 0 && self.log.sample_tokens == 0 {
-            return fail(
-                "log.sample_tokens",
-                "must be at least 1 when log.samples > 0".into(),
-            );
+            return fail("log.sample_tokens", "must be at least 1 when log.samples > 0".into());
         }
         Ok(())
     }
@@ -825,31 +680,13 @@ impl Recipe {
         let resolve = |key: &str, what: &'static str, path: &Path, want_file: bool| {
             let found = self.source.resolve_path(key, what, path)?;
             if want_file && !found.is_file() {
-                return Err(self.error_at(
-                    key,
-                    format!("{} is a directory, expected a file", found.display()),
-                ));
+                return Err(self.error_at(key, format!("{} is a directory, expected a file", found.display())));
             }
             Ok(found)
         };
-        let tokenizer = self
-            .data
-            .tokenizer
-            .as_ref()
-            .map(|p| resolve("data.tokenizer", "file", p, true))
-            .transpose()?;
-        let train = self
-            .data
-            .train
-            .as_ref()
-            .map(|p| resolve("data.train", "path", p, false))
-            .transpose()?;
-        let valid = self
-            .data
-            .valid
-            .as_ref()
-            .map(|p| resolve("data.valid", "path", p, false))
-            .transpose()?;
+        let tokenizer = self.data.tokenizer.as_ref().map(|p| resolve("data.tokenizer", "file", p, true)).transpose()?;
+        let train = self.data.train.as_ref().map(|p| resolve("data.train", "path", p, false)).transpose()?;
+        let valid = self.data.valid.as_ref().map(|p| resolve("data.valid", "path", p, false)).transpose()?;
         self.data.tokenizer = tokenizer;
         self.data.train = train;
         self.data.valid = valid;
@@ -891,11 +728,7 @@ impl Recipe {
             si(non_embed as f64),
             si((m.padded_vocab() * m.d_model) as f64)
         );
-        let _ = writeln!(
-            r,
-            "FLOPs/token forward {} at seq_len {seq} (output head included)",
-            si(fwd)
-        );
+        let _ = writeln!(r, "FLOPs/token forward {} at seq_len {seq} (output head included)", si(fwd));
         let _ = writeln!(
             r,
             "            training ≈ 3 × forward = {}; 6N approximation (N = non-embedding) = {}",
@@ -910,23 +743,14 @@ impl Recipe {
             self.optim.grad_accum,
             si(total_tokens)
         );
-        let _ = writeln!(
-            r,
-            "compute     ≈ {:.2e} training FLOPs (3 × forward × tokens)",
-            3.0 * fwd * total_tokens
-        );
+        let _ = writeln!(r, "compute     ≈ {:.2e} training FLOPs (3 × forward × tokens)", 3.0 * fwd * total_tokens);
         let _ = writeln!(
             r,
             "optimizer   AdamW lr {:e}, {} to {:e} after {} warm-up steps, weight decay {}, clip {}",
             self.optim.lr, self.optim.schedule, self.optim.min_lr, self.optim.warmup_steps, self.optim.weight_decay, self.optim.grad_clip
         );
         let _ = writeln!(r);
-        let name_w = layers
-            .iter()
-            .map(|l| l.mixer.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let name_w = layers.iter().map(|l| l.mixer.len()).max().unwrap_or(5).max(5);
         let _ = writeln!(
             r,
             "{:>5}  {:<name_w$}  {:<12}  {:>12}  {:>12}  {:>14}  {:>10}",
@@ -990,12 +814,8 @@ fn deserialize<T: DeserializeOwned>(table: &Table, locator: &Locator) -> Result<
     // `model.mixers.NAME`, so find the offending key ourselves; the tag `kind` itself gets our
     // own messages too.
     let mixer_name = match path.as_slice() {
-        [Seg::Key(a), Seg::Key(b), Seg::Key(name)] if a == "model" && b == "mixers" => {
-            Some(name.clone())
-        }
-        [Seg::Key(a), Seg::Key(b), Seg::Key(name), Seg::Key(k)]
-            if a == "model" && b == "mixers" && k == "kind" =>
-        {
+        [Seg::Key(a), Seg::Key(b), Seg::Key(name)] if a == "model" && b == "mixers" => Some(name.clone()),
+        [Seg::Key(a), Seg::Key(b), Seg::Key(name), Seg::Key(k)] if a == "model" && b == "mixers" && k == "kind" => {
             Some(name.clone())
         }
         _ => None,
@@ -1018,27 +838,13 @@ fn classify(path: &mut Vec<Seg>, message: &str, table: &Table, locator: &Locator
             path.push(Seg::Key(field.clone()));
         }
         let expected = ticks[1..].to_vec();
-        let kind = ErrorKind::UnknownKey {
-            key: dotted(path),
-            suggestion: suggest(field, &expected),
-            expected,
-        };
+        let kind = ErrorKind::UnknownKey { key: dotted(path), suggestion: suggest(field, &expected), expected };
         return locator.error(path, kind);
     }
     if let (true, Some(field)) = (message.starts_with("missing field "), ticks.first()) {
         path.push(Seg::Key(field.clone()));
-        let hint = if path.len() == 1 {
-            format!(" (the recipe needs a [{field}] section)")
-        } else {
-            String::new()
-        };
-        return locator.error(
-            path,
-            ErrorKind::MissingKey {
-                key: dotted(path),
-                hint,
-            },
-        );
+        let hint = if path.len() == 1 { format!(" (the recipe needs a [{field}] section)") } else { String::new() };
+        return locator.error(path, ErrorKind::MissingKey { key: dotted(path), hint });
     }
     let mut message = message.to_string();
     if let (true, Some(variant)) = (message.starts_with("unknown variant "), ticks.first()) {
@@ -1046,22 +852,12 @@ fn classify(path: &mut Vec<Seg>, message: &str, table: &Table, locator: &Locator
             message.push_str(&format!(" (did you mean {s:?}?)"));
         }
     }
-    locator.error(
-        path,
-        ErrorKind::Invalid {
-            key: dotted(path),
-            message,
-        },
-    )
+    locator.error(path, ErrorKind::Invalid { key: dotted(path), message })
 }
 
 /// Locates an error inside `[model.mixers.NAME]`, whose path serde does not report.
 fn mixer_error(mixer: &Table, name: &str, message: &str, locator: &Locator) -> RecipeError {
-    let base = vec![
-        Seg::Key("model".into()),
-        Seg::Key("mixers".into()),
-        Seg::Key(name.into()),
-    ];
+    let base = vec![Seg::Key("model".into()), Seg::Key("mixers".into()), Seg::Key(name.into())];
     let at = |key: &str| {
         let mut p = base.clone();
         p.push(Seg::Key(key.into()));
@@ -1071,59 +867,25 @@ fn mixer_error(mixer: &Table, name: &str, message: &str, locator: &Locator) -> R
     match mixer.get("kind") {
         None => {
             let path = at("kind");
-            let hint = format!(
-                " (every mixer table needs kind = one of: {})",
-                KINDS.join(", ")
-            );
-            return locator.error(
-                &path,
-                ErrorKind::MissingKey {
-                    key: dotted(&path),
-                    hint,
-                },
-            );
+            let hint = format!(" (every mixer table needs kind = one of: {})", KINDS.join(", "));
+            return locator.error(&path, ErrorKind::MissingKey { key: dotted(&path), hint });
         }
         Some(Value::String(kind)) if !KINDS.contains(&kind.as_str()) => {
             let path = at("kind");
-            let guess = suggest(kind, &kinds)
-                .map(|s| format!("did you mean {s:?}? "))
-                .unwrap_or_default();
-            let message = format!(
-                "unknown mixer kind {kind:?} ({guess}known: {})",
-                KINDS.join(", ")
-            );
-            return locator.error(
-                &path,
-                ErrorKind::Invalid {
-                    key: dotted(&path),
-                    message,
-                },
-            );
+            let guess = suggest(kind, &kinds).map(|s| format!("did you mean {s:?}? ")).unwrap_or_default();
+            let message = format!("unknown mixer kind {kind:?} ({guess}known: {})", KINDS.join(", "));
+            return locator.error(&path, ErrorKind::Invalid { key: dotted(&path), message });
         }
         Some(Value::String(_)) => {}
         Some(other) => {
             let path = at("kind");
-            let message = format!(
-                "invalid type: {}, expected a string (one of: {})",
-                doc::a_type(other),
-                KINDS.join(", ")
-            );
-            return locator.error(
-                &path,
-                ErrorKind::Invalid {
-                    key: dotted(&path),
-                    message,
-                },
-            );
+            let message = format!("invalid type: {}, expected a string (one of: {})", doc::a_type(other), KINDS.join(", "));
+            return locator.error(&path, ErrorKind::Invalid { key: dotted(&path), message });
         }
     }
     let mut path = base.clone();
     let ticks = backticked(message);
-    if message.starts_with("unknown field ")
-        && ticks
-            .first()
-            .is_some_and(|f| mixer.contains_key(f.as_str()))
-    {
+    if message.starts_with("unknown field ") && ticks.first().is_some_and(|f| mixer.contains_key(f.as_str())) {
         return classify(&mut path, message, &wrap(&base, mixer), locator);
     }
     // Another error (a wrong type or value): the culprit is the key whose removal changes it.
@@ -1187,12 +949,7 @@ fn lookup_table<'a>(table: &'a Table, path: &[Seg]) -> Option<&'a Table> {
 
 /// The `` `quoted` `` words of a serde message, in order.
 fn backticked(message: &str) -> Vec<String> {
-    message
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect()
+    message.split('`').skip(1).step_by(2).map(str::to_string).collect()
 }
 
 /// `361.8M`-style rendering.
@@ -1209,11 +966,7 @@ fn si(x: f64) -> String {
 /// `1.25 MiB`-style rendering.
 fn bytes(n: usize) -> String {
     let x = n as f64;
-    let units = [
-        (1024f64.powi(3), "GiB"),
-        (1024f64.powi(2), "MiB"),
-        (1024.0, "KiB"),
-    ];
+    let units = [(1024f64.powi(3), "GiB"), (1024f64.powi(2), "MiB"), (1024.0, "KiB")];
     for (scale, unit) in units {
         if x >= scale {
             return format!("{:.2} {unit}", x / scale);

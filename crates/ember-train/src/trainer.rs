@@ -11,9 +11,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::synthetic::{eval_batches, segment_batches, Dataset, Loader, Split, Task};
-use ember_data::{
-    open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, TrainLoader, IGNORE,
-};
+use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, TrainLoader, IGNORE};
 use ember_models::Lm;
 use ember_ops::precision::{cast_params, supported, to_f32, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -53,16 +51,9 @@ pub struct TrainReport {
 }
 
 /// Token ids of a batch as a `[batch, seq_len]` tensor.
-pub fn batch_tensor<B: Backend>(
-    ids: &[u32],
-    batch: &Batch,
-    device: &B::Device,
-) -> Tensor<B, 2, Int> {
+pub fn batch_tensor<B: Backend>(ids: &[u32], batch: &Batch, device: &B::Device) -> Tensor<B, 2, Int> {
     let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-    Tensor::from_data(
-        TensorData::new(ids, [batch.batch_size, batch.seq_len]),
-        device,
-    )
+    Tensor::from_data(TensorData::new(ids, [batch.batch_size, batch.seq_len]), device)
 }
 
 /// The losses of one batch, in f32: next-token cross-entropy (over the scored targets) and the
@@ -101,8 +92,7 @@ fn scored<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Score
         hidden
     } else {
         let index: Vec<i64> = positions.iter().map(|&i| i as i64).collect();
-        let rows =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), device);
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), device);
         hidden.reshape([b * t, d]).select(0, rows).unsqueeze::<3>()
     };
     let logits = to_f32(model.unembed(hidden));
@@ -119,23 +109,13 @@ fn scored<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Score
 /// model computes in (only the scored targets count).
 pub fn batch_losses<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> BatchLoss<B> {
     let s = scored(model, batch, device);
-    BatchLoss {
-        ce: cross_entropy(s.logits, &s.targets, device),
-        aux: s.aux,
-    }
+    BatchLoss { ce: cross_entropy(s.logits, &s.targets, device), aux: s.aux }
 }
 
 /// Mean cross-entropy of `logits: [n, vocab]` against `targets` (n ids).
-fn cross_entropy<B: Backend>(
-    logits: Tensor<B, 2>,
-    targets: &[i64],
-    device: &B::Device,
-) -> Tensor<B, 1> {
-    let targets =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [targets.len()]), device);
-    CrossEntropyLossConfig::new()
-        .init(device)
-        .forward(logits, targets)
+fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[i64], device: &B::Device) -> Tensor<B, 1> {
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [targets.len()]), device);
+    CrossEntropyLossConfig::new().init(device).forward(logits, targets)
 }
 
 /// Mean next-token cross-entropy of `model` on `batch` (see [`batch_losses`]).
@@ -162,22 +142,14 @@ pub struct Start<B: AutodiffBackend> {
 
 /// The training loss of `batch` with distillation: `(loss to minimise, cross-entropy)`. Zero KL
 /// when the student is the teacher.
-pub fn distill_losses<B: AutodiffBackend>(
-    model: &Lm<B>,
-    batch: &Batch,
-    d: &Distill<B::InnerBackend>,
-    device: &B::Device,
-) -> (Tensor<B, 1>, Tensor<B, 1>) {
+pub fn distill_losses<B: AutodiffBackend>(model: &Lm<B>, batch: &Batch, d: &Distill<B::InnerBackend>, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
     use burn::tensor::activation::{log_softmax, softmax};
     let s = scored(model, batch, device);
     let ce = cross_entropy(s.logits.clone(), &s.targets, device);
     let teacher = Tensor::<B, 2>::from_inner(scored(&d.teacher, batch, device).logits);
     let tau = d.temperature;
     let p = softmax(teacher.clone() / tau, 1);
-    let kl = (p * (log_softmax(teacher / tau, 1) - log_softmax(s.logits / tau, 1)))
-        .sum_dim(1)
-        .mean()
-        * (tau * tau);
+    let kl = (p * (log_softmax(teacher / tau, 1) - log_softmax(s.logits / tau, 1))).sum_dim(1).mean() * (tau * tau);
     let mut total = ce.clone() * d.ce_weight + kl * d.kl_weight;
     if let Some(aux) = s.aux {
         total = total + aux;
@@ -221,11 +193,7 @@ pub fn accumulated_grads<B: AutodiffBackend>(
         let total = total / accum as f64;
         accumulator.accumulate(model, GradientsParams::from_grads(total.backward(), model));
     }
-    StepGrads {
-        grads: accumulator.grads(),
-        loss: loss_sum / accum as f64,
-        tokens,
-    }
+    StepGrads { grads: accumulator.grads(), loss: loss_sum / accum as f64, tokens }
 }
 
 /// Loss and accuracy on evaluation batches.
@@ -251,14 +219,7 @@ pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device
         if n == 0 {
             continue;
         }
-        let predicted = s
-            .logits
-            .clone()
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .to_vec::<i64>()
-            .expect("int data");
+        let predicted = s.logits.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
         let ce = cross_entropy(s.logits, &s.targets, device);
         loss_sum += ce.into_scalar().elem::<f64>() * n as f64;
         targets += n;
@@ -302,15 +263,8 @@ pub fn evaluate_segments<B: Backend, T: Task>(
 /// Opens a recipe's text data source, preparing raw files into the cache on first use, and
 /// checks that the model's embedding can hold every token id in it.
 pub fn open_data(recipe: &Recipe, source: &Path) -> Result<TokenShards> {
-    let tokenizer = recipe
-        .data
-        .tokenizer
-        .as_deref()
-        .context("text data needs data.tokenizer")?;
-    let opts = PrepareOptions {
-        text_field: recipe.data.text_field.clone(),
-        ..Default::default()
-    };
+    let tokenizer = recipe.data.tokenizer.as_deref().context("text data needs data.tokenizer")?;
+    let opts = PrepareOptions { text_field: recipe.data.text_field.clone(), ..Default::default() };
     let data = open_source_with(source, tokenizer, &recipe.data.cache_dir, &opts)
         .with_context(|| format!("preparing data source {}", source.display()))?;
     if data.vocab_size() > recipe.model.vocab_size {
@@ -337,31 +291,17 @@ pub struct RunData {
 /// task (MQAR or NIAH; validation on at most `train.eval_batches` batches of the test set,
 /// spread over it).
 pub fn open_run_data(recipe: &Recipe, with_valid: bool) -> Result<RunData> {
-    let (seq_len, batch_size, seed) = (
-        recipe.data.seq_len,
-        recipe.train.batch_size,
-        recipe.train.seed,
-    );
+    let (seq_len, batch_size, seed) = (recipe.data.seq_len, recipe.train.batch_size, recipe.train.seed);
     if let Some(mqar) = &recipe.data.mqar {
-        let (train, test) = (
-            mqar.dataset(Split::Train, seq_len, seed),
-            mqar.dataset(Split::Test, seq_len, seed),
-        );
+        let (train, test) = (mqar.dataset(Split::Train, seq_len, seed), mqar.dataset(Split::Test, seq_len, seed));
         return synthetic_run_data(recipe, train, test, TrainLoader::Mqar, with_valid);
     }
     if let Some(niah) = &recipe.data.niah {
         let vocab = recipe.model.vocab_size;
-        let (train, test) = (
-            niah.dataset(Split::Train, seq_len, vocab, seed),
-            niah.dataset(Split::Test, seq_len, vocab, seed),
-        );
+        let (train, test) = (niah.dataset(Split::Train, seq_len, vocab, seed), niah.dataset(Split::Test, seq_len, vocab, seed));
         return synthetic_run_data(recipe, train, test, TrainLoader::Niah, with_valid);
     }
-    let train_path = recipe
-        .data
-        .train
-        .as_deref()
-        .context("text data needs data.train")?;
+    let train_path = recipe.data.train.as_deref().context("text data needs data.train")?;
     let train_data = open_data(recipe, train_path)?;
     let entropy = ember_data::unigram_entropy(&train_data);
     let valid = match (&recipe.data.valid, with_valid) {
@@ -372,11 +312,7 @@ pub fn open_run_data(recipe: &Recipe, with_valid: bool) -> Result<RunData> {
         _ => Vec::new(),
     };
     let loader = TrainLoader::Packed(PackedLoader::new(train_data, seq_len, batch_size, seed)?);
-    Ok(RunData {
-        loader,
-        valid,
-        unigram_entropy: Some(entropy),
-    })
+    Ok(RunData { loader, valid, unigram_entropy: Some(entropy) })
 }
 
 /// The [`RunData`] of a synthetic task's train and test sets.
@@ -393,18 +329,10 @@ fn synthetic_run_data<T: Task>(
         true => eval_batches(&test, batch_size, Some(recipe.train.eval_batches))?,
         false => Vec::new(),
     };
-    Ok(RunData {
-        loader,
-        valid,
-        unigram_entropy: None,
-    })
+    Ok(RunData { loader, valid, unigram_entropy: None })
 }
 
-pub fn train<B: AutodiffBackend>(
-    recipe: &Recipe,
-    opts: &TrainOptions,
-    device: &B::Device,
-) -> Result<TrainReport> {
+pub fn train<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<TrainReport> {
     train_from::<B>(recipe, opts, device, None)
 }
 
@@ -420,41 +348,20 @@ pub fn use_kernels<B: AutodiffBackend>(recipe: &Recipe, device: &B::Device) -> R
 
 /// [`train`], from `start`'s model (frozen where it says, distilling if it says) instead of a
 /// fresh one from the recipe's seed. A resumed run loads its checkpoint over that model.
-pub fn train_from<B: AutodiffBackend>(
-    recipe: &Recipe,
-    opts: &TrainOptions,
-    device: &B::Device,
-    start: Option<Start<B>>,
-) -> Result<TrainReport> {
+pub fn train_from<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device, start: Option<Start<B>>) -> Result<TrainReport> {
     let precision = recipe.train.precision();
     if !supported::<B>(precision, device) {
         bail!("{}", recipe.error_at("train.dtype", format!("this backend (device {device:?}) cannot compute in {precision} (ndarray and wgpu's WGSL shaders have no bf16; flex, tch and cuda do): use \"f32\"")));
     }
     use_kernels::<B>(recipe, device)?;
-    let RunData {
-        mut loader,
-        valid,
-        unigram_entropy,
-    } = open_run_data(recipe, true)?;
+    let RunData { mut loader, valid, unigram_entropy } = open_run_data(recipe, true)?;
 
     let (mut model, trainable, distill) = match start {
         Some(s) => (s.model, s.trainable, s.distill),
-        None => (
-            recipe.model.init_seeded(recipe.train.seed, device),
-            None,
-            None,
-        ),
+        None => (recipe.model.init_seeded(recipe.train.seed, device), None, None),
     };
     let mut optimizer = AdamW::<B::InnerBackend>::new(recipe.optim.clone());
-    let mut state = TrainerState {
-        step: 0,
-        tokens: 0,
-        loader: loader.state(),
-        elapsed_secs: 0.0,
-        last_val_loss: None,
-        last_val_accuracy: None,
-        finished: false,
-    };
+    let mut state = TrainerState { step: 0, tokens: 0, loader: loader.state(), elapsed_secs: 0.0, last_val_loss: None, last_val_accuracy: None, finished: false };
     if let Some(resume) = &opts.resume {
         let ckpt = checkpoint::resolve(resume)?;
         state = checkpoint::load_state(&ckpt)?;
@@ -465,14 +372,11 @@ pub fn train_from<B: AutodiffBackend>(
             .with_context(|| format!("resuming the data loader from {}", ckpt.display()))?;
     }
     if let Some(patterns) = &trainable {
-        model = crate::optim::set_trainable(model, |path| {
-            patterns.iter().any(|p| path.contains(p.as_str()))
-        });
+        model = crate::optim::set_trainable(model, |path| patterns.iter().any(|p| path.contains(p.as_str())));
     }
 
     let run_dir = recipe.train.out_dir.clone();
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let mut metrics = Metrics::open(&run_dir, recipe.log.jsonl, recipe.log.tensorboard)?;
     let total = recipe.steps();
     let stop = opts.stop_after.map_or(total, |s| s.min(total));
@@ -495,23 +399,9 @@ pub fn train_from<B: AutodiffBackend>(
     let (elapsed_before, tokens_before) = (state.elapsed_secs, state.tokens);
     while state.step < stop && !state.finished {
         let lr = recipe.optim.lr_at(state.step, total);
-        let StepGrads {
-            grads,
-            loss,
-            tokens,
-        } = accumulated_grads(
-            &model,
-            &mut loader,
-            accum,
-            precision,
-            distill.as_ref(),
-            device,
-        );
+        let StepGrads { grads, loss, tokens } = accumulated_grads(&model, &mut loader, accum, precision, distill.as_ref(), device);
         if !loss.is_finite() {
-            bail!(
-                "training diverged at step {}: loss is {loss} (last checkpoint is intact)",
-                state.step
-            );
+            bail!("training diverged at step {}: loss is {loss} (last checkpoint is intact)", state.step);
         }
         let (updated, info) = optimizer.step(model, grads, lr);
         model = updated;
@@ -519,8 +409,7 @@ pub fn train_from<B: AutodiffBackend>(
         state.tokens += tokens;
         state.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
         report.losses.push((state.step, loss));
-        let tok_s =
-            (state.tokens - tokens_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let tok_s = (state.tokens - tokens_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {:.0} tok/s", tok_s));
 
@@ -535,38 +424,24 @@ pub fn train_from<B: AutodiffBackend>(
             metrics.log(state.step, &values)?;
         }
         let last = state.step == stop;
-        if !valid.is_empty()
-            && (state.step % recipe.train.eval_interval == 0 || state.step == total)
-        {
+        if !valid.is_empty() && (state.step % recipe.train.eval_interval == 0 || state.step == total) {
             let eval = evaluate(&cast_params(model.valid(), precision), &valid, device);
             let val = eval.loss;
             state.last_val_loss = Some(val);
             state.last_val_accuracy = Some(eval.accuracy);
             report.val_losses.push((state.step, val));
             report.val_accuracies.push((state.step, eval.accuracy));
-            let values = [
-                ("valid/loss", val),
-                ("valid/perplexity", val.exp()),
-                ("valid/accuracy", eval.accuracy),
-            ];
+            let values = [("valid/loss", val), ("valid/perplexity", val.exp()), ("valid/accuracy", eval.accuracy)];
             metrics.log(state.step, &values)?;
             if !opts.quiet {
-                print_line(
-                    &bar,
-                    format!(
-                        "step {:>6}  valid loss {val:.4}  ppl {:.2}  accuracy {:.4}",
-                        state.step,
-                        val.exp(),
-                        eval.accuracy
-                    ),
-                );
+                print_line(&bar, format!(
+                    "step {:>6}  valid loss {val:.4}  ppl {:.2}  accuracy {:.4}",
+                    state.step,
+                    val.exp(),
+                    eval.accuracy
+                ));
             }
-            if recipe
-                .train
-                .stop_accuracy
-                .is_some_and(|goal| eval.accuracy >= goal)
-                && state.step < total
-            {
+            if recipe.train.stop_accuracy.is_some_and(|goal| eval.accuracy >= goal) && state.step < total {
                 report.stopped_early = true;
                 state.finished = true;
             }
@@ -589,8 +464,7 @@ pub fn train_from<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     report.final_step = state.step;
-    report.tokens_per_sec =
-        (state.tokens - tokens_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    report.tokens_per_sec = (state.tokens - tokens_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
     Ok(report)
 }
 
@@ -610,11 +484,9 @@ pub(crate) fn progress_bar(total: usize, at: usize, hidden: bool) -> ProgressBar
     }
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_position(at as u64);
     bar

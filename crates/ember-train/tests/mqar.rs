@@ -70,15 +70,11 @@ const ATTENTION: &str = "kind = \"attention\"\nheads = 2";
 fn recipe(dir: &Path, name: &str, mixer: &str, sets: &[&str]) -> Recipe {
     let text = recipe_text(name, mixer, &dir.join(name));
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    Recipe::from_str(&text, &dir.join(format!("{name}.toml")), &sets)
-        .unwrap_or_else(|e| panic!("{e}"))
+    Recipe::from_str(&text, &dir.join(format!("{name}.toml")), &sets).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn quiet() -> TrainOptions {
-    TrainOptions {
-        quiet: true,
-        ..Default::default()
-    }
+    TrainOptions { quiet: true, ..Default::default() }
 }
 
 #[test]
@@ -104,10 +100,7 @@ fn recipe_mistakes_name_the_key() {
     let e = err(&["train.stop_accuracy=1.5"]);
     assert_eq!(e.key(), Some("train.stop_accuracy"), "{e}");
     // Without [data.mqar] a recipe is a text recipe, and needs its tokenizer.
-    let (start, end) = (
-        text.find("[data.mqar]").unwrap(),
-        text.find("[optim]").unwrap(),
-    );
+    let (start, end) = (text.find("[data.mqar]").unwrap(), text.find("[optim]").unwrap());
     let text = format!("{}{}", &text[..start], &text[end..]);
     let e = Recipe::from_str(&text, &path, &[]).unwrap_err();
     assert_eq!(e.key(), Some("data.tokenizer"), "{e}");
@@ -128,35 +121,18 @@ fn accuracy_is_the_argmax_hit_rate_at_the_queries() {
     let mut per_sequence = Vec::new();
     for batch in &batches {
         let ids: Vec<i64> = batch.inputs.iter().map(|&t| t as i64).collect();
-        let logits = model.forward(Tensor::<I, 2, Int>::from_data(
-            TensorData::new(ids, [batch.batch_size, batch.seq_len]),
-            &device,
-        ));
-        let argmax: Vec<i64> = logits
-            .argmax(2)
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .unwrap();
+        let logits = model.forward(Tensor::<I, 2, Int>::from_data(TensorData::new(ids, [batch.batch_size, batch.seq_len]), &device));
+        let argmax: Vec<i64> = logits.argmax(2).into_data().convert::<i64>().to_vec().unwrap();
         for row in 0..batch.batch_size {
             let span = row * batch.seq_len..(row + 1) * batch.seq_len;
-            let queries: Vec<usize> = span
-                .filter(|&i| batch.targets[i] != ember_data::IGNORE)
-                .collect();
-            let hits = queries
-                .iter()
-                .filter(|&&i| argmax[i] == batch.targets[i] as i64)
-                .count();
+            let queries: Vec<usize> = span.filter(|&i| batch.targets[i] != ember_data::IGNORE).collect();
+            let hits = queries.iter().filter(|&&i| argmax[i] == batch.targets[i] as i64).count();
             per_sequence.push(hits as f64 / queries.len() as f64);
         }
     }
     let expected = per_sequence.iter().sum::<f64>() / per_sequence.len() as f64;
     assert_eq!(eval.sequences, per_sequence.len());
-    assert!(
-        (eval.accuracy - expected).abs() < 1e-12,
-        "{} vs {expected}",
-        eval.accuracy
-    );
+    assert!((eval.accuracy - expected).abs() < 1e-12, "{} vs {expected}", eval.accuracy);
     assert!(eval.loss.is_finite() && eval.loss > 0.0);
 }
 
@@ -167,40 +143,16 @@ fn attention_learns_to_recall_and_resumes_exactly() {
     let whole = recipe(dir.path(), "whole", ATTENTION, &[]);
     let report = train::<B>(&whole, &quiet(), &device).unwrap();
     let accuracy: Vec<f64> = report.val_accuracies.iter().map(|&(_, a)| a).collect();
-    eprintln!(
-        "attention MQAR validation accuracy {accuracy:?}, loss {:?}",
-        report.val_losses
-    );
+    eprintln!("attention MQAR validation accuracy {accuracy:?}, loss {:?}", report.val_losses);
     // Chance is about 1/32 (a value is one of 32 tokens): recall must be learned.
     assert!(*accuracy.last().unwrap() > 0.5, "{accuracy:?}");
 
     // 60 steps, stopped at 25 and resumed, equal 60 straight steps.
     let sets = ["train.steps=60", "train.eval_interval=30"];
-    let a = train::<B>(
-        &recipe(dir.path(), "straight", ATTENTION, &sets),
-        &quiet(),
-        &device,
-    )
-    .unwrap();
+    let a = train::<B>(&recipe(dir.path(), "straight", ATTENTION, &sets), &quiet(), &device).unwrap();
     let parts = recipe(dir.path(), "parts", ATTENTION, &sets);
-    let first = train::<B>(
-        &parts,
-        &TrainOptions {
-            stop_after: Some(25),
-            ..quiet()
-        },
-        &device,
-    )
-    .unwrap();
-    let second = train::<B>(
-        &parts,
-        &TrainOptions {
-            resume: Some(parts.train.out_dir.clone()),
-            ..quiet()
-        },
-        &device,
-    )
-    .unwrap();
+    let first = train::<B>(&parts, &TrainOptions { stop_after: Some(25), ..quiet() }, &device).unwrap();
+    let second = train::<B>(&parts, &TrainOptions { resume: Some(parts.train.out_dir.clone()), ..quiet() }, &device).unwrap();
     let resumed: Vec<_> = first.losses.iter().chain(&second.losses).cloned().collect();
     assert_eq!(resumed, a.losses);
     assert_eq!(second.val_accuracies.last(), a.val_accuracies.last());
@@ -211,37 +163,15 @@ fn a_run_stops_at_its_target_accuracy_and_stays_finished() {
     let dir = tempfile::tempdir().unwrap();
     let device = Default::default();
     // Recall above 0.3 comes within the first 100 of the 150 steps (it is ~0.9 at the end).
-    let r = recipe(
-        dir.path(),
-        "early",
-        ATTENTION,
-        &["train.stop_accuracy=0.3", "train.eval_interval=25"],
-    );
+    let r = recipe(dir.path(), "early", ATTENTION, &["train.stop_accuracy=0.3", "train.eval_interval=25"]);
     let report = train::<B>(&r, &quiet(), &device).unwrap();
     let step = report.final_step;
-    assert!(
-        report.stopped_early && step < 150 && step % 25 == 0,
-        "{report:?}"
-    );
+    assert!(report.stopped_early && step < 150 && step % 25 == 0, "{report:?}");
     assert!(report.val_accuracies.last().unwrap().1 >= 0.3);
-    assert!(report.val_accuracies[..report.val_accuracies.len() - 1]
-        .iter()
-        .all(|&(_, a)| a < 0.3));
-    assert!(report
-        .last_checkpoint
-        .as_ref()
-        .unwrap()
-        .ends_with(format!("step-{step:06}")));
+    assert!(report.val_accuracies[..report.val_accuracies.len() - 1].iter().all(|&(_, a)| a < 0.3));
+    assert!(report.last_checkpoint.as_ref().unwrap().ends_with(format!("step-{step:06}")));
     // Resuming a finished run trains no further.
-    let again = train::<B>(
-        &r,
-        &TrainOptions {
-            resume: Some(r.train.out_dir.clone()),
-            ..quiet()
-        },
-        &device,
-    )
-    .unwrap();
+    let again = train::<B>(&r, &TrainOptions { resume: Some(r.train.out_dir.clone()), ..quiet() }, &device).unwrap();
     assert_eq!((again.final_step, again.losses.len()), (step, 0));
 }
 
@@ -250,16 +180,9 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     let dir = tempfile::tempdir().unwrap();
     let suite = dir.path().join("suite");
     std::fs::create_dir_all(&suite).unwrap();
-    let mixers = [
-        ("attention", ATTENTION),
-        ("gla", "kind = \"gla\"\nheads = 2\nchunk_size = 16"),
-    ];
+    let mixers = [("attention", ATTENTION), ("gla", "kind = \"gla\"\nheads = 2\nchunk_size = 16")];
     for (name, mixer) in mixers {
-        std::fs::write(
-            suite.join(format!("{name}.toml")),
-            recipe_text(name, mixer, &dir.path().join("runs").join(name)),
-        )
-        .unwrap();
+        std::fs::write(suite.join(format!("{name}.toml")), recipe_text(name, mixer, &dir.path().join("runs").join(name))).unwrap();
     }
     let recipes: Vec<PathBuf> = ember_train::mqar::suite_recipes(&suite).unwrap();
     let opts = SuiteOptions {
@@ -272,32 +195,16 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     let device = Default::default();
     let rows = run_suite::<B>(&recipes, &opts, &device).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r.recipe.as_str()).collect();
-    assert_eq!(
-        names,
-        ["attention-d16", "attention-d32", "gla-d16", "gla-d32"]
-    );
+    assert_eq!(names, ["attention-d16", "attention-d32", "gla-d16", "gla-d32"]);
     for row in &rows {
         assert_eq!(row.steps, 12);
-        assert_eq!(
-            row.layers,
-            if row.recipe.starts_with("gla") {
-                "base_conv+gla"
-            } else {
-                "base_conv+attention"
-            }
-        );
-        let segments: Vec<(usize, usize)> =
-            row.results.iter().map(|s| (s.seq_len, s.pairs)).collect();
+        assert_eq!(row.layers, if row.recipe.starts_with("gla") { "base_conv+gla" } else { "base_conv+attention" });
+        let segments: Vec<(usize, usize)> = row.results.iter().map(|s| (s.seq_len, s.pairs)).collect();
         assert_eq!(segments, [(32, 2), (32, 4), (48, 6)]);
-        assert!(row
-            .results
-            .iter()
-            .all(|s| (0.0..=1.0).contains(&s.accuracy)));
+        assert!(row.results.iter().all(|s| (0.0..=1.0).contains(&s.accuracy)));
     }
     // Wider models hold more state.
-    assert!(
-        rows[1].state_floats > rows[0].state_floats && rows[3].state_floats > rows[2].state_floats
-    );
+    assert!(rows[1].state_floats > rows[0].state_floats && rows[3].state_floats > rows[2].state_floats);
     let metrics = dir.path().join("runs/gla-d32/metrics.jsonl");
     let before = std::fs::read_to_string(&metrics).unwrap();
     // A second run finds every run finished: it only evaluates, with the same results.
@@ -307,10 +214,7 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
         assert_eq!(a.results, b.results);
     }
     let table = suite_markdown(&rows);
-    assert!(
-        table.contains("| T=32, 2 pairs | T=32, 4 pairs | T=48, 6 pairs |"),
-        "{table}"
-    );
+    assert!(table.contains("| T=32, 2 pairs | T=32, 4 pairs | T=48, 6 pairs |"), "{table}");
     assert_eq!(table.lines().count(), 2 + rows.len());
     let written = write_suite(&rows, &dir.path().join("out"), "ember eval mqar --suite x").unwrap();
     let csv = std::fs::read_to_string(&written[1]).unwrap();

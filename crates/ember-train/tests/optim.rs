@@ -13,33 +13,15 @@ type B = Autodiff<NdArray<f32>>;
 fn recipe() -> Recipe {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/based-tiny.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    Recipe::from_str(
-        &text,
-        &path,
-        &[
-            "model.d_model=32".into(),
-            "model.vocab_size=64".into(),
-            "model.pad_vocab_to=1".into(),
-        ],
-    )
-    .unwrap()
+    Recipe::from_str(&text, &path, &["model.d_model=32".into(), "model.vocab_size=64".into(), "model.pad_vocab_to=1".into()]).unwrap()
 }
 
 fn values(model: &Lm<B>) -> Vec<(String, Vec<f32>)> {
-    named_parameters(&model.valid())
-        .into_iter()
-        .map(|(n, t)| (n, t.into_data().to_vec::<f32>().unwrap()))
-        .collect()
+    named_parameters(&model.valid()).into_iter().map(|(n, t)| (n, t.into_data().to_vec::<f32>().unwrap())).collect()
 }
 
 fn tokens() -> Tensor<B, 2, Int> {
-    Tensor::from_data(
-        TensorData::new(
-            (0..16).map(|i| (i * 5 % 64) as i64).collect::<Vec<_>>(),
-            [2, 8],
-        ),
-        &Default::default(),
-    )
+    Tensor::from_data(TensorData::new((0..16).map(|i| (i * 5 % 64) as i64).collect::<Vec<_>>(), [2, 8]), &Default::default())
 }
 
 #[test]
@@ -61,25 +43,12 @@ fn weight_decay_spares_the_no_decay_groups() {
         let exempt = r.optim.no_decay.iter().any(|p| name.contains(p.as_str()));
         for (x, y) in b.iter().zip(a) {
             let want = if exempt { *x } else { x * factor };
-            assert!(
-                (y - want).abs() <= 1e-6 * want.abs().max(1e-6),
-                "{name}: {x} -> {y}, want {want}"
-            );
+            assert!((y - want).abs() <= 1e-6 * want.abs().max(1e-6), "{name}: {x} -> {y}, want {want}");
         }
-        if exempt {
-            spared += 1
-        } else {
-            decayed += 1
-        }
+        if exempt { spared += 1 } else { decayed += 1 }
     }
-    assert!(
-        before.iter().any(|(n, _)| n.contains("norm"))
-            && before.iter().any(|(n, _)| n.starts_with("embed"))
-    );
-    assert!(
-        decayed > 0 && spared > 0,
-        "{decayed} decayed, {spared} spared"
-    );
+    assert!(before.iter().any(|(n, _)| n.contains("norm")) && before.iter().any(|(n, _)| n.starts_with("embed")));
+    assert!(decayed > 0 && spared > 0, "{decayed} decayed, {spared} spared");
 }
 
 #[test]
@@ -94,13 +63,7 @@ fn reported_gradient_norm_is_the_global_norm() {
     impl burn::module::ModuleVisitor<B> for Sum<'_> {
         fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
             if let Some(g) = self.0.get::<NdArray<f32>, D>(p.id) {
-                self.1 += g
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| (*v as f64).powi(2))
-                    .sum::<f64>();
+                self.1 += g.into_data().to_vec::<f32>().unwrap().iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
             }
         }
     }
@@ -109,11 +72,6 @@ fn reported_gradient_norm_is_the_global_norm() {
     let sq = sum.1;
     let mut opt = AdamW::<NdArray<f32>>::new(r.optim.clone());
     let (_, info) = opt.step(model, params, 1e-3);
-    assert!(
-        (info.grad_norm - sq.sqrt()).abs() <= 1e-4 * sq.sqrt(),
-        "{} vs {}",
-        info.grad_norm,
-        sq.sqrt()
-    );
+    assert!((info.grad_norm - sq.sqrt()).abs() <= 1e-4 * sq.sqrt(), "{} vs {}", info.grad_norm, sq.sqrt());
     assert_eq!(info.clipped, info.grad_norm > r.optim.grad_clip);
 }

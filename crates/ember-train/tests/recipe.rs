@@ -66,33 +66,18 @@ fn err(text: &str, overrides: &[&str]) -> RecipeError {
 /// `BASE` with the line `old` replaced by `new` (which may span several lines).
 fn edit(old: &str, new: &str) -> String {
     assert!(BASE.lines().any(|l| l == old), "BASE has no line {old:?}");
-    BASE.lines()
-        .map(|l| {
-            if l == old {
-                new.to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    BASE.lines().map(|l| if l == old { new.to_string() } else { l.to_string() }).collect::<Vec<_>>().join("\n")
 }
 
 /// 1-based number of the first line of `text` equal to `line`.
 fn line_of(text: &str, line: &str) -> usize {
-    text.lines()
-        .position(|l| l == line)
-        .unwrap_or_else(|| panic!("no line {line:?}"))
-        + 1
+    text.lines().position(|l| l == line).unwrap_or_else(|| panic!("no line {line:?}")) + 1
 }
 
 /// Asserts the error points at `line` of the file, is about `key`, and its message says `what`.
 fn assert_at(e: &RecipeError, line: usize, key: &str, what: &str) {
     let msg = e.to_string();
-    assert!(
-        msg.starts_with(&format!("{ORIGIN}:{line}: ")),
-        "expected {ORIGIN}:{line}: in {msg:?}"
-    );
+    assert!(msg.starts_with(&format!("{ORIGIN}:{line}: ")), "expected {ORIGIN}:{line}: in {msg:?}");
     assert_eq!(e.line(), Some(line), "{msg}");
     assert_eq!(e.key(), Some(key), "{msg}");
     assert!(msg.contains(what), "expected {what:?} in {msg:?}");
@@ -116,12 +101,7 @@ fn base_recipe_is_valid_and_fills_defaults() {
 
 // ---- shipped recipes ----
 
-const SHIPPED: &[&str] = &[
-    "based-360m.toml",
-    "attn-360m.toml",
-    "based-tiny.toml",
-    "attn-tiny.toml",
-];
+const SHIPPED: &[&str] = &["based-360m.toml", "attn-360m.toml", "based-tiny.toml", "attn-tiny.toml"];
 
 #[test]
 fn shipped_recipes_parse_and_validate() {
@@ -130,11 +110,7 @@ fn shipped_recipes_parse_and_validate() {
         let r = Recipe::from_str(&text, &path, &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(format!("{}.toml", r.train.name), *name);
         assert!(r.optim.warmup_steps < r.steps());
-        assert_eq!(
-            r.data.tokenizer.as_deref(),
-            Some(Path::new("data/tokenizer.json")),
-            "{name}"
-        );
+        assert_eq!(r.data.tokenizer.as_deref(), Some(Path::new("data/tokenizer.json")), "{name}");
         let report = r.check_report();
         let rows = report.lines().filter(|l| {
             let mut words = l.split_whitespace();
@@ -149,13 +125,8 @@ fn shipped_recipes_parse_and_validate() {
 fn shipped_recipes_load_with_the_bundled_data() {
     // The test runs in crates/ember-train, so `data/...` resolves through the recipe's parent dir.
     for name in SHIPPED {
-        let r =
-            Recipe::load(&repo().join("recipes").join(name), &[]).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            r.data.tokenizer.as_ref().unwrap().is_file(),
-            "{:?}",
-            r.data.tokenizer
-        );
+        let r = Recipe::load(&repo().join("recipes").join(name), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.data.tokenizer.as_ref().unwrap().is_file(), "{:?}", r.data.tokenizer);
         assert!(r.data.train.as_ref().unwrap().is_file());
         assert!(r.data.valid.as_ref().unwrap().is_file());
     }
@@ -178,10 +149,7 @@ fn based_360m_matches_the_reference_layout() {
         assert_eq!(kind, want, "layer {layer}");
     }
     assert_eq!(m.mlp.hidden_width(1024), 2048);
-    assert_eq!(
-        (r.optim.lr, r.optim.min_lr, r.optim.warmup_steps, r.steps()),
-        (8e-4, 8e-5, 200, 20000)
-    );
+    assert_eq!((r.optim.lr, r.optim.min_lr, r.optim.warmup_steps, r.steps()), (8e-4, 8e-5, 200, 20000));
     assert_eq!(r.tokens_per_step(), 256 * 2048);
     let n = m.num_params();
     assert!((355_000_000..370_000_000).contains(&n), "{n}");
@@ -196,10 +164,7 @@ fn attn_360m_has_a_matching_budget() {
     let attn = Recipe::from_str(&text, &path, &[]).unwrap();
     let (path, text) = shipped("based-360m.toml");
     let based = Recipe::from_str(&text, &path, &[]).unwrap();
-    let (a, b) = (
-        attn.model.num_params() as f64,
-        based.model.num_params() as f64,
-    );
+    let (a, b) = (attn.model.num_params() as f64, based.model.num_params() as f64);
     assert!((a / b - 1.0).abs() < 0.02, "attn {a} vs based {b}");
     assert!(attn.model.mixers.values().all(|m| m.kind() == "attention"));
     assert_eq!(attn.tokens_per_step(), based.tokens_per_step());
@@ -216,16 +181,7 @@ fn the_annotated_example_in_the_docs_is_a_valid_recipe() {
     // It claims to be based-tiny.toml spelled out.
     let (tiny_path, text) = shipped("based-tiny.toml");
     let tiny = Recipe::from_str(&text, &tiny_path, &[]).unwrap();
-    assert_eq!(
-        (
-            example.model,
-            example.data,
-            example.optim,
-            example.train,
-            example.log
-        ),
-        (tiny.model, tiny.data, tiny.optim, tiny.train, tiny.log)
-    );
+    assert_eq!((example.model, example.data, example.optim, example.train, example.log), (tiny.model, tiny.data, tiny.optim, tiny.train, tiny.log));
 }
 
 #[test]
@@ -238,16 +194,9 @@ fn the_docs_have_a_row_for_every_key() {
         if let toml::Value::Table(t) = v {
             for (k, child) in t {
                 let user_named = matches!(parent, Some("mixers" | "at"));
-                let row = if parent.is_none() {
-                    format!("| `[{k}]` |")
-                } else {
-                    format!("| `{k}` |")
-                };
+                let row = if parent.is_none() { format!("| `[{k}]` |") } else { format!("| `{k}` |") };
                 if !user_named {
-                    assert!(
-                        doc.contains(&row),
-                        "docs/RECIPES.md has no row {row:?} (under {parent:?})"
-                    );
+                    assert!(doc.contains(&row), "docs/RECIPES.md has no row {row:?} (under {parent:?})");
                     *seen += 1;
                 }
                 walk(child, Some(if user_named { "" } else { k }), doc, seen);
@@ -267,10 +216,7 @@ fn tiny_recipes_are_small() {
     for name in ["based-tiny.toml", "attn-tiny.toml"] {
         let (path, text) = shipped(name);
         let r = Recipe::from_str(&text, &path, &[]).unwrap();
-        assert_eq!(
-            (r.model.d_model, r.model.vocab_size, r.data.seq_len),
-            (128, 8192, 128)
-        );
+        assert_eq!((r.model.d_model, r.model.vocab_size, r.data.seq_len), (128, 8192, 128));
         assert!(r.model.num_params() < 3_000_000, "{}", r.model.num_params());
     }
 }
@@ -282,14 +228,8 @@ fn syntax_error_has_line_and_column() {
     let text = edit("d_model = 64", "d_model = = 64");
     let e = err(&text, &[]);
     let line = line_of(&text, "d_model = = 64");
-    assert!(
-        matches!(e.origin, Origin::Line { line: l, column: Some(_) } if l == line),
-        "{e}"
-    );
-    assert!(
-        e.to_string().starts_with(&format!("{ORIGIN}:{line}:")),
-        "{e}"
-    );
+    assert!(matches!(e.origin, Origin::Line { line: l, column: Some(_) } if l == line), "{e}");
+    assert!(e.to_string().starts_with(&format!("{ORIGIN}:{line}:")), "{e}");
     assert!(e.to_string().contains("TOML syntax error"), "{e}");
 }
 
@@ -297,12 +237,7 @@ fn syntax_error_has_line_and_column() {
 fn unknown_top_level_key() {
     let text = format!("{BASE}\n[logg]\nevery = 5\n");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "[logg]"),
-        "logg",
-        "unknown key logg (did you mean log?)",
-    );
+    assert_at(&e, line_of(&text, "[logg]"), "logg", "unknown key logg (did you mean log?)");
 }
 
 #[test]
@@ -311,10 +246,7 @@ fn unknown_nested_key_with_suggestion() {
     let e = err(&text, &[]);
     assert_eq!(
         e.to_string(),
-        format!(
-            "{ORIGIN}:{}: unknown key model.dmodel (did you mean d_model?)",
-            line_of(&text, "dmodel = 64")
-        )
+        format!("{ORIGIN}:{}: unknown key model.dmodel (did you mean d_model?)", line_of(&text, "dmodel = 64"))
     );
 }
 
@@ -322,51 +254,28 @@ fn unknown_nested_key_with_suggestion() {
 fn unknown_key_inside_a_mixer_table() {
     let text = edit("heads = 4", "headz = 4");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "headz = 4"),
-        "model.mixers.lin.headz",
-        "(did you mean heads?)",
-    );
+    assert_at(&e, line_of(&text, "headz = 4"), "model.mixers.lin.headz", "(did you mean heads?)");
 }
 
 #[test]
 fn wrong_type_inside_a_mixer_table() {
     let text = edit("feature_dim = 8", "feature_dim = \"eight\"");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "feature_dim = \"eight\""),
-        "model.mixers.lin.feature_dim",
-        "invalid type: string",
-    );
+    assert_at(&e, line_of(&text, "feature_dim = \"eight\""), "model.mixers.lin.feature_dim", "invalid type: string");
 }
 
 #[test]
 fn bad_enum_value_inside_a_mixer_table() {
-    let text = edit(
-        "feature_dim = 8",
-        "feature_dim = 8\nfeature_map = \"fancy\"",
-    );
+    let text = edit("feature_dim = 8", "feature_dim = 8\nfeature_map = \"fancy\"");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "feature_map = \"fancy\""),
-        "model.mixers.lin.feature_map",
-        "unknown variant `fancy`",
-    );
+    assert_at(&e, line_of(&text, "feature_map = \"fancy\""), "model.mixers.lin.feature_map", "unknown variant `fancy`");
 }
 
 #[test]
 fn unknown_mixer_kind_suggests_the_closest() {
     let text = edit("kind = \"based_linear\"", "kind = \"based_linaer\"");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "kind = \"based_linaer\""),
-        "model.mixers.lin.kind",
-        "did you mean \"based_linear\"?",
-    );
+    assert_at(&e, line_of(&text, "kind = \"based_linaer\""), "model.mixers.lin.kind", "did you mean \"based_linear\"?");
 }
 
 #[test]
@@ -374,12 +283,7 @@ fn mixer_kind_of_the_wrong_type() {
     let text = edit("kind = \"based_linear\"", "kind = 3");
     let e = err(&text, &[]);
     let kinds = ember_layers::mixer::KINDS.join(", ");
-    assert_at(
-        &e,
-        line_of(&text, "kind = 3"),
-        "model.mixers.lin.kind",
-        &format!("expected a string (one of: {kinds})"),
-    );
+    assert_at(&e, line_of(&text, "kind = 3"), "model.mixers.lin.kind", &format!("expected a string (one of: {kinds})"));
 }
 
 #[test]
@@ -387,11 +291,7 @@ fn mixer_without_kind() {
     let text = edit("kind = \"based_linear\"", "");
     let e = err(&text, &[]);
     assert_eq!(e.key(), Some("model.mixers.lin.kind"));
-    assert!(
-        e.to_string()
-            .starts_with(&format!("{ORIGIN}: missing key model.mixers.lin.kind")),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with(&format!("{ORIGIN}: missing key model.mixers.lin.kind")), "{e}");
 }
 
 #[test]
@@ -400,10 +300,7 @@ fn wrong_type_names_key_and_line() {
     let e = err(&text, &[]);
     assert_eq!(
         e.to_string(),
-        format!(
-            "{ORIGIN}:{}: key optim.lr: invalid type: string \"fast\", expected f64",
-            line_of(&text, "lr = \"fast\"")
-        )
+        format!("{ORIGIN}:{}: key optim.lr: invalid type: string \"fast\", expected f64", line_of(&text, "lr = \"fast\""))
     );
 }
 
@@ -411,46 +308,28 @@ fn wrong_type_names_key_and_line() {
 fn wrong_array_element_type() {
     let text = edit("at.lin = [1]", "at.lin = [1, \"two\"]");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "at.lin = [1, \"two\"]"),
-        "model.schedule.at.lin[1]",
-        "invalid type: string \"two\"",
-    );
+    assert_at(&e, line_of(&text, "at.lin = [1, \"two\"]"), "model.schedule.at.lin[1]", "invalid type: string \"two\"");
 }
 
 #[test]
 fn unknown_schedule_variant_suggests_the_closest() {
     let text = edit("warmup_steps = 2", "warmup_steps = 2\nschedule = \"cosin\"");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "schedule = \"cosin\""),
-        "optim.schedule",
-        "(did you mean \"cosine\"?)",
-    );
+    assert_at(&e, line_of(&text, "schedule = \"cosin\""), "optim.schedule", "(did you mean \"cosine\"?)");
 }
 
 #[test]
 fn negative_integer_for_a_size() {
     let text = edit("batch_size = 2", "batch_size = -2");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "batch_size = -2"),
-        "train.batch_size",
-        "invalid value: integer `-2`",
-    );
+    assert_at(&e, line_of(&text, "batch_size = -2"), "train.batch_size", "invalid value: integer `-2`");
 }
 
 #[test]
 fn missing_required_key() {
     let text = edit("batch_size = 2", "");
     let e = err(&text, &[]);
-    assert_eq!(
-        e.to_string(),
-        format!("{ORIGIN}: missing key train.batch_size")
-    );
+    assert_eq!(e.to_string(), format!("{ORIGIN}: missing key train.batch_size"));
     assert!(matches!(*e.kind, ErrorKind::MissingKey { .. }));
 }
 
@@ -460,10 +339,7 @@ fn missing_section() {
     let end = BASE.find("[train]").unwrap();
     let text = format!("{}{}", &BASE[..start], &BASE[end..]);
     let e = err(&text, &[]);
-    assert_eq!(
-        e.to_string(),
-        format!("{ORIGIN}: missing key optim (the recipe needs a [optim] section)")
-    );
+    assert_eq!(e.to_string(), format!("{ORIGIN}: missing key optim (the recipe needs a [optim] section)"));
 }
 
 // ---- errors: values ----
@@ -472,24 +348,14 @@ fn missing_section() {
 fn negative_learning_rate() {
     let text = edit("lr = 1e-3", "lr = -1e-3");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "lr = -1e-3"),
-        "optim.lr",
-        "must be a positive number",
-    );
+    assert_at(&e, line_of(&text, "lr = -1e-3"), "optim.lr", "must be a positive number");
 }
 
 #[test]
 fn schedule_names_a_missing_mixer() {
     let text = edit("at.lin = [1]", "at.lin = [1]\nat.swa = [2]");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "at.swa = [2]"),
-        "model.schedule.at.swa",
-        "no mixer named \"swa\"",
-    );
+    assert_at(&e, line_of(&text, "at.swa = [2]"), "model.schedule.at.swa", "no mixer named \"swa\"");
 }
 
 #[test]
@@ -509,66 +375,38 @@ fn schedule_layer_out_of_range() {
 fn mixer_validation_points_at_the_mixer_table() {
     let text = edit("heads = 4", "heads = 5");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "[model.mixers.lin]"),
-        "model.mixers.lin",
-        "divisible by heads (5)",
-    );
+    assert_at(&e, line_of(&text, "[model.mixers.lin]"), "model.mixers.lin", "divisible by heads (5)");
 }
 
 #[test]
 fn betas_must_be_below_one() {
     let text = edit("lr = 1e-3", "lr = 1e-3\nbetas = [0.9, 1.0]");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "betas = [0.9, 1.0]"),
-        "optim.betas[1]",
-        "must be in [0, 1)",
-    );
+    assert_at(&e, line_of(&text, "betas = [0.9, 1.0]"), "optim.betas[1]", "must be in [0, 1)");
 }
 
 #[test]
 fn min_lr_above_lr() {
     let text = edit("lr = 1e-3", "lr = 1e-3\nmin_lr = 1e-2");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "min_lr = 1e-2"),
-        "optim.min_lr",
-        "must be in [0, optim.lr",
-    );
+    assert_at(&e, line_of(&text, "min_lr = 1e-2"), "optim.min_lr", "must be in [0, optim.lr");
 }
 
 #[test]
 fn warmup_must_be_shorter_than_training() {
     let text = edit("warmup_steps = 2", "warmup_steps = 10");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "warmup_steps = 10"),
-        "optim.warmup_steps",
-        "smaller than the number of training steps (10)",
-    );
+    assert_at(&e, line_of(&text, "warmup_steps = 10"), "optim.warmup_steps", "smaller than the number of training steps (10)");
 }
 
 #[test]
 fn steps_and_tokens_are_exclusive() {
     let text = edit("steps = 10", "steps = 10\ntokens = 1000");
     let e = err(&text, &[]);
-    assert_at(
-        &e,
-        line_of(&text, "tokens = 1000"),
-        "train.tokens",
-        "not both",
-    );
+    assert_at(&e, line_of(&text, "tokens = 1000"), "train.tokens", "not both");
 
     let e = err(&edit("steps = 10", ""), &[]);
-    assert_eq!(
-        e.to_string(),
-        format!("{ORIGIN}: missing key train.steps (or train.tokens)")
-    );
+    assert_eq!(e.to_string(), format!("{ORIGIN}: missing key train.steps (or train.tokens)"));
 }
 
 #[test]
@@ -578,11 +416,7 @@ fn tokens_give_steps_rounded_up() {
     let r = parse(&text, &["optim.grad_accum=3"]).unwrap();
     assert_eq!(r.tokens_per_step(), 192);
     assert_eq!(r.steps(), 6); // ceil(1000 / 192)
-    let r = parse(
-        &edit("steps = 10", "tokens = 1152"),
-        &["optim.grad_accum=3"],
-    )
-    .unwrap();
+    let r = parse(&edit("steps = 10", "tokens = 1152"), &["optim.grad_accum=3"]).unwrap();
     assert_eq!(r.steps(), 6);
 }
 
@@ -626,10 +460,7 @@ fn unknown_device() {
     assert_eq!(e.key(), Some("train.device"));
     assert!(parse(BASE, &["train.device=cuda:1"]).is_ok());
     assert!(parse(BASE, &["train.device=tch-cpu"]).is_ok());
-    assert_eq!(
-        err(BASE, &["train.device=cuda:x"]).key(),
-        Some("train.device")
-    );
+    assert_eq!(err(BASE, &["train.device=cuda:x"]).key(), Some("train.device"));
 }
 
 // ---- --set overrides ----
@@ -661,10 +492,7 @@ fn overrides_change_values_and_are_recorded() {
     // The saved text is the final recipe: it parses to the same thing without the overrides.
     assert!(r.source.text.contains("--set optim.lr=3e-4"));
     let again = Recipe::from_str(&r.source.text, Path::new(ORIGIN), &[]).unwrap();
-    assert_eq!(
-        (again.model, again.data, again.optim, again.train, again.log),
-        (r.model, r.data, r.optim, r.train, r.log)
-    );
+    assert_eq!((again.model, again.data, again.optim, again.train, again.log), (r.model, r.data, r.optim, r.train, r.log));
 }
 
 #[test]
@@ -676,10 +504,7 @@ fn override_with_a_bad_value_names_the_set() {
 #[test]
 fn override_of_an_unknown_key() {
     let e = err(BASE, &["model.dmodel=3"]);
-    assert_eq!(
-        e.to_string(),
-        format!("{ORIGIN}: --set model.dmodel=3: unknown key model.dmodel (did you mean d_model?)")
-    );
+    assert_eq!(e.to_string(), format!("{ORIGIN}: --set model.dmodel=3: unknown key model.dmodel (did you mean d_model?)"));
 }
 
 #[test]
@@ -693,37 +518,18 @@ fn override_inside_a_mixer_table() {
 fn override_on_a_mixer_the_recipe_lacks() {
     let e = err(BASE, &["model.mixers.linn.window=32"]);
     let msg = e.to_string();
-    assert_eq!(
-        e.origin,
-        Origin::Set("model.mixers.linn.window=32".into()),
-        "{msg}"
-    );
+    assert_eq!(e.origin, Origin::Set("model.mixers.linn.window=32".into()), "{msg}");
     assert_eq!(e.key(), Some("model.mixers.linn.kind"), "{msg}");
-    assert!(
-        msg.contains("the recipe has no model.mixers.linn") && msg.contains("did you mean lin?"),
-        "{msg}"
-    );
+    assert!(msg.contains("the recipe has no model.mixers.linn") && msg.contains("did you mean lin?"), "{msg}");
 }
 
 #[test]
 fn table_level_error_mentions_the_override_below_it() {
     // validate() reports MLP problems on the whole `model.mlp` table.
-    let text = edit(
-        "n_layers = 4",
-        "n_layers = 4\n\n[model.mlp]\nhidden_mult = 2.0",
-    );
+    let text = edit("n_layers = 4", "n_layers = 4\n\n[model.mlp]\nhidden_mult = 2.0");
     let e = err(&text, &["model.mlp.hidden=0"]);
-    assert_at(
-        &e,
-        line_of(&text, "[model.mlp]"),
-        "model.mlp",
-        "MLP width must be positive",
-    );
-    assert!(
-        e.to_string()
-            .ends_with("(note: changed by --set model.mlp.hidden=0)"),
-        "{e}"
-    );
+    assert_at(&e, line_of(&text, "[model.mlp]"), "model.mlp", "MLP width must be positive");
+    assert!(e.to_string().ends_with("(note: changed by --set model.mlp.hidden=0)"), "{e}");
     // Without a [model.mlp] in the file, the --set created the table and is blamed directly.
     let e = err(BASE, &["model.mlp.hidden=0"]);
     assert_eq!(e.origin, Origin::Set("model.mlp.hidden=0".into()), "{e}");
@@ -742,10 +548,7 @@ fn malformed_overrides() {
         assert_eq!(e.origin, Origin::Set(arg.into()), "{e}");
         assert!(matches!(*e.kind, ErrorKind::Override { .. }), "{e}");
         let msg = e.to_string();
-        assert!(
-            msg.starts_with(&format!("{ORIGIN}: --set {arg}: bad override: ")),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("{ORIGIN}: --set {arg}: bad override: ")), "{msg}");
         assert!(msg.contains(what), "{arg}: {msg}");
     }
 }
@@ -806,30 +609,15 @@ fn missing_data_file() {
     let e = Recipe::load(&recipe, &[]).unwrap_err();
     let msg = e.to_string();
     let line = line_of(BASE, "train = \"train.jsonl\"");
-    assert!(
-        msg.starts_with(&format!(
-            "{}:{line}: key data.train: path train.jsonl not found (looked at: train.jsonl, ",
-            recipe.display()
-        )),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(&dir.path().join("recipes/train.jsonl").display().to_string()),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&format!("{}:{line}: key data.train: path train.jsonl not found (looked at: train.jsonl, ", recipe.display())), "{msg}");
+    assert!(msg.contains(&dir.path().join("recipes/train.jsonl").display().to_string()), "{msg}");
 
     // The tokenizer must exist too, and is checked first; an override is blamed as such.
     let nope = dir.path().join("nope.json");
     let arg = format!("data.tokenizer={:?}", nope.display().to_string());
     let e = Recipe::load(&recipe, std::slice::from_ref(&arg)).unwrap_err();
     assert_eq!(e.origin, Origin::Set(arg));
-    assert!(
-        e.to_string().contains(&format!(
-            "key data.tokenizer: file {} not found",
-            nope.display()
-        )),
-        "{e}"
-    );
+    assert!(e.to_string().contains(&format!("key data.tokenizer: file {} not found", nope.display())), "{e}");
 }
 
 #[test]
@@ -849,10 +637,7 @@ fn loading_writes_nothing() {
     let before = listing(dir.path());
     let r = Recipe::load(
         &recipe,
-        &[
-            format!("train.out_dir={:?}", out.display().to_string()),
-            format!("data.cache_dir={:?}", cache.display().to_string()),
-        ],
+        &[format!("train.out_dir={:?}", out.display().to_string()), format!("data.cache_dir={:?}", cache.display().to_string())],
     )
     .unwrap();
     assert_eq!(r.train.out_dir, out);
@@ -868,36 +653,22 @@ fn resolve_path_lists_where_it_looked() {
     let e = Recipe::resolve_path(Path::new("no-such-recipe")).unwrap_err();
     assert!(matches!(*e.kind, ErrorKind::NotFound { .. }));
     let msg = e.to_string();
-    for place in [
-        "no-such-recipe",
-        "no-such-recipe.toml",
-        "recipes/no-such-recipe",
-        "recipes/no-such-recipe.toml",
-    ] {
+    for place in ["no-such-recipe", "no-such-recipe.toml", "recipes/no-such-recipe", "recipes/no-such-recipe.toml"] {
         assert!(msg.contains(place), "{place} not in {msg}");
     }
     // An existing path is returned as is; a missing extension is added.
     let full = repo().join("recipes/based-tiny.toml");
     assert_eq!(Recipe::resolve_path(&full).unwrap(), full);
-    assert_eq!(
-        Recipe::resolve_path(&repo().join("recipes/based-tiny")).unwrap(),
-        full
-    );
+    assert_eq!(Recipe::resolve_path(&repo().join("recipes/based-tiny")).unwrap(), full);
 }
 
 #[test]
 fn error_at_locates_later_checks() {
     let r = parse(BASE, &[]).unwrap();
-    let e = r.error_at(
-        "model.vocab_size",
-        "smaller than the tokenizer's 8192 tokens",
-    );
+    let e = r.error_at("model.vocab_size", "smaller than the tokenizer's 8192 tokens");
     assert_eq!(
         e.to_string(),
-        format!(
-            "{ORIGIN}:{}: key model.vocab_size: smaller than the tokenizer's 8192 tokens",
-            line_of(BASE, "vocab_size = 256")
-        )
+        format!("{ORIGIN}:{}: key model.vocab_size: smaller than the tokenizer's 8192 tokens", line_of(BASE, "vocab_size = 256"))
     );
 }
 
@@ -905,13 +676,7 @@ fn error_at_locates_later_checks() {
 
 fn optim(schedule: LrSchedule) -> OptimConfig {
     let r = parse(BASE, &[]).unwrap();
-    OptimConfig {
-        lr: 1.0,
-        min_lr: 0.1,
-        warmup_steps: 10,
-        schedule,
-        ..r.optim
-    }
+    OptimConfig { lr: 1.0, min_lr: 0.1, warmup_steps: 10, schedule, ..r.optim }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -935,10 +700,7 @@ fn cosine_reaches_min_lr_at_the_last_step() {
     assert!(close(o.lr_at(100, total), 0.1));
     assert!(close(o.lr_at(500, total), 0.1));
     for s in 10..100 {
-        assert!(
-            o.lr_at(s + 1, total) < o.lr_at(s, total),
-            "not decreasing at {s}"
-        );
+        assert!(o.lr_at(s + 1, total) < o.lr_at(s, total), "not decreasing at {s}");
     }
 }
 
@@ -951,10 +713,7 @@ fn wsd_is_flat_then_decays_linearly() {
     assert!(o.lr_at(81, 100) < 1.0);
     assert!(close(o.lr_at(90, 100), 1.0 - 0.9 * 10.0 / 19.0));
     assert!(close(o.lr_at(99, 100), 0.1));
-    let o = OptimConfig {
-        decay_fraction: 0.0,
-        ..o
-    };
+    let o = OptimConfig { decay_fraction: 0.0, ..o };
     assert!(close(o.lr_at(99, 100), 1.0));
 }
 

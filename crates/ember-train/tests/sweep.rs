@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 type B = Autodiff<NdArray<f32>>;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 /// A sweep over the tiny recipes, shrunk to steps of 2 × 32 tokens, written into `dir`.
@@ -56,10 +53,7 @@ fn a_grid_expands_to_every_combination() {
     assert_eq!(runs.len(), 2 * 2 * 2 * 2);
     for run in &runs {
         let r = &run.recipe;
-        assert_eq!(
-            (r.model.d_model, r.model.n_layers),
-            (run.shape.d_model, run.shape.n_layers)
-        );
+        assert_eq!((r.model.d_model, r.model.n_layers), (run.shape.d_model, run.shape.n_layers));
         assert_eq!(r.optim.lr, run.lr);
         assert_eq!(r.train.out_dir, dir.path().join("out/runs").join(&run.name));
         // 64 tokens a step: 640 tokens are 10 steps.
@@ -70,10 +64,7 @@ fn a_grid_expands_to_every_combination() {
         assert!(run.name.starts_with(&run.arch));
     }
     // BASED's pattern holds at 3 layers: conv, linear, swa.
-    let based = runs
-        .iter()
-        .find(|r| r.arch == "based" && r.shape.n_layers == 3)
-        .unwrap();
+    let based = runs.iter().find(|r| r.arch == "based" && r.shape.n_layers == 3).unwrap();
     assert_eq!(based.recipe.model.layer_mixers(), ["conv", "linear", "swa"]);
     let mut names: Vec<_> = runs.iter().map(|r| r.name.clone()).collect();
     names.dedup();
@@ -96,20 +87,12 @@ fn an_isoflop_design_spends_each_budget_on_every_size() {
         assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
         for (r, target) in mine[..3].iter().zip([2e4, 6e4, 2e5]) {
             assert_eq!(r.shape.d_model % 32, 0);
-            assert!(
-                (r.n_params as f64 / target).ln().abs() < 2f64.ln(),
-                "{} for {target}",
-                r.n_params
-            );
+            assert!((r.n_params as f64 / target).ln().abs() < 2f64.ln(), "{} for {target}", r.n_params);
         }
         for r in &mine {
             // D = C / 6N, rounded to whole steps of 64 tokens (at least one).
             let exact = r.budget.unwrap() / (6.0 * r.n_params as f64);
-            assert!(
-                (r.tokens - exact).abs() <= 32.0 || r.tokens == 64.0,
-                "{} tokens for {exact}",
-                r.tokens
-            );
+            assert!((r.tokens - exact).abs() <= 32.0 || r.tokens == 64.0, "{} tokens for {exact}", r.tokens);
             assert_eq!(r.tokens, r.recipe.steps() as f64 * 64.0);
         }
     }
@@ -118,35 +101,19 @@ fn an_isoflop_design_spends_each_budget_on_every_size() {
 #[test]
 fn sweep_mistakes_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let err = |axes: &str| {
-        Sweep::load(&sweep_file(dir.path(), axes))
-            .unwrap_err()
-            .to_string()
-    };
-    assert!(
-        err("design = \"grid\"\nshapes = [{ d_model = 32, n_layers = 2 }]")
-            .contains("sweep.tokens")
-    );
-    assert!(
-        err("design = \"isoflop\"\nshapes = [{ d_model = 32, n_layers = 2 }]\ntokens = [1]")
-            .contains("sweep.flops")
-    );
+    let err = |axes: &str| Sweep::load(&sweep_file(dir.path(), axes)).unwrap_err().to_string();
+    assert!(err("design = \"grid\"\nshapes = [{ d_model = 32, n_layers = 2 }]").contains("sweep.tokens"));
+    assert!(err("design = \"isoflop\"\nshapes = [{ d_model = 32, n_layers = 2 }]\ntokens = [1]").contains("sweep.flops"));
     assert!(err("design = \"grid\"\ntokens = [64]").contains("sweep.shapes"));
-    assert!(
-        err("design = \"grid\"\nshapes = [{ d_model = 32, n_layers = 2 }]\ntokens = [-1]")
-            .contains("sweep.tokens")
-    );
+    assert!(err("design = \"grid\"\nshapes = [{ d_model = 32, n_layers = 2 }]\ntokens = [-1]").contains("sweep.tokens"));
     let e = err("design = \"grid\"\nshapes = [{ d_model = 32, n_layer = 2 }]\ntokens = [64]");
     assert!(e.contains("sweep.toml:") && e.contains("n_layer"), "{e}");
     // A shape the base recipe cannot take names the arch.
-    let e = Sweep::load(&sweep_file(
-        dir.path(),
-        "design = \"grid\"\nshapes = [{ d_model = 30, n_layers = 2 }]\ntokens = [64]",
-    ))
-    .unwrap()
-    .expand()
-    .unwrap_err()
-    .to_string();
+    let e = Sweep::load(&sweep_file(dir.path(), "design = \"grid\"\nshapes = [{ d_model = 30, n_layers = 2 }]\ntokens = [64]"))
+        .unwrap()
+        .expand()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("arch") && e.contains("model.mixers"), "{e}");
 }
 
@@ -160,33 +127,13 @@ fn runs_are_skipped_when_finished_and_resumed_when_interrupted() {
     let device = Default::default();
     // One run is interrupted after 3 of its steps.
     let interrupted = &runs[1];
-    train::<B>(
-        &interrupted.recipe,
-        &TrainOptions {
-            stop_after: Some(3),
-            quiet: true,
-            ..Default::default()
-        },
-        &device,
-    )
-    .unwrap();
+    train::<B>(&interrupted.recipe, &TrainOptions { stop_after: Some(3), quiet: true, ..Default::default() }, &device).unwrap();
     let (results, _) = collect::collect(&runs).unwrap();
     assert_eq!((results[1].steps_done, results[1].finished), (3, false));
-    assert!(results
-        .iter()
-        .enumerate()
-        .all(|(i, r)| i == 1 || r.steps_done == 0));
+    assert!(results.iter().enumerate().all(|(i, r)| i == 1 || r.steps_done == 0));
 
     let actions = run_all::<B>(&runs, 2, true, &device).unwrap();
-    assert_eq!(
-        actions,
-        [
-            RunAction::Trained,
-            RunAction::Resumed,
-            RunAction::Trained,
-            RunAction::Trained
-        ]
-    );
+    assert_eq!(actions, [RunAction::Trained, RunAction::Resumed, RunAction::Trained, RunAction::Trained]);
     let (results, points) = collect::collect(&runs).unwrap();
     for (r, run) in results.iter().zip(&runs) {
         assert!(r.finished && r.steps_done == run.recipe.steps(), "{r:?}");
@@ -216,22 +163,10 @@ fn the_slurm_script_is_valid_bash_naming_every_run() {
         let text = script(kind, &sweep, &runs, dir.path(), &["--gres=gpu:1".into()]);
         let path = dir.path().join("s.sh");
         std::fs::write(&path, &text).unwrap();
-        let check = std::process::Command::new("bash")
-            .arg("-n")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "{}\n{text}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        let check = std::process::Command::new("bash").arg("-n").arg(&path).output().unwrap();
+        assert!(check.status.success(), "{}\n{text}", String::from_utf8_lossy(&check.stderr));
         for run in &runs {
-            assert!(
-                text.contains(&format!("'{}'", run.name)),
-                "{} missing",
-                run.name
-            );
+            assert!(text.contains(&format!("'{}'", run.name)), "{} missing", run.name);
         }
         if kind == Emit::Slurm {
             assert!(text.contains(&format!("#SBATCH --array=0-{}", runs.len() - 1)));

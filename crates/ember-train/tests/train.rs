@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 type B = Autodiff<NdArray<f32>>;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 /// based-tiny.toml shrunk to run in seconds, writing into `out`.
@@ -34,22 +31,10 @@ fn tiny_from(name: &str, out: &Path, extra: &[&str]) -> Recipe {
         "train.eval_batches=2".into(),
         "train.checkpoint_interval=4".into(),
         format!("train.out_dir={:?}", out.display().to_string()),
-        format!(
-            "data.cache_dir={:?}",
-            out.join("cache").display().to_string()
-        ),
-        format!(
-            "data.tokenizer={:?}",
-            root.join("data/tokenizer.json").display().to_string()
-        ),
-        format!(
-            "data.train={:?}",
-            root.join("data/corpus/train.jsonl").display().to_string()
-        ),
-        format!(
-            "data.valid={:?}",
-            root.join("data/corpus/valid.jsonl").display().to_string()
-        ),
+        format!("data.cache_dir={:?}", out.join("cache").display().to_string()),
+        format!("data.tokenizer={:?}", root.join("data/tokenizer.json").display().to_string()),
+        format!("data.train={:?}", root.join("data/corpus/train.jsonl").display().to_string()),
+        format!("data.valid={:?}", root.join("data/corpus/valid.jsonl").display().to_string()),
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
     let mut recipe = Recipe::load(&root.join("recipes").join(name), &sets).unwrap();
@@ -58,10 +43,7 @@ fn tiny_from(name: &str, out: &Path, extra: &[&str]) -> Recipe {
 }
 
 fn quiet() -> TrainOptions {
-    TrainOptions {
-        quiet: true,
-        ..Default::default()
-    }
+    TrainOptions { quiet: true, ..Default::default() }
 }
 
 #[test]
@@ -74,46 +56,22 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     assert_eq!(a.losses.len(), 8);
 
     let parts = tiny(&dir.join("parts"), &[]);
-    let first = train::<B>(
-        &parts,
-        &TrainOptions {
-            stop_after: Some(5),
-            ..quiet()
-        },
-        &device,
-    )
-    .unwrap();
+    let first = train::<B>(&parts, &TrainOptions { stop_after: Some(5), ..quiet() }, &device).unwrap();
     assert_eq!(first.final_step, 5);
     // A fresh process would start from nothing but the run directory.
-    let resume = TrainOptions {
-        resume: Some(parts.train.out_dir.clone()),
-        ..quiet()
-    };
+    let resume = TrainOptions { resume: Some(parts.train.out_dir.clone()), ..quiet() };
     let second = train::<B>(&parts, &resume, &device).unwrap();
     assert_eq!(second.final_step, 8);
 
     let resumed: Vec<_> = first.losses.iter().chain(&second.losses).cloned().collect();
     assert_eq!(resumed, a.losses, "losses differ after resume");
     assert_eq!(second.val_losses.last(), a.val_losses.last());
-    let weights = |r: &Recipe| {
-        std::fs::read(
-            r.train
-                .out_dir
-                .join("checkpoints/step-000008/model.safetensors"),
-        )
-        .unwrap()
-    };
+    let weights = |r: &Recipe| std::fs::read(r.train.out_dir.join("checkpoints/step-000008/model.safetensors")).unwrap();
     let (wa, wb) = (weights(&whole), weights(&parts));
-    let (ta, tb) = (
-        SafeTensors::deserialize(&wa).unwrap(),
-        SafeTensors::deserialize(&wb).unwrap(),
-    );
+    let (ta, tb) = (SafeTensors::deserialize(&wa).unwrap(), SafeTensors::deserialize(&wb).unwrap());
     assert_eq!(ta.len(), tb.len());
     for (name, view) in ta.tensors() {
-        assert!(
-            view.data() == tb.tensor(&name).unwrap().data(),
-            "{name} differs after resume"
-        );
+        assert!(view.data() == tb.tensor(&name).unwrap().data(), "{name} differs after resume");
     }
     // The loss moved: the run trained something.
     assert!(a.losses[7].1 < a.losses[0].1, "{:?}", a.losses);
@@ -122,43 +80,23 @@ fn interrupted_and_resumed_equals_uninterrupted() {
 #[test]
 fn checkpoints_are_pruned_and_partial_ones_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny(
-        dir.path(),
-        &["train.checkpoint_interval=2", "train.keep_last=2"],
-    );
+    let recipe = tiny(dir.path(), &["train.checkpoint_interval=2", "train.keep_last=2"]);
     train::<B>(&recipe, &quiet(), &Default::default()).unwrap();
     let root = recipe.train.out_dir.join("checkpoints");
-    let steps: Vec<usize> = checkpoint::list(&root)
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let steps: Vec<usize> = checkpoint::list(&root).unwrap().into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, vec![6, 8]);
 
     // A crash while writing step 10 leaves a .tmp directory: it is never taken for a checkpoint.
     let partial = root.join("step-000010.tmp");
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::write(partial.join("model.safetensors"), b"half").unwrap();
-    assert_eq!(
-        checkpoint::resolve(&recipe.train.out_dir).unwrap(),
-        root.join("step-000008")
-    );
+    assert_eq!(checkpoint::resolve(&recipe.train.out_dir).unwrap(), root.join("step-000008"));
 
     // A damaged checkpoint gives an error naming the file, not a panic.
     std::fs::write(root.join("step-000008/optimizer.safetensors"), b"garbage").unwrap();
-    let err = train::<B>(
-        &recipe,
-        &TrainOptions {
-            resume: Some(root.join("step-000008")),
-            ..quiet()
-        },
-        &Default::default(),
-    )
-    .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("optimizer.safetensors"),
-        "{err:#}"
-    );
+    let err = train::<B>(&recipe, &TrainOptions { resume: Some(root.join("step-000008")), ..quiet() }, &Default::default())
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("optimizer.safetensors"), "{err:#}");
 }
 
 #[test]
@@ -167,29 +105,14 @@ fn generation_from_a_checkpoint_uses_the_recurrent_forms() {
     let recipe = tiny(dir.path(), &[]);
     let report = train::<B>(&recipe, &quiet(), &Default::default()).unwrap();
     let device = Default::default();
-    let loaded =
-        generate::load::<NdArray<f32>>(report.last_checkpoint.as_ref().unwrap(), &device).unwrap();
-    let opts = SampleOptions {
-        max_tokens: 12,
-        temperature: 0.0,
-        ..Default::default()
-    };
-    let a =
-        generate::generate(&loaded.model, &loaded.tokenizer, "fn main", &opts, &device).unwrap();
-    let b =
-        generate::generate(&loaded.model, &loaded.tokenizer, "fn main", &opts, &device).unwrap();
-    assert_eq!(
-        a.new_tokens, b.new_tokens,
-        "greedy decoding is deterministic"
-    );
+    let loaded = generate::load::<NdArray<f32>>(report.last_checkpoint.as_ref().unwrap(), &device).unwrap();
+    let opts = SampleOptions { max_tokens: 12, temperature: 0.0, ..Default::default() };
+    let a = generate::generate(&loaded.model, &loaded.tokenizer, "fn main", &opts, &device).unwrap();
+    let b = generate::generate(&loaded.model, &loaded.tokenizer, "fn main", &opts, &device).unwrap();
+    assert_eq!(a.new_tokens, b.new_tokens, "greedy decoding is deterministic");
     assert!(a.state_bytes > 0);
     // Greedy decoding picks the argmax of the forward pass at every step.
-    let mut ids: Vec<i64> = loaded
-        .tokenizer
-        .encode("fn main")
-        .into_iter()
-        .map(i64::from)
-        .collect();
+    let mut ids: Vec<i64> = loaded.tokenizer.encode("fn main").into_iter().map(i64::from).collect();
     for &next in &a.new_tokens {
         let t = burn::tensor::Tensor::<NdArray<f32>, 2, burn::tensor::Int>::from_data(
             burn::tensor::TensorData::new(ids.clone(), [1, ids.len()]),
@@ -198,10 +121,7 @@ fn generation_from_a_checkpoint_uses_the_recurrent_forms() {
         let logits = loaded.model.forward(t);
         let [_, len, v] = logits.dims();
         let vocab = loaded.tokenizer.vocab_size();
-        let last = logits
-            .narrow(1, len - 1, 1)
-            .reshape([v])
-            .narrow(0, 0, vocab);
+        let last = logits.narrow(1, len - 1, 1).reshape([v]).narrow(0, 0, vocab);
         assert_eq!(last.argmax(0).into_scalar() as u32, next);
         ids.push(next as i64);
     }
@@ -214,14 +134,8 @@ fn tiny_based_learns_well_below_the_unigram_entropy() {
     let root = repo();
     let sets = [
         "train.steps=100".to_string(),
-        format!(
-            "train.out_dir={:?}",
-            dir.path().join("run").display().to_string()
-        ),
-        format!(
-            "data.cache_dir={:?}",
-            dir.path().join("cache").display().to_string()
-        ),
+        format!("train.out_dir={:?}", dir.path().join("run").display().to_string()),
+        format!("data.cache_dir={:?}", dir.path().join("cache").display().to_string()),
     ];
     let recipe = Recipe::load(&root.join("recipes/based-tiny.toml"), &sets).unwrap();
     let report = train::<B>(&recipe, &quiet(), &Default::default()).unwrap();
@@ -229,26 +143,16 @@ fn tiny_based_learns_well_below_the_unigram_entropy() {
     let entropy = report.unigram_entropy.unwrap();
     println!("validation loss {val:.4} vs unigram entropy {entropy:.4} nats/token");
     // A model that ignored context could not beat the unigram entropy; this one must use it.
-    assert!(
-        val < entropy - 0.75,
-        "validation loss {val} vs unigram entropy {entropy}"
-    );
+    assert!(val < entropy - 0.75, "validation loss {val} vs unigram entropy {entropy}");
     // And validation loss fell at every evaluation.
     for pair in report.val_losses.windows(2) {
-        assert!(
-            pair[1].1 < pair[0].1,
-            "validation loss rose: {:?}",
-            report.val_losses
-        );
+        assert!(pair[1].1 < pair[0].1, "validation loss rose: {:?}", report.val_losses);
     }
 }
 
 fn logits_of(model: &ember_models::Lm<NdArray<f32>>) -> Vec<f32> {
     let ids: Vec<i64> = (0..24).map(|i| (i * 37 % 500) as i64).collect();
-    let t = burn::tensor::Tensor::<NdArray<f32>, 2, burn::tensor::Int>::from_data(
-        burn::tensor::TensorData::new(ids, [2, 12]),
-        &Default::default(),
-    );
+    let t = burn::tensor::Tensor::<NdArray<f32>, 2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(ids, [2, 12]), &Default::default());
     model.forward(t).into_data().to_vec::<f32>().unwrap()
 }
 
@@ -263,11 +167,7 @@ fn exports_load_back_with_the_same_logits() {
     use ember_models::hf::export::ExportDtype;
     use ember_train::export::{export, Format};
     let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny_from(
-        "attn-tiny.toml",
-        &dir.path().join("run"),
-        &["model.n_layers=2", "model.mixers.attn.kv_heads=2"],
-    );
+    let recipe = tiny_from("attn-tiny.toml", &dir.path().join("run"), &["model.n_layers=2", "model.mixers.attn.kv_heads=2"]);
     let report = train::<B>(&recipe, &quiet(), &Default::default()).unwrap();
     let ckpt = report.last_checkpoint.unwrap();
     let device = Default::default();
@@ -276,15 +176,9 @@ fn exports_load_back_with_the_same_logits() {
 
     // The Hugging Face layout, read back through the teacher loader.
     let hf_dir = dir.path().join("hf");
-    let files =
-        export::<NdArray<f32>>(&ckpt, &hf_dir, Format::Hf, ExportDtype::F32, &device).unwrap();
-    assert!(
-        files.iter().any(|f| f.ends_with("tokenizer.json")),
-        "{files:?}"
-    );
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(hf_dir.join("config.json")).unwrap())
-            .unwrap();
+    let files = export::<NdArray<f32>>(&ckpt, &hf_dir, Format::Hf, ExportDtype::F32, &device).unwrap();
+    assert!(files.iter().any(|f| f.ends_with("tokenizer.json")), "{files:?}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model_type"], "llama");
     assert_eq!(config["num_key_value_heads"], 2);
     let teacher = ember_models::hf::load::<NdArray<f32>>(&hf_dir, &device).unwrap();
@@ -302,8 +196,6 @@ fn exports_load_back_with_the_same_logits() {
     assert!(err > 0.0 && err < 2e-2, "{err}");
 
     // Nothing is overwritten.
-    let e = export::<NdArray<f32>>(&ckpt, &own, Format::Ember, ExportDtype::F32, &device)
-        .unwrap_err()
-        .to_string();
+    let e = export::<NdArray<f32>>(&ckpt, &own, Format::Ember, ExportDtype::F32, &device).unwrap_err().to_string();
     assert!(e.contains("already holds"), "{e}");
 }

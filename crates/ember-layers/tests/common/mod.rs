@@ -20,12 +20,7 @@ pub fn input<B: Backend>(batch: usize, t: usize, d: usize, seed: u64) -> Tensor<
 
 /// `‖a − b‖ / ‖b‖` (Frobenius norms), computed on the backend.
 pub fn rel_err<B: Backend, const N: usize>(a: Tensor<B, N>, b: Tensor<B, N>) -> f32 {
-    let diff: f32 = (a - b.clone())
-        .powi_scalar(2)
-        .sum()
-        .sqrt()
-        .into_scalar()
-        .elem();
+    let diff: f32 = (a - b.clone()).powi_scalar(2).sum().sqrt().into_scalar().elem();
     let norm: f32 = b.powi_scalar(2).sum().sqrt().into_scalar().elem();
     diff / norm
 }
@@ -38,12 +33,7 @@ pub fn to_vec<B: Backend, const N: usize>(x: Tensor<B, N>) -> Vec<f32> {
 /// `‖a − b‖ / ‖b‖` on the host (the norm of `b` floored at 1e-30).
 pub fn vec_rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let diff: f32 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f32>()
-        .sqrt();
+    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
     let norm: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
     diff / norm.max(1e-30)
 }
@@ -109,19 +99,10 @@ pub fn assert_causal<B: Backend>(
     for &changed in positions {
         let y2 = to_vec(forward(bumped(x.clone(), changed, bump)));
         for b in 0..batch {
-            let rows = |v: &[f32], from: usize, to: usize| {
-                v[(b * t + from) * d..(b * t + to) * d].to_vec()
-            };
+            let rows = |v: &[f32], from: usize, to: usize| v[(b * t + from) * d..(b * t + to) * d].to_vec();
             let (before, before2) = (rows(&y, 0, changed), rows(&y2, 0, changed));
-            let moved = before
-                .iter()
-                .zip(&before2)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0f32, f32::max);
-            assert!(
-                before == before2,
-                "{label}: token {changed} changed earlier outputs by {moved}"
-            );
+            let moved = before.iter().zip(&before2).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(before == before2, "{label}: token {changed} changed earlier outputs by {moved}");
             assert!(
                 rows(&y, changed, changed + 1) != rows(&y2, changed, changed + 1),
                 "{label}: token {changed} did not change its own output"

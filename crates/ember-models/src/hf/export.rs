@@ -18,35 +18,22 @@ use std::path::{Path, PathBuf};
 /// config) in every layer, SwiGLU, RMSNorm, unscaled embeddings. Qwen2 when q/k/v have biases and
 /// o has none, Mistral with a sliding window, Llama otherwise.
 pub fn hf_config_of(lm: &LmConfig) -> Result<HfConfig, String> {
-    let mixers: Vec<&MixerConfig> = lm
-        .layer_mixers()
-        .iter()
-        .map(|name| &lm.mixers[*name])
-        .collect();
+    let mixers: Vec<&MixerConfig> = lm.layer_mixers().iter().map(|name| &lm.mixers[*name]).collect();
     let Some(MixerConfig::Attention(a)) = mixers.first() else {
         return Err("the Hugging Face layout holds softmax attention layers only (export ember's own layout instead)".into());
     };
     if mixers.iter().any(|m| *m != mixers[0]) {
-        return Err(
-            "every layer must use the same attention mixer for the Hugging Face layout".into(),
-        );
+        return Err("every layer must use the same attention mixer for the Hugging Face layout".into());
     }
     if a.persistent > 0 {
         return Err("persistent attention tokens have no Hugging Face equivalent (export ember's own layout instead)".into());
     }
     if lm.mlp.kind != MlpKind::Swiglu || lm.norm != NormKind::Rmsnorm || lm.scale_embeddings {
-        return Err(
-            "the Hugging Face layout needs a SwiGLU MLP, RMSNorm and unscaled embeddings".into(),
-        );
+        return Err("the Hugging Face layout needs a SwiGLU MLP, RMSNorm and unscaled embeddings".into());
     }
     let family = match (a.window, a.qkv_bias, a.out_bias) {
         (Some(_), false, false) => Family::Mistral,
-        (Some(_), ..) => {
-            return Err(
-                "a sliding window with attention biases has no Hugging Face architecture here"
-                    .into(),
-            )
-        }
+        (Some(_), ..) => return Err("a sliding window with attention biases has no Hugging Face architecture here".into()),
         (None, true, false) => Family::Qwen2,
         (None, ..) => Family::Llama,
     };
@@ -110,40 +97,20 @@ pub fn config_json(c: &HfConfig) -> Value {
 fn rope_scaling_json(s: &RopeScaling) -> Value {
     match s {
         RopeScaling::Linear { factor } => json!({ "rope_type": "linear", "factor": factor }),
-        RopeScaling::Dynamic {
-            factor,
-            original_max_position,
-        } => {
+        RopeScaling::Dynamic { factor, original_max_position } => {
             json!({ "rope_type": "dynamic", "factor": factor, "original_max_position_embeddings": original_max_position })
         }
-        RopeScaling::Yarn {
-            factor,
-            original_max_position,
-            beta_fast,
-            beta_slow,
-            attention_factor,
-            mscale,
-            mscale_all_dim,
-        } => {
+        RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, attention_factor, mscale, mscale_all_dim } => {
             let mut v = json!({ "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_position,
                 "beta_fast": beta_fast, "beta_slow": beta_slow });
-            for (key, value) in [
-                ("attention_factor", attention_factor),
-                ("mscale", mscale),
-                ("mscale_all_dim", mscale_all_dim),
-            ] {
+            for (key, value) in [("attention_factor", attention_factor), ("mscale", mscale), ("mscale_all_dim", mscale_all_dim)] {
                 if let Some(x) = value {
                     v[key] = json!(x);
                 }
             }
             v
         }
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position,
-        } => json!({
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => json!({
             "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
             "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position }),
     }
@@ -157,21 +124,14 @@ pub enum ExportDtype {
 }
 
 /// The model's weights under their Hugging Face names (`[out, in]` orientation), as f32.
-pub fn hf_tensors<B: Backend>(
-    model: &Lm<B>,
-    c: &HfConfig,
-) -> Result<BTreeMap<String, (Vec<f32>, Vec<usize>)>, String> {
+pub fn hf_tensors<B: Backend>(model: &Lm<B>, c: &HfConfig) -> Result<BTreeMap<String, (Vec<f32>, Vec<usize>)>, String> {
     mapped_tensors(model, &mappings(c), c.num_kv_heads * c.head_dim)
 }
 
 /// The weights of `model` renamed by `maps`: transposed back to `[out, in]` where marked, and
 /// cut along dim 0 where one ember tensor is several (a fused q/k/v with key/value width
 /// `kv_width` each; SwiGLU's fused up/gate in halves).
-pub(crate) fn mapped_tensors<B: Backend>(
-    model: &Lm<B>,
-    maps: &[Mapping],
-    kv_width: usize,
-) -> Result<BTreeMap<String, (Vec<f32>, Vec<usize>)>, String> {
+pub(crate) fn mapped_tensors<B: Backend>(model: &Lm<B>, maps: &[Mapping], kv_width: usize) -> Result<BTreeMap<String, (Vec<f32>, Vec<usize>)>, String> {
     let ember: HashMap<String, burn::tensor::TensorData> = model
         .collect(None, None, false)
         .into_iter()
@@ -179,13 +139,9 @@ pub(crate) fn mapped_tensors<B: Backend>(
         .collect::<Result<_, String>>()?;
     let mut out = BTreeMap::new();
     for m in maps {
-        let data = ember
-            .get(&m.ember)
-            .ok_or_else(|| format!("the model has no parameter {}", m.ember))?;
+        let data = ember.get(&m.ember).ok_or_else(|| format!("the model has no parameter {}", m.ember))?;
         let shape = data.shape.clone();
-        let values: Vec<f32> = data
-            .to_vec::<f32>()
-            .map_err(|e| format!("{}: {e:?}", m.ember))?;
+        let values: Vec<f32> = data.to_vec::<f32>().map_err(|e| format!("{}: {e:?}", m.ember))?;
         // Back to `[out, in]`, then cut into the HF tensors along dim 0.
         let (values, rows, cols) = match (m.transpose, shape.as_slice()) {
             (true, [i, o]) => (super::weights::transposed(&values, *i, *o), *o, *i),
@@ -203,11 +159,7 @@ pub(crate) fn mapped_tensors<B: Backend>(
         let mut start = 0;
         for (name, r) in m.hf.iter().zip(part_rows) {
             let part = values[start * cols..(start + r) * cols].to_vec();
-            let hf_shape = if shape.len() == 1 {
-                vec![r]
-            } else {
-                vec![r, cols]
-            };
+            let hf_shape = if shape.len() == 1 { vec![r] } else { vec![r, cols] };
             out.insert(name.clone(), (part, hf_shape));
             start += r;
         }
@@ -216,34 +168,17 @@ pub(crate) fn mapped_tensors<B: Backend>(
 }
 
 /// Writes `dir/config.json` and `dir/model.safetensors` for `model`; returns the files written.
-pub fn export<B: Backend>(
-    model: &Lm<B>,
-    lm: &LmConfig,
-    dir: &Path,
-    dtype: ExportDtype,
-) -> Result<Vec<PathBuf>, String> {
+pub fn export<B: Backend>(model: &Lm<B>, lm: &LmConfig, dir: &Path, dtype: ExportDtype) -> Result<Vec<PathBuf>, String> {
     let c = hf_config_of(lm)?;
     let tensors = hf_tensors(model, &c)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut config = config_json(&c);
-    config["torch_dtype"] = json!(if dtype == ExportDtype::Bf16 {
-        "bfloat16"
-    } else {
-        "float32"
-    });
+    config["torch_dtype"] = json!(if dtype == ExportDtype::Bf16 { "bfloat16" } else { "float32" });
     let config_path = dir.join("config.json");
-    std::fs::write(
-        &config_path,
-        serde_json::to_string_pretty(&config).expect("serializes"),
-    )
-    .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).expect("serializes"))
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let weights = dir.join("model.safetensors");
-    write_safetensors(
-        &weights,
-        &tensors,
-        dtype,
-        Some(HashMap::from([("format".to_string(), "pt".to_string())])),
-    )?;
+    write_safetensors(&weights, &tensors, dtype, Some(HashMap::from([("format".to_string(), "pt".to_string())])))?;
     Ok(vec![config_path, weights])
 }
 
@@ -260,30 +195,17 @@ pub fn write_safetensors(
         .map(|(name, (values, shape))| {
             let b: Vec<u8> = match dtype {
                 ExportDtype::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ExportDtype::Bf16 => values
-                    .iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
+                ExportDtype::Bf16 => values.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
             };
             (name.clone(), b, shape.clone())
         })
         .collect();
-    let st_dtype = if dtype == ExportDtype::Bf16 {
-        Dtype::BF16
-    } else {
-        Dtype::F32
-    };
+    let st_dtype = if dtype == ExportDtype::Bf16 { Dtype::BF16 } else { Dtype::F32 };
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(name, b, shape)| {
-            Ok((
-                name.clone(),
-                TensorView::new(st_dtype, shape.clone(), b).map_err(|e| format!("{name}: {e}"))?,
-            ))
-        })
+        .map(|(name, b, shape)| Ok((name.clone(), TensorView::new(st_dtype, shape.clone(), b).map_err(|e| format!("{name}: {e}"))?)))
         .collect::<Result<_, String>>()?;
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, metadata, &tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    safetensors::serialize_to_file(views, metadata, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }

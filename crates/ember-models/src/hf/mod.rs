@@ -6,9 +6,9 @@
 //! `config.json` into an [`LmConfig`]; [`load`] reads the weights (memory-mapped `safetensors`,
 //! one file or a sharded index; f32, bf16 or f16) into it; [`export`] writes an ember model of
 //! that shape back in the Hugging Face layout. Nothing is downloaded: paths are local.
+mod weights;
 pub mod export;
 pub mod fla;
-mod weights;
 
 pub use weights::Checkpoint;
 
@@ -31,11 +31,7 @@ pub enum HfError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("{path}: config key {key}: {message}")]
-    Config {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Config { path: PathBuf, key: String, message: String },
     #[error("{dir}: the checkpoint does not fit the config:\n{problems}")]
     Tensors { dir: PathBuf, problems: String },
 }
@@ -94,95 +90,49 @@ impl HfConfig {
     /// Reads `dir/config.json`.
     pub fn read(dir: &Path) -> Result<HfConfig, HfError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| HfError::File {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| HfError::File {
-            path: path.clone(),
-            message: format!("not JSON: {e}"),
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| HfError::File { path: path.clone(), message: e.to_string() })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| HfError::File { path: path.clone(), message: format!("not JSON: {e}") })?;
         Self::from_json(&value, &path)
     }
 
     /// Parses a config (as `transformers` 4 or 5 writes it); `path` names it in errors.
     pub fn from_json(v: &Value, path: &Path) -> Result<HfConfig, HfError> {
-        let err = |key: &str, message: String| HfError::Config {
-            path: path.to_path_buf(),
-            key: key.into(),
-            message,
-        };
+        let err = |key: &str, message: String| HfError::Config { path: path.to_path_buf(), key: key.into(), message };
         let usize_of = |key: &str| -> Result<usize, HfError> {
-            v[key]
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| err(key, "missing or not a whole number".into()))
+            v[key].as_u64().map(|x| x as usize).ok_or_else(|| err(key, "missing or not a whole number".into()))
         };
-        let model_type = v["model_type"]
-            .as_str()
-            .ok_or_else(|| err("model_type", "missing".into()))?;
+        let model_type = v["model_type"].as_str().ok_or_else(|| err("model_type", "missing".into()))?;
         let family = match model_type {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
             "mistral" => Family::Mistral,
-            other => {
-                return Err(err(
-                    "model_type",
-                    format!("{other:?} is not supported (llama, qwen2, mistral)"),
-                ))
-            }
+            other => return Err(err("model_type", format!("{other:?} is not supported (llama, qwen2, mistral)"))),
         };
         if let Some(act) = v["hidden_act"].as_str().filter(|a| *a != "silu") {
-            return Err(err(
-                "hidden_act",
-                format!("{act:?}: only \"silu\" (SwiGLU) is supported"),
-            ));
+            return Err(err("hidden_act", format!("{act:?}: only \"silu\" (SwiGLU) is supported")));
         }
         if v["mlp_bias"].as_bool() == Some(true) {
             return Err(err("mlp_bias", "MLP biases are not supported".into()));
         }
         let hidden_size = usize_of("hidden_size")?;
         let num_heads = usize_of("num_attention_heads")?;
-        let num_kv_heads = v["num_key_value_heads"]
-            .as_u64()
-            .map_or(num_heads, |x| x as usize);
+        let num_kv_heads = v["num_key_value_heads"].as_u64().map_or(num_heads, |x| x as usize);
         let head_dim = match v["head_dim"].as_u64() {
             Some(d) => d as usize,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => {
-                return Err(err(
-                    "head_dim",
-                    "absent, and hidden_size is not divisible by num_attention_heads".into(),
-                ))
-            }
+            None => return Err(err("head_dim", "absent, and hidden_size is not divisible by num_attention_heads".into())),
         };
         // transformers 5 moves rope_theta and the scaling into `rope_parameters`.
-        let rope = if v["rope_parameters"].is_object() {
-            &v["rope_parameters"]
-        } else {
-            v
-        };
-        let rope_theta = rope["rope_theta"]
-            .as_f64()
-            .or(v["rope_theta"].as_f64())
-            .unwrap_or(10_000.0);
-        let max_position_embeddings =
-            v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
-        let scaling_table = if v["rope_scaling"].is_object() {
-            &v["rope_scaling"]
-        } else {
-            rope
-        };
-        let rope_scaling = rope_scaling(scaling_table, max_position_embeddings)
-            .map_err(|m| err("rope_scaling", m))?;
+        let rope = if v["rope_parameters"].is_object() { &v["rope_parameters"] } else { v };
+        let rope_theta = rope["rope_theta"].as_f64().or(v["rope_theta"].as_f64()).unwrap_or(10_000.0);
+        let max_position_embeddings = v["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+        let scaling_table = if v["rope_scaling"].is_object() { &v["rope_scaling"] } else { rope };
+        let rope_scaling = rope_scaling(scaling_table, max_position_embeddings).map_err(|m| err("rope_scaling", m))?;
         let attention_bias = v["attention_bias"].as_bool().unwrap_or(false);
         let sliding_window = match family {
             Family::Mistral => v["sliding_window"].as_u64().map(|w| w as usize),
             Family::Qwen2 if v["use_sliding_window"].as_bool() == Some(true) => {
-                return Err(err(
-                    "use_sliding_window",
-                    "Qwen2's per-layer sliding window is not supported".into(),
-                ));
+                return Err(err("use_sliding_window", "Qwen2's per-layer sliding window is not supported".into()));
             }
             _ => None,
         };
@@ -209,27 +159,13 @@ impl HfConfig {
 
 /// A `rope_scaling` (or transformers 5 `rope_parameters`) table; `None` for the default type.
 fn rope_scaling(t: &Value, max_positions: usize) -> Result<Option<RopeScaling>, String> {
-    let kind = t["rope_type"]
-        .as_str()
-        .or(t["type"].as_str())
-        .unwrap_or("default");
-    let f = |key: &str| {
-        t[key]
-            .as_f64()
-            .ok_or_else(|| format!("{kind} scaling needs {key}"))
-    };
-    let original = t["original_max_position_embeddings"]
-        .as_u64()
-        .map_or(max_positions, |x| x as usize);
+    let kind = t["rope_type"].as_str().or(t["type"].as_str()).unwrap_or("default");
+    let f = |key: &str| t[key].as_f64().ok_or_else(|| format!("{kind} scaling needs {key}"));
+    let original = t["original_max_position_embeddings"].as_u64().map_or(max_positions, |x| x as usize);
     let scaling = match kind {
         "default" => return Ok(None),
-        "linear" => RopeScaling::Linear {
-            factor: f("factor")?,
-        },
-        "dynamic" => RopeScaling::Dynamic {
-            factor: f("factor")?,
-            original_max_position: original,
-        },
+        "linear" => RopeScaling::Linear { factor: f("factor")? },
+        "dynamic" => RopeScaling::Dynamic { factor: f("factor")?, original_max_position: original },
         "yarn" => RopeScaling::Yarn {
             factor: f("factor")?,
             original_max_position: original,
@@ -245,11 +181,7 @@ fn rope_scaling(t: &Value, max_positions: usize) -> Result<Option<RopeScaling>, 
             high_freq_factor: f("high_freq_factor")?,
             original_max_position: original,
         },
-        other => {
-            return Err(format!(
-                "rope type {other:?} is not supported (default, linear, dynamic, yarn, llama3)"
-            ))
-        }
+        other => return Err(format!("rope type {other:?} is not supported (default, linear, dynamic, yarn, llama3)")),
     };
     scaling.validate()?;
     Ok(Some(scaling))
@@ -278,16 +210,8 @@ pub fn lm_config(c: &HfConfig) -> LmConfig {
         d_model: c.hidden_size,
         n_layers: c.num_layers,
         mixers: BTreeMap::from([(ATTENTION.to_string(), MixerConfig::Attention(attention))]),
-        schedule: Schedule {
-            default: ATTENTION.into(),
-            pattern: None,
-            at: BTreeMap::new(),
-        },
-        mlp: MlpConfig {
-            kind: MlpKind::Swiglu,
-            hidden: Some(c.intermediate_size),
-            ..Default::default()
-        },
+        schedule: Schedule { default: ATTENTION.into(), pattern: None, at: BTreeMap::new() },
+        mlp: MlpConfig { kind: MlpKind::Swiglu, hidden: Some(c.intermediate_size), ..Default::default() },
         norm: NormKind::Rmsnorm,
         norm_eps: c.rms_norm_eps,
         tie_embeddings: c.tie_word_embeddings,
@@ -306,74 +230,27 @@ pub(crate) struct Mapping {
 
 /// The parameter mapping of an HF config, in module order.
 pub(crate) fn mappings(c: &HfConfig) -> Vec<Mapping> {
-    let m = |ember: String, hf: Vec<String>, transpose: bool| Mapping {
-        ember,
-        hf,
-        transpose,
-    };
-    let mut out = vec![m(
-        "embed.weight".into(),
-        vec!["model.embed_tokens.weight".into()],
-        false,
-    )];
+    let m = |ember: String, hf: Vec<String>, transpose: bool| Mapping { ember, hf, transpose };
+    let mut out = vec![m("embed.weight".into(), vec!["model.embed_tokens.weight".into()], false)];
     for i in 0..c.num_layers {
         let (b, l) = (format!("blocks.{i}"), format!("model.layers.{i}"));
-        let qkv = |suffix: &str| {
-            ["q", "k", "v"]
-                .map(|p| format!("{l}.self_attn.{p}_proj.{suffix}"))
-                .to_vec()
-        };
-        out.push(m(
-            format!("{b}.mixer_norm.Rms.gamma"),
-            vec![format!("{l}.input_layernorm.weight")],
-            false,
-        ));
-        out.push(m(
-            format!("{b}.mixer.Attention.qkv.weight"),
-            qkv("weight"),
-            true,
-        ));
+        let qkv = |suffix: &str| ["q", "k", "v"].map(|p| format!("{l}.self_attn.{p}_proj.{suffix}")).to_vec();
+        out.push(m(format!("{b}.mixer_norm.Rms.gamma"), vec![format!("{l}.input_layernorm.weight")], false));
+        out.push(m(format!("{b}.mixer.Attention.qkv.weight"), qkv("weight"), true));
         if c.qkv_bias {
-            out.push(m(
-                format!("{b}.mixer.Attention.qkv.bias"),
-                qkv("bias"),
-                false,
-            ));
+            out.push(m(format!("{b}.mixer.Attention.qkv.bias"), qkv("bias"), false));
         }
-        out.push(m(
-            format!("{b}.mixer.Attention.out.weight"),
-            vec![format!("{l}.self_attn.o_proj.weight")],
-            true,
-        ));
+        out.push(m(format!("{b}.mixer.Attention.out.weight"), vec![format!("{l}.self_attn.o_proj.weight")], true));
         if c.o_bias {
-            out.push(m(
-                format!("{b}.mixer.Attention.out.bias"),
-                vec![format!("{l}.self_attn.o_proj.bias")],
-                false,
-            ));
+            out.push(m(format!("{b}.mixer.Attention.out.bias"), vec![format!("{l}.self_attn.o_proj.bias")], false));
         }
-        out.push(m(
-            format!("{b}.mlp_norm.Rms.gamma"),
-            vec![format!("{l}.post_attention_layernorm.weight")],
-            false,
-        ));
+        out.push(m(format!("{b}.mlp_norm.Rms.gamma"), vec![format!("{l}.post_attention_layernorm.weight")], false));
         // ember's SwiGLU is `[value | gate] = x W_in`: value = up, gate = gate.
-        let fc_in = vec![
-            format!("{l}.mlp.up_proj.weight"),
-            format!("{l}.mlp.gate_proj.weight"),
-        ];
+        let fc_in = vec![format!("{l}.mlp.up_proj.weight"), format!("{l}.mlp.gate_proj.weight")];
         out.push(m(format!("{b}.mlp.Glu.fc_in.weight"), fc_in, true));
-        out.push(m(
-            format!("{b}.mlp.Glu.fc_out.weight"),
-            vec![format!("{l}.mlp.down_proj.weight")],
-            true,
-        ));
+        out.push(m(format!("{b}.mlp.Glu.fc_out.weight"), vec![format!("{l}.mlp.down_proj.weight")], true));
     }
-    out.push(m(
-        "final_norm.Rms.gamma".into(),
-        vec!["model.norm.weight".into()],
-        false,
-    ));
+    out.push(m("final_norm.Rms.gamma".into(), vec!["model.norm.weight".into()], false));
     if !c.tie_word_embeddings {
         out.push(m("head.weight".into(), vec!["lm_head.weight".into()], true));
     }
@@ -395,42 +272,23 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Teacher<B>, Hf
     let lm_config = lm_config(&config);
     lm_config
         .validate()
-        .map_err(|(key, message)| HfError::Config {
-            path: dir.join("config.json"),
-            key,
-            message,
-        })?;
+        .map_err(|(key, message)| HfError::Config { path: dir.join("config.json"), key, message })?;
     let model = load_mapped(dir, &lm_config, &mappings(&config), device)?;
-    Ok(Teacher {
-        config,
-        lm_config,
-        model,
-    })
+    Ok(Teacher { config, lm_config, model })
 }
 
 /// `lm_config`'s model with every parameter read from the safetensors in `dir` through `maps`;
 /// the error lists every missing or mismatched tensor.
-pub(crate) fn load_mapped<B: Backend>(
-    dir: &Path,
-    lm_config: &LmConfig,
-    maps: &[Mapping],
-    device: &B::Device,
-) -> Result<Lm<B>, HfError> {
+pub(crate) fn load_mapped<B: Backend>(dir: &Path, lm_config: &LmConfig, maps: &[Mapping], device: &B::Device) -> Result<Lm<B>, HfError> {
     let checkpoint = Checkpoint::open(dir)?;
     let mut model: Lm<B> = lm_config.init(device);
-    let expected: BTreeMap<String, Vec<usize>> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|s| (s.full_path(), s.shape.to_vec()))
-        .collect();
+    let expected: BTreeMap<String, Vec<usize>> =
+        model.collect(None, None, false).into_iter().map(|s| (s.full_path(), s.shape.to_vec())).collect();
     let mut problems = Vec::new();
     let mut snapshots = Vec::new();
     for mapping in maps {
         let Some(shape) = expected.get(&mapping.ember) else {
-            problems.push(format!(
-                "  ember has no parameter {} (a bug in the mapping)",
-                mapping.ember
-            ));
+            problems.push(format!("  ember has no parameter {} (a bug in the mapping)", mapping.ember));
             continue;
         };
         match checkpoint.snapshot(mapping, shape) {
@@ -439,38 +297,21 @@ pub(crate) fn load_mapped<B: Backend>(
         }
     }
     if !problems.is_empty() {
-        return Err(HfError::Tensors {
-            dir: dir.to_path_buf(),
-            problems: problems.join("\n"),
-        });
+        return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
     }
     let used: Vec<String> = maps.iter().flat_map(|m| m.hf.clone()).collect();
     let result = model.apply(snapshots, None, None, false);
     if !result.errors.is_empty() || !result.missing.is_empty() {
         let mut problems: Vec<String> = result.errors.iter().map(|e| format!("  {e:?}")).collect();
-        problems.extend(
-            result
-                .missing
-                .iter()
-                .map(|(path, _)| format!("  ember parameter {path} was not set")),
-        );
-        return Err(HfError::Tensors {
-            dir: dir.to_path_buf(),
-            problems: problems.join("\n"),
-        });
+        problems.extend(result.missing.iter().map(|(path, _)| format!("  ember parameter {path} was not set")));
+        return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
     }
     let _unused = checkpoint.unused(&used);
     Ok(model)
 }
 
 /// A snapshot of `data` at the ember path `path` (for [`ModuleSnapshot::apply`]).
-pub(crate) fn snapshot_at(
-    path: &str,
-    shape: Vec<usize>,
-    data: std::rc::Rc<
-        dyn Fn() -> Result<burn::tensor::TensorData, burn_store::TensorSnapshotError>,
-    >,
-) -> TensorSnapshot {
+pub(crate) fn snapshot_at(path: &str, shape: Vec<usize>, data: std::rc::Rc<dyn Fn() -> Result<burn::tensor::TensorData, burn_store::TensorSnapshotError>>) -> TensorSnapshot {
     TensorSnapshot::from_closure(
         data,
         burn::tensor::DType::F32,

@@ -16,12 +16,7 @@ impl MemoryProbe {
     /// A probe whose `read` returns the current value of `what` in bytes (`None` when a
     /// reading fails); the peak is the largest reading taken.
     pub fn new(what: impl Into<String>, read: impl FnMut() -> Option<u64> + 'static) -> Self {
-        Self {
-            what: what.into(),
-            read: Some(Box::new(read)),
-            reason: String::new(),
-            peak: None,
-        }
+        Self { what: what.into(), read: Some(Box::new(read)), reason: String::new(), peak: None }
     }
 
     /// The process's peak resident set size, from `VmHWM` in `/proc/self/status` (Linux): on
@@ -36,12 +31,7 @@ impl MemoryProbe {
 
     /// A probe that reports "n/a" with `reason`.
     pub fn unavailable(reason: impl Into<String>) -> Self {
-        Self {
-            what: String::new(),
-            read: None,
-            reason: reason.into(),
-            peak: None,
-        }
+        Self { what: String::new(), read: None, reason: reason.into(), peak: None }
     }
 
     /// Takes a reading now.
@@ -75,12 +65,7 @@ pub fn process_hwm_bytes() -> Option<u64> {
 /// The value in KiB of `key` in a `/proc/<pid>/status` text (`VmHWM:   1696 kB`).
 fn status_kib(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.split(':').next() == Some(key))?;
-    line.split(':')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    line.split(':').nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -89,8 +74,7 @@ mod tests {
 
     #[test]
     fn parses_vm_hwm_and_keeps_the_largest_reading() {
-        let status =
-            "Name:\tember\nVmPeak:\t    3060 kB\nVmHWM:\t    1696 kB\nVmRSS:\t    1000 kB\n";
+        let status = "Name:\tember\nVmPeak:\t    3060 kB\nVmHWM:\t    1696 kB\nVmRSS:\t    1000 kB\n";
         assert_eq!(status_kib(status, "VmHWM"), Some(1696));
         assert_eq!(status_kib(status, "VmSwap"), None);
 
@@ -99,10 +83,7 @@ mod tests {
         (0..4).for_each(|_| probe.sample());
         assert_eq!(probe.peak_bytes(), Some(5 << 30));
         assert_eq!(probe.describe(), "5.00 GiB (pool)");
-        assert_eq!(
-            MemoryProbe::unavailable("no API").describe(),
-            "n/a (no API)"
-        );
+        assert_eq!(MemoryProbe::unavailable("no API").describe(), "n/a (no API)");
         if cfg!(target_os = "linux") {
             assert!(process_hwm_bytes().unwrap() > 0);
         }

@@ -24,12 +24,7 @@ pub fn sync<B: Backend>(device: &B::Device) -> Result<()> {
 
 /// Runs `f` `warmup` times, then `reps` times each timed from a synced device to a synced
 /// device, and returns the durations of the timed runs.
-pub fn time_reps<B: Backend>(
-    device: &B::Device,
-    warmup: usize,
-    reps: usize,
-    mut f: impl FnMut(),
-) -> Result<Vec<Duration>> {
+pub fn time_reps<B: Backend>(device: &B::Device, warmup: usize, reps: usize, mut f: impl FnMut()) -> Result<Vec<Duration>> {
     for _ in 0..warmup {
         f();
     }

@@ -7,13 +7,13 @@
 //! estimated peak memory exceeds the limit is skipped, not attempted.
 use super::{gib, median_ms, time_reps};
 use anyhow::{bail, Context, Result};
-use burn::tensor::activation::log_sigmoid;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Tensor};
 use ember_layers::mixer::{MixerConfig, KINDS};
 use ember_ops::kernels::{self, Kernels};
 use ember_ops::precision::{cast_params, supported, to_dtype, to_f32, Precision};
 use ember_ops::taylor::FeatureMap;
+use burn::tensor::activation::log_sigmoid;
 use ember_ops::{gated_linear_attention as gla, linear_attention, softmax_attention, taylor, Form};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -67,11 +67,7 @@ pub struct Shape {
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "B={} T={} H={} D={}",
-            self.batch, self.seq_len, self.heads, self.head_dim
-        )
+        write!(f, "B={} T={} H={} D={}", self.batch, self.seq_len, self.heads, self.head_dim)
     }
 }
 
@@ -100,25 +96,14 @@ impl Grid {
                 head_dim: vec![64],
                 tokens: Some(65536),
             }),
-            "cpu" => Ok(Grid {
-                batch: vec![2],
-                seq_len: vec![256, 512, 1024],
-                heads: vec![4],
-                head_dim: vec![64],
-                tokens: None,
-            }),
-            other => Err(format!(
-                "unknown grid {other:?} (known: {})",
-                Self::PRESETS.join(", ")
-            )),
+            "cpu" => Ok(Grid { batch: vec![2], seq_len: vec![256, 512, 1024], heads: vec![4], head_dim: vec![64], tokens: None }),
+            other => Err(format!("unknown grid {other:?} (known: {})", Self::PRESETS.join(", "))),
         }
     }
 
     pub fn shapes(&self) -> Result<Vec<Shape>, String> {
         let batches = |t: usize| match self.tokens {
-            Some(n) if n < t || n % t != 0 => {
-                Err(format!("--tokens {n} is not a multiple of seq_len {t}"))
-            }
+            Some(n) if n < t || n % t != 0 => Err(format!("--tokens {n} is not a multiple of seq_len {t}")),
             Some(n) => Ok(vec![n / t]),
             None => Ok(self.batch.clone()),
         };
@@ -127,21 +112,12 @@ impl Grid {
             for batch in batches(seq_len)? {
                 for &heads in &self.heads {
                     for &head_dim in &self.head_dim {
-                        shapes.push(Shape {
-                            batch,
-                            seq_len,
-                            heads,
-                            head_dim,
-                        });
+                        shapes.push(Shape { batch, seq_len, heads, head_dim });
                     }
                 }
             }
         }
-        if shapes
-            .iter()
-            .any(|s| s.batch == 0 || s.seq_len == 0 || s.heads == 0 || s.head_dim == 0)
-            || shapes.is_empty()
-        {
+        if shapes.iter().any(|s| s.batch == 0 || s.seq_len == 0 || s.heads == 0 || s.head_dim == 0) || shapes.is_empty() {
             return Err("every grid size must be a positive number, and the grid not empty".into());
         }
         Ok(shapes)
@@ -198,12 +174,7 @@ impl OpsRow {
 
     /// The row as a line under [`OpsRow::HEADER`].
     pub fn line(&self) -> String {
-        let Shape {
-            batch,
-            seq_len,
-            heads,
-            head_dim,
-        } = self.shape;
+        let Shape { batch, seq_len, heads, head_dim } = self.shape;
         let level = match self.level {
             Level::Mixer => "mixer",
             Level::Op => "op",
@@ -212,16 +183,9 @@ impl OpsRow {
             "{level:<6} {:<18} {:<9} {batch:>5} {seq_len:>6} {heads:>4} {head_dim:>4}  {:<5}",
             self.name, self.form, self.dtype
         );
-        match (
-            &self.skipped,
-            self.fwd_ms,
-            self.fwd_bwd_ms,
-            self.tokens_per_sec,
-        ) {
+        match (&self.skipped, self.fwd_ms, self.fwd_bwd_ms, self.tokens_per_sec) {
             (Some(why), ..) => format!("{head}  {why}"),
-            (None, Some(f), Some(fb), Some(tps)) => {
-                format!("{head} {f:>8.2} {fb:>11.2} {tps:>19.0}")
-            }
+            (None, Some(f), Some(fb), Some(tps)) => format!("{head} {f:>8.2} {fb:>11.2} {tps:>19.0}"),
             _ => format!("{head}  (no result)"),
         }
     }
@@ -240,42 +204,23 @@ fn cases(opts: &OpsOptions) -> Result<Vec<Case>> {
         Level::Mixer => KINDS.to_vec(),
         Level::Op => OPS.iter().map(|(name, _)| *name).collect(),
     };
-    let wanted: Vec<String> = opts
-        .kinds
-        .clone()
-        .unwrap_or_else(|| known.iter().map(|s| s.to_string()).collect());
+    let wanted: Vec<String> = opts.kinds.clone().unwrap_or_else(|| known.iter().map(|s| s.to_string()).collect());
     if let Some(bad) = wanted.iter().find(|k| !known.contains(&k.as_str())) {
-        bail!(
-            "unknown {} {bad:?} (known: {})",
-            if opts.level == Level::Mixer {
-                "mixer kind"
-            } else {
-                "op"
-            },
-            known.join(", ")
-        );
+        bail!("unknown {} {bad:?} (known: {})", if opts.level == Level::Mixer { "mixer kind" } else { "op" }, known.join(", "));
     }
     let mut cases = Vec::new();
     for name in &wanted {
         match opts.level {
             Level::Mixer => cases.push(Case::Mixer(name.clone())),
             Level::Op => {
-                let (op, forms) = OPS
-                    .iter()
-                    .find(|(op, _)| op == name)
-                    .expect("checked above");
-                let forms = forms
-                    .iter()
-                    .filter(|f| opts.form.is_none_or(|want| want == **f));
+                let (op, forms) = OPS.iter().find(|(op, _)| op == name).expect("checked above");
+                let forms = forms.iter().filter(|f| opts.form.is_none_or(|want| want == **f));
                 cases.extend(forms.map(|&f| Case::Op(op, f)));
             }
         }
     }
     if cases.is_empty() {
-        bail!(
-            "no op has the form {}",
-            opts.form.map_or("?".into(), |f| f.to_string())
-        );
+        bail!("no op has the form {}", opts.form.map_or("?".into(), |f| f.to_string()));
     }
     Ok(cases)
 }
@@ -286,12 +231,7 @@ fn cases(opts: &OpsOptions) -> Result<Vec<Case>> {
 /// Works for any registered kind: its default config is written out, and the keys `heads`,
 /// `head_dim` and `form`, then `sets`, are set where it has them (each of `sets` applied is
 /// added to the label).
-pub fn mixer_config(
-    kind: &str,
-    shape: &Shape,
-    form: Option<Form>,
-    sets: &[(String, Value)],
-) -> Result<(MixerConfig, String)> {
+pub fn mixer_config(kind: &str, shape: &Shape, form: Option<Form>, sets: &[(String, Value)]) -> Result<(MixerConfig, String)> {
     let default: MixerConfig = serde_json::from_value(json!({ "kind": kind }))?;
     let mut value = serde_json::to_value(default)?;
     let table = value.as_object_mut().context("a mixer config is a table")?;
@@ -313,11 +253,7 @@ pub fn mixer_config(
         attention.insert("heads".into(), json!(shape.heads));
         attention.insert("head_dim".into(), json!(shape.head_dim));
     }
-    let mut label = table
-        .get("form")
-        .and_then(Value::as_str)
-        .unwrap_or("-")
-        .to_string();
+    let mut label = table.get("form").and_then(Value::as_str).unwrap_or("-").to_string();
     for (key, v) in sets {
         if let Some(slot) = table.get_mut(key) {
             *slot = v.clone();
@@ -325,9 +261,7 @@ pub fn mixer_config(
         }
     }
     let config: MixerConfig = serde_json::from_value(value)?;
-    config
-        .validate(shape.heads * shape.head_dim)
-        .map_err(|e| anyhow::anyhow!("{kind} at {shape}: {e}"))?;
+    config.validate(shape.heads * shape.head_dim).map_err(|e| anyhow::anyhow!("{kind} at {shape}: {e}"))?;
     Ok((config, label))
 }
 
@@ -340,73 +274,32 @@ pub fn mixer_config(
 /// count the copies autodiff keeps; checked against the peak RSS of single points on ndarray
 /// (B, T, H, D = 2, 2048, 4, 64: softmax 1101 MiB, linear 709, Taylor 1017 parallel, 216 chunked).
 pub fn estimate_bytes(level: Level, name: &str, form: &str, shape: &Shape) -> f64 {
-    let Shape {
-        batch,
-        seq_len: t,
-        heads,
-        head_dim: d,
-    } = *shape;
+    let Shape { batch, seq_len: t, heads, head_dim: d } = *shape;
     let (h, d, t) = (heads as f64, d as f64, t as f64);
-    let span = if form == "chunked" {
-        (CHUNK as f64).min(t)
-    } else {
-        t
-    };
+    let span = if form == "chunked" { (CHUNK as f64).min(t) } else { t };
     let features = FeatureMap::Compact.dim(TAYLOR_DIM) as f64 + (TAYLOR_DIM * TAYLOR_DIM) as f64;
     // (linear, quadratic, feature) coefficients, and the floats of chunk states per head and token.
     let (lin, quad, feat, states) = match name {
         "softmax_attention" | "attention" => (12.0, 9.0, 0.0, 0.0),
-        "linear_attention" | "decay_per_head" | "transnormer" => (
-            16.0,
-            6.0,
-            0.0,
-            if form == "chunked" {
-                4.0 * d * d / span
-            } else {
-                0.0
-            },
-        ),
+        "linear_attention" | "decay_per_head" | "transnormer" => {
+            (16.0, 6.0, 0.0, if form == "chunked" { 4.0 * d * d / span } else { 0.0 })
+        }
         // The per-channel decay makes the chunk's scores `C × C × D` per head.
-        "gla" => (
-            20.0,
-            6.0 * d,
-            0.0,
-            if form == "chunked" {
-                4.0 * d * d / span
-            } else {
-                0.0
-            },
-        ),
+        "gla" => (20.0, 6.0 * d, 0.0, if form == "chunked" { 4.0 * d * d / span } else { 0.0 }),
         "based_taylor" | "based_linear" => {
-            let state = if form == "chunked" {
-                5.0 * features * d / span
-            } else {
-                0.0
-            };
+            let state = if form == "chunked" { 5.0 * features * d / span } else { 0.0 };
             (16.0, 7.0, 6.0, state)
         }
         "base_conv" => (56.0, 0.0, 0.0, 0.0),
         _ => (40.0, 9.0, 0.0, 0.0),
     };
     // A mixer adds its input and output projections (and their gradients) to its op.
-    let projections = if level == Level::Mixer && name != "base_conv" {
-        16.0
-    } else {
-        0.0
-    };
+    let projections = if level == Level::Mixer && name != "base_conv" { 16.0 } else { 0.0 };
     // A mixer's scores carry its mask and bias too: softmax attention's mixer peaked at about 11
     // floats per head and score on ndarray (B, T, H, D = 1, 1024 and 2048, 4, 64: 272, 808 MiB).
-    let quad = if level == Level::Mixer && quad > 0.0 && form != "chunked" {
-        quad + 2.0
-    } else {
-        quad
-    };
+    let quad = if level == Level::Mixer && quad > 0.0 && form != "chunked" { quad + 2.0 } else { quad };
     let per_token = h * ((lin + projections) * d + quad * span + feat * features + states);
-    let mask = if quad > 0.0 && form != "chunked" {
-        t * t
-    } else {
-        0.0
-    }; // one byte per entry
+    let mask = if quad > 0.0 && form != "chunked" { t * t } else { 0.0 }; // one byte per entry
     batch as f64 * t * per_token * 4.0 + mask
 }
 
@@ -428,27 +321,26 @@ pub fn run<B: AutodiffBackend>(
         bail!("--reps must be at least 1");
     }
     if opts.kernels == Kernels::On && !kernels::available::<B>() {
-        bail!(
-            "--kernels on, but {} has no CubeCL kernels in this build (they run on wgpu and cuda)",
-            B::name(device)
-        );
+        bail!("--kernels on, but {} has no CubeCL kernels in this build (they run on wgpu and cuda)", B::name(device));
     }
     let cases = cases(opts)?;
+    // With --compare, a chunked form runs composed and then again on the kernels.
+    let policies = match opts.compare && kernels::available::<B>() {
+        true => vec![Kernels::Off, Kernels::On],
+        false => vec![opts.kernels],
+    };
     B::seed(device, 0);
     let mut rows = Vec::new();
-    let compare = opts.compare && kernels::available::<B>();
     for shape in shapes {
         for case in &cases {
-            let first = if compare { Kernels::Off } else { opts.kernels };
-            let row = kernels::with_policy(first, || run_point::<B>(case, shape, opts, device));
-            let again = compare && row.form.starts_with("chunked");
-            on_row(&row);
-            rows.push(row);
-            if again {
-                let row =
-                    kernels::with_policy(Kernels::On, || run_point::<B>(case, shape, opts, device));
+            for &policy in &policies {
+                let row = kernels::with_policy(policy, || run_point::<B>(case, shape, opts, device));
+                let chunked = row.form.starts_with("chunked");
                 on_row(&row);
                 rows.push(row);
+                if !chunked {
+                    break;
+                }
             }
         }
     }
@@ -457,17 +349,9 @@ pub fn run<B: AutodiffBackend>(
 
 /// One row: `case` at `shape`, timed unless it is estimated to need too much memory; a case
 /// that cannot be built or fails (e.g. a GPU out of memory after all) is reported, not fatal.
-fn run_point<B: AutodiffBackend>(
-    case: &Case,
-    shape: &Shape,
-    opts: &OpsOptions,
-    device: &B::Device,
-) -> OpsRow {
+fn run_point<B: AutodiffBackend>(case: &Case, shape: &Shape, opts: &OpsOptions, device: &B::Device) -> OpsRow {
     let (name, config) = match case {
-        Case::Mixer(kind) => (
-            kind.clone(),
-            Some(mixer_config(kind, shape, opts.form, &opts.mixer_sets)),
-        ),
+        Case::Mixer(kind) => (kind.clone(), Some(mixer_config(kind, shape, opts.form, &opts.mixer_sets))),
         Case::Op(op, _) => (op.to_string(), None),
     };
     let form = match (case, &config) {
@@ -491,9 +375,7 @@ fn run_point<B: AutodiffBackend>(
     };
     if est > opts.max_mem_bytes {
         let (need, limit) = (gib(est), gib(opts.max_mem_bytes));
-        row.skipped = Some(format!(
-            "skipped: needs ~{need:.1} GiB (limit {limit:.1} GiB, --max-mem-gb)"
-        ));
+        row.skipped = Some(format!("skipped: needs ~{need:.1} GiB (limit {limit:.1} GiB, --max-mem-gb)"));
         return row;
     }
     let kernel_calls = kernels::calls();
@@ -515,11 +397,9 @@ fn run_point<B: AutodiffBackend>(
         Err(panic) => row.skipped = Some(format!("failed: {}", panic_message(&panic))),
     }
     // A chunked form that ran on the CubeCL kernels is labelled as such.
-    if let (true, Some(rest)) = (
-        kernels::calls() > kernel_calls,
-        row.form.strip_prefix("chunked"),
-    ) {
-        row.form = format!("kernels{rest}");
+    match row.form.strip_prefix("chunked") {
+        Some(rest) if kernels::calls() > kernel_calls => row.form = format!("kernels{rest}"),
+        _ => {}
     }
     row
 }
@@ -531,89 +411,45 @@ type Loss<B> = Box<dyn Fn() -> Tensor<B, 1>>;
 type Op<B> = Box<dyn Fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>>;
 
 /// Median forward and forward+backward milliseconds of `loss`.
-fn time_case<B: AutodiffBackend>(
-    loss: &dyn Fn() -> Tensor<B, 1>,
-    opts: &OpsOptions,
-    device: &B::Device,
-) -> Result<(f64, f64)> {
+fn time_case<B: AutodiffBackend>(loss: &dyn Fn() -> Tensor<B, 1>, opts: &OpsOptions, device: &B::Device) -> Result<(f64, f64)> {
     let fwd = time_reps::<B>(device, opts.warmup, opts.reps, || drop(loss()))?;
     let fwd_bwd = time_reps::<B>(device, opts.warmup, opts.reps, || drop(loss().backward()))?;
     Ok((median_ms(&fwd), median_ms(&fwd_bwd)))
 }
 
 /// A random leaf `[dims]` in `precision` that requires a gradient.
-fn input<B: AutodiffBackend, const D: usize>(
-    dims: [usize; D],
-    precision: Precision,
-    device: &B::Device,
-) -> Tensor<B, D> {
+fn input<B: AutodiffBackend, const D: usize>(dims: [usize; D], precision: Precision, device: &B::Device) -> Tensor<B, D> {
     let x = Tensor::<B, D>::random(dims, Distribution::Normal(0.0, 1.0), device);
     to_dtype(x, DType::from(precision.float_dtype())).require_grad()
 }
 
-fn mixer_loss<B: AutodiffBackend>(
-    config: &MixerConfig,
-    shape: &Shape,
-    precision: Precision,
-    device: &B::Device,
-) -> Loss<B> {
+fn mixer_loss<B: AutodiffBackend>(config: &MixerConfig, shape: &Shape, precision: Precision, device: &B::Device) -> Loss<B> {
     let d_model = shape.heads * shape.head_dim;
-    let mixer = config.init::<B>(
-        ember_layers::LayerContext::single(d_model),
-        ember_layers::init::INIT_STD,
-        device,
-    );
+    let mixer = config.init::<B>(ember_layers::LayerContext::single(d_model), ember_layers::init::INIT_STD, device);
     let x = input::<B, 3>([shape.batch, shape.seq_len, d_model], precision, device);
     // The parameters are cast on every call, as a training step does (a no-op in f32).
     Box::new(move || to_f32(cast_params(mixer.clone(), precision).forward(x.clone())).sum())
 }
 
-fn op_loss<B: AutodiffBackend>(
-    op: &str,
-    form: Form,
-    shape: &Shape,
-    precision: Precision,
-    device: &B::Device,
-) -> Loss<B> {
-    let Shape {
-        batch,
-        seq_len,
-        heads,
-        head_dim,
-    } = *shape;
-    let qk_dim = if op == "based_taylor" {
-        TAYLOR_DIM
-    } else {
-        head_dim
-    };
+fn op_loss<B: AutodiffBackend>(op: &str, form: Form, shape: &Shape, precision: Precision, device: &B::Device) -> Loss<B> {
+    let Shape { batch, seq_len, heads, head_dim } = *shape;
+    let qk_dim = if op == "based_taylor" { TAYLOR_DIM } else { head_dim };
     let q = input::<B, 4>([batch, seq_len, heads, qk_dim], precision, device);
     let k = input::<B, 4>([batch, seq_len, heads, qk_dim], precision, device);
     let v = input::<B, 4>([batch, seq_len, heads, head_dim], precision, device);
     let scale = 1.0 / (qk_dim as f64).sqrt();
     let (map, eps) = (FeatureMap::Compact, 1e-6);
     let output: Op<B> = match (op, form) {
-        ("softmax_attention", _) => {
-            Box::new(move |q, k, v| softmax_attention::parallel(q, k, v, scale, None, 0))
-        }
+        ("softmax_attention", _) => Box::new(move |q, k, v| softmax_attention::parallel(q, k, v, scale, None, 0)),
         ("linear_attention", Form::Chunked) => {
             Box::new(move |q, k, v| linear_attention::chunked(q, k, v, None, scale, CHUNK).output)
         }
-        ("linear_attention", _) => {
-            Box::new(move |q, k, v| linear_attention::parallel(q, k, v, None, scale).output)
-        }
-        ("based_taylor", Form::Chunked) => {
-            Box::new(move |q, k, v| taylor::chunked(q, k, v, None, map, eps, CHUNK).output)
-        }
-        ("based_taylor", _) => {
-            Box::new(move |q, k, v| taylor::parallel(q, k, v, None, map, eps).output)
-        }
+        ("linear_attention", _) => Box::new(move |q, k, v| linear_attention::parallel(q, k, v, None, scale).output),
+        ("based_taylor", Form::Chunked) => Box::new(move |q, k, v| taylor::chunked(q, k, v, None, map, eps, CHUNK).output),
+        ("based_taylor", _) => Box::new(move |q, k, v| taylor::parallel(q, k, v, None, map, eps).output),
         // Log decays as GLA makes them (logsigmoid / 16): gates near 1, as in training.
         ("gla", form) => {
-            let g = log_sigmoid(input::<B, 4>(
-                [batch, seq_len, heads, head_dim],
-                precision,
-                device,
-            )) / 16.0;
+            let g = log_sigmoid(input::<B, 4>([batch, seq_len, heads, head_dim], precision, device)) / 16.0;
             Box::new(move |q, k, v| match form {
                 Form::Chunked => gla::chunked(q, k, v, g.clone(), None, scale, CHUNK).output,
                 _ => gla::parallel(q, k, v, g.clone(), None, scale).output,
@@ -622,9 +458,7 @@ fn op_loss<B: AutodiffBackend>(
         ("decay_per_head", form) => {
             let g = log_sigmoid(input::<B, 3>([batch, seq_len, heads], precision, device)) / 16.0;
             Box::new(move |q, k, v| match form {
-                Form::Chunked => {
-                    gla::chunked_per_head(q, k, v, g.clone(), None, scale, CHUNK).output
-                }
+                Form::Chunked => gla::chunked_per_head(q, k, v, g.clone(), None, scale, CHUNK).output,
                 _ => gla::parallel_per_head(q, k, v, g.clone(), None, scale).output,
             })
         }
@@ -634,15 +468,8 @@ fn op_loss<B: AutodiffBackend>(
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-    text.unwrap_or_else(|| "panicked".into())
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
+    let text = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+    text.unwrap_or_else(|| "panicked".into()).lines().next().unwrap_or("").to_string()
 }
 
 #[cfg(test)]
@@ -653,33 +480,15 @@ mod tests {
     fn grids_follow_fla_tokens_per_call() {
         let fla = Grid::preset("fla").unwrap().shapes().unwrap();
         let points: Vec<(usize, usize)> = fla.iter().map(|s| (s.batch, s.seq_len)).collect();
-        assert_eq!(
-            points,
-            [
-                (64, 1024),
-                (32, 2048),
-                (16, 4096),
-                (8, 8192),
-                (4, 16384),
-                (2, 32768)
-            ]
-        );
+        assert_eq!(points, [(64, 1024), (32, 2048), (16, 4096), (8, 8192), (4, 16384), (2, 32768)]);
         assert!(fla.iter().all(|s| s.heads == 16 && s.head_dim == 64));
-        let bad = Grid {
-            tokens: Some(1000),
-            ..Grid::preset("fla").unwrap()
-        };
+        let bad = Grid { tokens: Some(1000), ..Grid::preset("fla").unwrap() };
         assert!(bad.shapes().is_err());
     }
 
     #[test]
     fn every_mixer_kind_builds_at_a_shape_and_a_t_by_t_score_matrix_at_32k_is_skipped() {
-        let shape = Shape {
-            batch: 2,
-            seq_len: 32768,
-            heads: 16,
-            head_dim: 64,
-        };
+        let shape = Shape { batch: 2, seq_len: 32768, heads: 16, head_dim: 64 };
         for kind in KINDS {
             let (config, form) = mixer_config(kind, &shape, None, &[]).unwrap();
             assert_eq!(config.kind(), *kind);
@@ -688,14 +497,8 @@ mod tests {
         let (_, form) = mixer_config("based_linear", &shape, Some(Form::Parallel), &[]).unwrap();
         assert_eq!(form, "parallel");
         // 2·16·32768² scores alone are 128 GiB in f32.
-        assert!(
-            estimate_bytes(Level::Op, "softmax_attention", "parallel", &shape)
-                > 128.0 * (1u64 << 30) as f64
-        );
+        assert!(estimate_bytes(Level::Op, "softmax_attention", "parallel", &shape) > 128.0 * (1u64 << 30) as f64);
         // Chunked linear attention at the same shape fits an H100 comfortably.
-        assert!(
-            estimate_bytes(Level::Op, "linear_attention", "chunked", &shape)
-                < 16.0 * (1u64 << 30) as f64
-        );
+        assert!(estimate_bytes(Level::Op, "linear_attention", "chunked", &shape) < 16.0 * (1u64 << 30) as f64);
     }
 }

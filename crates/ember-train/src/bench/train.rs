@@ -52,10 +52,7 @@ pub fn train_steps<B: AutodiffBackend>(
 ) -> Result<TrainBench> {
     let precision = opts.precision;
     if !supported::<B>(precision, device) {
-        bail!(
-            "{} on {device:?} cannot compute in {precision}; use --dtype f32 or another device",
-            B::name(device)
-        );
+        bail!("{} on {device:?} cannot compute in {precision}; use --dtype f32 or another device", B::name(device));
     }
     if opts.steps == 0 {
         bail!("--steps must be at least 1");

@@ -54,9 +54,7 @@ pub(crate) fn parse_dotted(key: &str) -> Vec<Seg> {
 }
 
 fn is_bare_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// 1-based line and column of byte offset `pos` in `text`.
@@ -94,27 +92,15 @@ impl Locator {
         if let Ok(root) = DeTable::parse(text) {
             index_table(root.get_ref(), &mut Vec::new(), text, &mut lines);
         }
-        Self {
-            file: file.to_path_buf(),
-            lines,
-            overrides: Vec::new(),
-        }
+        Self { file: file.to_path_buf(), lines, overrides: Vec::new() }
     }
 
     /// Where the value at `path` came from: the last `--set` that wrote it or a table above it,
     /// else its line in the file, else (when `fallback_to_parent`) the line of the nearest
     /// enclosing table that is written in the file.
     pub fn origin(&self, path: &[Seg], fallback_to_parent: bool) -> (Origin, Option<String>) {
-        if let Some(o) = self
-            .overrides
-            .iter()
-            .rev()
-            .find(|o| path.starts_with(&o.path))
-        {
-            return (
-                Origin::Set(o.arg.clone()),
-                o.created.as_ref().map(created_note),
-            );
+        if let Some(o) = self.overrides.iter().rev().find(|o| path.starts_with(&o.path)) {
+            return (Origin::Set(o.arg.clone()), o.created.as_ref().map(created_note));
         }
         // A key below a table that a --set created (e.g. the `kind` a new mixer table lacks).
         if let Some(o) = self
@@ -123,10 +109,7 @@ impl Locator {
             .rev()
             .find(|o| o.created.as_ref().is_some_and(|(c, _)| path.starts_with(c)))
         {
-            return (
-                Origin::Set(o.arg.clone()),
-                o.created.as_ref().map(created_note),
-            );
+            return (Origin::Set(o.arg.clone()), o.created.as_ref().map(created_note));
         }
         // Keys below `path` that a --set changed may be what is wrong with it (a validation
         // error about a whole table, e.g. `model.mlp`): say so.
@@ -136,8 +119,7 @@ impl Locator {
             .filter(|o| !path.is_empty() && o.path.starts_with(path))
             .map(|o| o.arg.as_str())
             .collect();
-        let note =
-            (!below.is_empty()).then(|| format!("changed by --set {}", below.join(", --set ")));
+        let note = (!below.is_empty()).then(|| format!("changed by --set {}", below.join(", --set ")));
         let mut p = path;
         loop {
             if let Some(&line) = self.lines.get(&dotted(p)) {
@@ -152,10 +134,7 @@ impl Locator {
 
     /// An error about `path`, located.
     pub fn error(&self, path: &[Seg], kind: ErrorKind) -> RecipeError {
-        let fallback = !matches!(
-            kind,
-            ErrorKind::MissingKey { .. } | ErrorKind::UnknownKey { .. }
-        );
+        let fallback = !matches!(kind, ErrorKind::MissingKey { .. } | ErrorKind::UnknownKey { .. });
         let (origin, note) = self.origin(path, fallback);
         let mut e = RecipeError::new(&self.file, origin, kind);
         e.note = note;
@@ -163,18 +142,10 @@ impl Locator {
     }
 
     /// Applies `--set KEY=VALUE` overrides to `table`, remembering which keys they set.
-    pub fn apply_overrides(
-        &mut self,
-        table: &mut Table,
-        overrides: &[String],
-    ) -> Result<(), RecipeError> {
+    pub fn apply_overrides(&mut self, table: &mut Table, overrides: &[String]) -> Result<(), RecipeError> {
         for arg in overrides {
             let bad = |message: String| {
-                RecipeError::new(
-                    &self.file,
-                    Origin::Set(arg.clone()),
-                    ErrorKind::Override { message },
-                )
+                RecipeError::new(&self.file, Origin::Set(arg.clone()), ErrorKind::Override { message })
             };
             let (key, raw) = arg
                 .split_once('=')
@@ -211,11 +182,7 @@ impl Locator {
                 };
             }
             t.insert(keys[keys.len() - 1].to_string(), value);
-            self.overrides.push(Override {
-                path,
-                arg: arg.clone(),
-                created,
-            });
+            self.overrides.push(Override { path, arg: arg.clone(), created });
         }
         Ok(())
     }
@@ -224,11 +191,7 @@ impl Locator {
 /// `an integer`, `a string`, ... for messages.
 pub(crate) fn a_type(value: &Value) -> String {
     let t = value.type_str();
-    let article = if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        "an"
-    } else {
-        "a"
-    };
+    let article = if t.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
     format!("{article} {t}")
 }
 
@@ -238,22 +201,12 @@ fn created_note((path, siblings): &(Vec<Seg>, Vec<String>)) -> String {
         _ => "",
     };
     let parent = dotted(&path[..path.len() - 1]);
-    let where_ = if parent.is_empty() {
-        "the top level".to_string()
-    } else {
-        parent
-    };
-    let guess = suggest(name, siblings)
-        .map(|s| format!("did you mean {s}? "))
-        .unwrap_or_default();
+    let where_ = if parent.is_empty() { "the top level".to_string() } else { parent };
+    let guess = suggest(name, siblings).map(|s| format!("did you mean {s}? ")).unwrap_or_default();
     format!(
         "the recipe has no {}, so this --set created it; {guess}{where_} has: {}",
         dotted(path),
-        if siblings.is_empty() {
-            "nothing".to_string()
-        } else {
-            siblings.join(", ")
-        }
+        if siblings.is_empty() { "nothing".to_string() } else { siblings.join(", ") }
     )
 }
 
@@ -268,10 +221,7 @@ fn parse_value(raw: &str) -> Result<Value, String> {
         Err(e) => {
             let structured = raw.starts_with(['"', '\'', '[', '{']);
             if structured || raw.contains(['\n', '#']) {
-                Err(format!(
-                    "value {raw:?} is not a valid TOML value: {}",
-                    e.message().trim()
-                ))
+                Err(format!("value {raw:?} is not a valid TOML value: {}", e.message().trim()))
             } else {
                 Ok(Value::String(raw.to_string()))
             }
@@ -282,26 +232,19 @@ fn parse_value(raw: &str) -> Result<Value, String> {
 fn index_table(t: &DeTable<'_>, path: &mut Vec<Seg>, text: &str, out: &mut HashMap<String, usize>) {
     for (k, v) in t.iter() {
         path.push(Seg::Key(k.get_ref().to_string()));
-        out.entry(dotted(path))
-            .or_insert_with(|| line_col(text, k.span().start).0);
+        out.entry(dotted(path)).or_insert_with(|| line_col(text, k.span().start).0);
         index_value(v, path, text, out);
         path.pop();
     }
 }
 
-fn index_value(
-    v: &Spanned<DeValue<'_>>,
-    path: &mut Vec<Seg>,
-    text: &str,
-    out: &mut HashMap<String, usize>,
-) {
+fn index_value(v: &Spanned<DeValue<'_>>, path: &mut Vec<Seg>, text: &str, out: &mut HashMap<String, usize>) {
     match v.get_ref() {
         DeValue::Table(t) => index_table(t, path, text, out),
         DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 path.push(Seg::Index(i));
-                out.entry(dotted(path))
-                    .or_insert_with(|| line_col(text, item.span().start).0);
+                out.entry(dotted(path)).or_insert_with(|| line_col(text, item.span().start).0);
                 index_value(item, path, text, out);
                 path.pop();
             }

@@ -19,10 +19,7 @@ impl fmt::Display for Origin {
     /// `:14: `, `:3:9: `, `: --set optim.lr=abc: ` or `: `.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Line {
-                line,
-                column: Some(column),
-            } => write!(f, ":{line}:{column}: "),
+            Origin::Line { line, column: Some(column) } => write!(f, ":{line}:{column}: "),
             Origin::Line { line, column: None } => write!(f, ":{line}: "),
             Origin::Set(arg) => write!(f, ": --set {arg}: "),
             Origin::File => write!(f, ": "),
@@ -63,12 +60,7 @@ pub enum ErrorKind {
     Invalid { key: String, message: String },
     /// A data path that does not exist.
     #[error("key {key}: {what} {} not found (looked at: {})", .path.display(), list(.tried))]
-    FileNotFound {
-        key: String,
-        what: &'static str,
-        path: PathBuf,
-        tried: Vec<PathBuf>,
-    },
+    FileNotFound { key: String, what: &'static str, path: PathBuf, tried: Vec<PathBuf> },
 }
 
 /// A recipe error. Its `Display` is `FILE[:LINE[:COL]]: [--set ARG: ]MESSAGE[ (note: ...)]`,
@@ -88,12 +80,7 @@ pub struct RecipeError {
 
 impl RecipeError {
     pub(crate) fn new(file: &Path, origin: Origin, kind: ErrorKind) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            origin,
-            kind: Box::new(kind),
-            note: None,
-        }
+        Self { file: file.to_path_buf(), origin, kind: Box::new(kind), note: None }
     }
 
     /// The dotted key the error is about, if any.
@@ -117,11 +104,7 @@ impl RecipeError {
 }
 
 fn list(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn unknown_hint(suggestion: &Option<String>, expected: &[String]) -> String {
@@ -133,7 +116,5 @@ fn unknown_hint(suggestion: &Option<String>, expected: &[String]) -> String {
 }
 
 fn note_suffix(note: &Option<String>) -> String {
-    note.as_ref()
-        .map(|n| format!(" (note: {n})"))
-        .unwrap_or_default()
+    note.as_ref().map(|n| format!(" (note: {n})")).unwrap_or_default()
 }

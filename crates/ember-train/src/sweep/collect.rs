@@ -47,17 +47,11 @@ pub struct EvalPoint {
 /// The validation losses logged by a run, as `(step, loss)`; none if it has not evaluated yet.
 pub fn read_evals(run_dir: &Path) -> Result<Vec<(usize, f64)>> {
     let path = run_dir.join("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(Vec::new());
-    };
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
     let mut evals: Vec<(usize, f64)> = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}, line {}: not JSON", path.display(), i + 1))?;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}, line {}: not JSON", path.display(), i + 1))?;
         if let (Some(step), Some(loss)) = (value["step"].as_u64(), value["valid/loss"].as_f64()) {
             // A resumed run logs the steps after its checkpoint again: the later line wins.
             evals.retain(|&(s, _)| s != step as usize);
@@ -81,10 +75,7 @@ pub fn collect(runs: &[PlannedRun]) -> Result<(Vec<SweepResult>, Vec<EvalPoint>)
         let steps = run.recipe.steps();
         // Evaluations past the newest checkpoint belong to an interrupted attempt that will be redone.
         let done = state.as_ref().map_or(0, |s| s.step);
-        let evals: Vec<(usize, f64)> = read_evals(dir)?
-            .into_iter()
-            .filter(|&(s, _)| s <= done)
-            .collect();
+        let evals: Vec<(usize, f64)> = read_evals(dir)?.into_iter().filter(|&(s, _)| s <= done).collect();
         let per_step = run.tokens / steps as f64;
         for &(step, loss) in &evals {
             let tokens = per_step * step as f64;
@@ -124,43 +115,22 @@ pub fn collect(runs: &[PlannedRun]) -> Result<(Vec<SweepResult>, Vec<EvalPoint>)
 pub fn write(sweep: &Sweep, results: &[SweepResult], points: &[EvalPoint]) -> Result<Vec<PathBuf>> {
     let out = &sweep.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut csv = String::from(
-        "name,arch,n_params,tokens,flops,loss,budget,total_params,d_model,n_layers,lr\n",
-    );
+    let mut csv = String::from("name,arch,n_params,tokens,flops,loss,budget,total_params,d_model,n_layers,lr\n");
     for r in results.iter().filter(|r| r.finished) {
         let Some(loss) = r.loss else { continue };
         let budget = r.budget.map_or(String::new(), |b| format!("{b:e}"));
         let _ = writeln!(
             csv,
             "{},{},{},{:e},{:e},{loss},{budget},{},{},{},{:e}",
-            r.name,
-            r.arch,
-            r.n_params,
-            r.tokens,
-            r.flops,
-            r.total_params,
-            r.d_model,
-            r.n_layers,
-            r.lr
+            r.name, r.arch, r.n_params, r.tokens, r.flops, r.total_params, r.d_model, r.n_layers, r.lr
         );
     }
     let mut evals = String::from("name,arch,n_params,step,tokens,flops,loss\n");
     for p in points {
-        let _ = writeln!(
-            evals,
-            "{},{},{},{},{:e},{:e},{}",
-            p.name, p.arch, p.n_params, p.step, p.tokens, p.flops, p.loss
-        );
+        let _ = writeln!(evals, "{},{},{},{},{:e},{:e},{}", p.name, p.arch, p.n_params, p.step, p.tokens, p.flops, p.loss);
     }
-    let jsonl: String = results
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("serializes") + "\n")
-        .collect();
-    let files = [
-        ("results.csv", csv),
-        ("results.jsonl", jsonl),
-        ("evals.csv", evals),
-    ];
+    let jsonl: String = results.iter().map(|r| serde_json::to_string(r).expect("serializes") + "\n").collect();
+    let files = [("results.csv", csv), ("results.jsonl", jsonl), ("evals.csv", evals)];
     let mut written = Vec::new();
     for (name, text) in files {
         let path = out.join(name);

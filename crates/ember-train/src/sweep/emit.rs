@@ -20,9 +20,7 @@ impl std::str::FromStr for Emit {
         match s {
             "slurm" => Ok(Emit::Slurm),
             "shell" => Ok(Emit::Shell),
-            other => Err(format!(
-                "unknown script kind {other:?} (known: slurm, shell)"
-            )),
+            other => Err(format!("unknown script kind {other:?} (known: slurm, shell)")),
         }
     }
 }
@@ -34,26 +32,14 @@ fn quote(s: &str) -> String {
 
 /// The script text. `workdir` is where the paths in the sweep are relative to (the directory
 /// `ember sweep` ran in); `sbatch` lines are added verbatim as `#SBATCH` options.
-pub fn script(
-    kind: Emit,
-    sweep: &Sweep,
-    runs: &[PlannedRun],
-    workdir: &Path,
-    sbatch: &[String],
-) -> String {
+pub fn script(kind: Emit, sweep: &Sweep, runs: &[PlannedRun], workdir: &Path, sbatch: &[String]) -> String {
     let name = &sweep.config.name;
     let out = sweep.out_dir.display().to_string();
     let mut s = String::from("#!/usr/bin/env bash\n");
-    let _ = writeln!(
-        s,
-        "# Sweep {name}: {} runs, written by `ember sweep --recipe {} --emit {}`.",
-        runs.len(),
-        sweep.path.display(),
-        match kind {
-            Emit::Slurm => "slurm",
-            Emit::Shell => "shell",
-        }
-    );
+    let _ = writeln!(s, "# Sweep {name}: {} runs, written by `ember sweep --recipe {} --emit {}`.", runs.len(), sweep.path.display(), match kind {
+        Emit::Slurm => "slurm",
+        Emit::Shell => "shell",
+    });
     if kind == Emit::Slurm {
         let _ = writeln!(s, "#SBATCH --job-name=ember-{name}");
         let _ = writeln!(s, "#SBATCH --array=0-{}", runs.len().saturating_sub(1));

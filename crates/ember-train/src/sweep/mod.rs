@@ -170,59 +170,29 @@ impl Sweep {
     /// Reads and checks a sweep recipe; every base recipe must load.
     pub fn load(path: &Path) -> Result<Sweep> {
         let path = Recipe::resolve_path(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let file: SweepFile = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start].lines().count().max(1))
-                .unwrap_or(1);
+            let line = e.span().map(|s| text[..s.start].lines().count().max(1)).unwrap_or(1);
             anyhow::anyhow!("{}:{line}: {}", path.display(), e.message().trim())
         })?;
         let config = file.sweep;
-        let fail = |key: &str, message: String| {
-            Err(anyhow::anyhow!(
-                "{}: key sweep.{key}: {message}",
-                path.display()
-            ))
-        };
+        let fail = |key: &str, message: String| Err(anyhow::anyhow!("{}: key sweep.{key}: {message}", path.display()));
         if config.archs.is_empty() {
-            return fail(
-                "archs",
-                "needs at least one architecture = base recipe".into(),
-            );
+            return fail("archs", "needs at least one architecture = base recipe".into());
         }
         match (config.shapes.is_empty(), config.params.is_empty()) {
             (true, true) => return fail("shapes", "give model shapes or target params".into()),
-            (false, false) => {
-                return fail("params", "give either shapes or params, not both".into())
-            }
+            (false, false) => return fail("params", "give either shapes or params, not both".into()),
             _ => {}
         }
         match config.design {
-            Design::Grid if config.tokens.is_empty() => {
-                return fail("tokens", "the grid design needs token budgets".into())
-            }
-            Design::Isoflop if config.flops.is_empty() => {
-                return fail("flops", "the isoflop design needs compute budgets".into())
-            }
-            Design::Grid if !config.flops.is_empty() => {
-                return fail("flops", "the grid design takes tokens, not flops".into())
-            }
-            Design::Isoflop if !config.tokens.is_empty() => {
-                return fail(
-                    "tokens",
-                    "the isoflop design takes flops, not tokens".into(),
-                )
-            }
+            Design::Grid if config.tokens.is_empty() => return fail("tokens", "the grid design needs token budgets".into()),
+            Design::Isoflop if config.flops.is_empty() => return fail("flops", "the isoflop design needs compute budgets".into()),
+            Design::Grid if !config.flops.is_empty() => return fail("flops", "the grid design takes tokens, not flops".into()),
+            Design::Isoflop if !config.tokens.is_empty() => return fail("tokens", "the isoflop design takes flops, not tokens".into()),
             _ => {}
         }
-        for (key, values) in [
-            ("params", &config.params),
-            ("tokens", &config.tokens),
-            ("flops", &config.flops),
-            ("lrs", &config.lrs),
-        ] {
+        for (key, values) in [("params", &config.params), ("tokens", &config.tokens), ("flops", &config.flops), ("lrs", &config.lrs)] {
             if values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
                 return fail(key, "every value must be a positive number".into());
             }
@@ -230,15 +200,8 @@ impl Sweep {
         if !(config.aspect > 0.0) || config.d_multiple == 0 {
             return fail("aspect", "aspect and d_multiple must be positive".into());
         }
-        let out_dir = config
-            .out_dir
-            .clone()
-            .unwrap_or_else(|| Path::new("checkpoints/sweeps").join(&config.name));
-        Ok(Sweep {
-            config,
-            path,
-            out_dir,
-        })
+        let out_dir = config.out_dir.clone().unwrap_or_else(|| Path::new("checkpoints/sweeps").join(&config.name));
+        Ok(Sweep { config, path, out_dir })
     }
 
     /// The base recipe of `arch`, resolved next to the sweep file, with `overrides`.
@@ -249,8 +212,7 @@ impl Sweep {
             _ => rel.to_path_buf(),
         };
         let all: Vec<String> = own.iter().chain(overrides).cloned().collect();
-        Recipe::load(&path, &all)
-            .map_err(|e| anyhow::anyhow!("sweep {}, arch {arch}: {e}", self.path.display()))
+        Recipe::load(&path, &all).map_err(|e| anyhow::anyhow!("sweep {}, arch {arch}: {e}", self.path.display()))
     }
 
     /// Every run of the sweep, in order: arch, then budget, then size, then learning rate.
@@ -263,11 +225,7 @@ impl Sweep {
                 false => c.shapes.clone(),
                 true => shapes_for_params(&base, &c.params, c.aspect, c.d_multiple, c.count)?,
             };
-            let lrs = if c.lrs.is_empty() {
-                vec![base.optim.lr]
-            } else {
-                c.lrs.clone()
-            };
+            let lrs = if c.lrs.is_empty() { vec![base.optim.lr] } else { c.lrs.clone() };
             let budgets = match c.design {
                 Design::Grid => c.tokens.clone(),
                 Design::Isoflop => c.flops.clone(),
@@ -283,29 +241,15 @@ impl Sweep {
         let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            bail!(
-                "sweep {}: two runs are both named {} (repeated shapes or budgets?)",
-                self.path.display(),
-                w[0]
-            );
+            bail!("sweep {}: two runs are both named {} (repeated shapes or budgets?)", self.path.display(), w[0]);
         }
         Ok(runs)
     }
 
-    fn plan_run(
-        &self,
-        arch: &str,
-        shape: Shape,
-        budget: f64,
-        lr: f64,
-        name_lr: bool,
-    ) -> Result<PlannedRun> {
+    fn plan_run(&self, arch: &str, shape: Shape, budget: f64, lr: f64, name_lr: bool) -> Result<PlannedRun> {
         let c = &self.config;
         let mut overrides = c.set.clone();
-        overrides.extend([
-            format!("model.d_model={}", shape.d_model),
-            format!("model.n_layers={}", shape.n_layers),
-        ]);
+        overrides.extend([format!("model.d_model={}", shape.d_model), format!("model.n_layers={}", shape.n_layers)]);
         let sized = self.base(arch, &overrides)?;
         let n_params = count(&sized, c.count);
         let tokens = match c.design {
@@ -318,10 +262,7 @@ impl Sweep {
             Design::Grid => format!("t{}", short(budget)),
             Design::Isoflop => format!("c{}", short(budget)),
         };
-        let mut name = format!(
-            "{arch}-d{}-l{}-{budget_label}",
-            shape.d_model, shape.n_layers
-        );
+        let mut name = format!("{arch}-d{}-l{}-{budget_label}", shape.d_model, shape.n_layers);
         if name_lr {
             name.push_str(&format!("-lr{lr:e}"));
         }
@@ -333,15 +274,9 @@ impl Sweep {
             format!("train.out_dir={:?}", out_dir.display().to_string()),
             format!("train.steps={steps}"),
             format!("optim.lr={lr:e}"),
-            format!(
-                "optim.warmup_steps={}",
-                sized.optim.warmup_steps.min(steps.saturating_sub(1) / 2)
-            ),
+            format!("optim.warmup_steps={}", sized.optim.warmup_steps.min(steps.saturating_sub(1) / 2)),
             format!("train.eval_interval={}", base_eval.min(steps).max(1)),
-            format!(
-                "train.checkpoint_interval={}",
-                sized.train.checkpoint_interval.min(steps)
-            ),
+            format!("train.checkpoint_interval={}", sized.train.checkpoint_interval.min(steps)),
             "log.samples=0".into(),
         ]);
         let recipe = self.base(arch, &overrides)?;
@@ -362,9 +297,7 @@ impl Sweep {
 
     /// Where each run's final recipe is written (for `--emit` scripts and by-hand reruns).
     pub fn recipe_path(&self, run: &PlannedRun) -> PathBuf {
-        self.out_dir
-            .join("recipes")
-            .join(format!("{}.toml", run.name))
+        self.out_dir.join("recipes").join(format!("{}.toml", run.name))
     }
 
     /// Writes every run's recipe under `<out_dir>/recipes/`.
@@ -372,8 +305,7 @@ impl Sweep {
         for run in runs {
             let path = self.recipe_path(run);
             std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
-            std::fs::write(&path, &run.recipe.source.text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, &run.recipe.source.text).with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
     }
@@ -391,19 +323,10 @@ pub fn count(recipe: &Recipe, how: ParamCount) -> usize {
 /// and widths that are multiples of `d_multiple` with `d_model / n_layers` within a factor 2
 /// of `aspect`; between near-equal counts, the shape closer to `aspect` wins. The base
 /// recipe's mixers must be valid at those widths.
-pub fn shapes_for_params(
-    base: &Recipe,
-    targets: &[f64],
-    aspect: f64,
-    d_multiple: usize,
-    how: ParamCount,
-) -> Result<Vec<Shape>> {
+pub fn shapes_for_params(base: &Recipe, targets: &[f64], aspect: f64, d_multiple: usize, how: ParamCount) -> Result<Vec<Shape>> {
     let mut candidates = Vec::new();
     for n_layers in 1..=64usize {
-        let (lo, hi) = (
-            aspect * n_layers as f64 / 2.0,
-            aspect * n_layers as f64 * 2.0,
-        );
+        let (lo, hi) = (aspect * n_layers as f64 / 2.0, aspect * n_layers as f64 * 2.0);
         let mut d = d_multiple;
         while d as f64 <= hi {
             if d as f64 >= lo {
@@ -411,13 +334,7 @@ pub fn shapes_for_params(
                 sized.model.d_model = d;
                 sized.model.n_layers = n_layers;
                 if sized.model.validate().is_ok() {
-                    candidates.push((
-                        Shape {
-                            d_model: d,
-                            n_layers,
-                        },
-                        count(&sized, how) as f64,
-                    ));
+                    candidates.push((Shape { d_model: d, n_layers }, count(&sized, how) as f64));
                 }
             }
             d += d_multiple;
@@ -427,9 +344,7 @@ pub fn shapes_for_params(
         bail!("no shape with d_model ≈ {aspect} · n_layers (multiples of {d_multiple}) is valid for the base recipe's mixers");
     }
     let score = |shape: &Shape, n: f64, target: f64| {
-        let off_aspect = ((shape.d_model as f64 / shape.n_layers as f64) / aspect)
-            .ln()
-            .abs();
+        let off_aspect = ((shape.d_model as f64 / shape.n_layers as f64) / aspect).ln().abs();
         (n.ln() - target.ln()).abs() + 0.1 * off_aspect
     };
     let mut shapes = Vec::new();
@@ -462,19 +377,8 @@ pub fn plan_table(sweep: &Sweep, runs: &[PlannedRun], seconds: Option<&[f64]>) -
         ParamCount::NonEmbedding => "N (non-embedding)",
         ParamCount::Total => "N (total)",
     };
-    let _ = writeln!(
-        t,
-        "sweep {} ({:?} design): {} runs into {}",
-        sweep.config.name,
-        sweep.config.design,
-        runs.len(),
-        sweep.out_dir.display()
-    );
-    let _ = writeln!(
-        t,
-        "{:<34} {:>8} {:>7} {:>18} {:>12} {:>10} {:>8} {:>10}",
-        "run", "d_model", "layers", count, "tokens", "FLOPs", "steps", "est. time"
-    );
+    let _ = writeln!(t, "sweep {} ({:?} design): {} runs into {}", sweep.config.name, sweep.config.design, runs.len(), sweep.out_dir.display());
+    let _ = writeln!(t, "{:<34} {:>8} {:>7} {:>18} {:>12} {:>10} {:>8} {:>10}", "run", "d_model", "layers", count, "tokens", "FLOPs", "steps", "est. time");
     let mut total_s = 0.0;
     for (i, r) in runs.iter().enumerate() {
         let secs = seconds.map(|s| s[i]);
@@ -497,11 +401,7 @@ pub fn plan_table(sweep: &Sweep, runs: &[PlannedRun], seconds: Option<&[f64]>) -
     let tokens: f64 = runs.iter().map(|r| r.tokens).sum();
     let _ = writeln!(t, "total: {tokens:.3e} tokens, {flops:.3e} FLOPs (6ND)");
     if seconds.is_some() {
-        let _ = writeln!(
-            t,
-            "estimated time: {} one run at a time",
-            human_secs(total_s)
-        );
+        let _ = writeln!(t, "estimated time: {} one run at a time", human_secs(total_s));
     }
     t
 }
@@ -516,12 +416,7 @@ fn human_secs(s: f64) -> String {
 
 /// Brings every run to completion, `jobs` at a time: new runs train, interrupted ones resume
 /// from their newest checkpoint, finished ones are left alone. Returns what happened to each.
-pub fn run_all<B: AutodiffBackend>(
-    runs: &[PlannedRun],
-    jobs: usize,
-    quiet: bool,
-    device: &B::Device,
-) -> Result<Vec<RunAction>>
+pub fn run_all<B: AutodiffBackend>(runs: &[PlannedRun], jobs: usize, quiet: bool, device: &B::Device) -> Result<Vec<RunAction>>
 where
     B::Device: Sync,
 {
@@ -533,18 +428,10 @@ where
         if !quiet {
             let what = match done.action {
                 RunAction::AlreadyFinished => "already finished".to_string(),
-                RunAction::Resumed => format!(
-                    "resumed and finished in {:.0} s",
-                    started.elapsed().as_secs_f64()
-                ),
-                RunAction::Trained => {
-                    format!("trained in {:.0} s", started.elapsed().as_secs_f64())
-                }
+                RunAction::Resumed => format!("resumed and finished in {:.0} s", started.elapsed().as_secs_f64()),
+                RunAction::Trained => format!("trained in {:.0} s", started.elapsed().as_secs_f64()),
             };
-            let loss = done
-                .state
-                .last_val_loss
-                .map_or("-".into(), |l| format!("{l:.4}"));
+            let loss = done.state.last_val_loss.map_or("-".into(), |l| format!("{l:.4}"));
             println!("{}: {what}; validation loss {loss}", run.name);
         }
         Ok(done.action)
@@ -553,10 +440,7 @@ where
 
 /// Seconds each run should take on `device`: two timed optimizer steps (after one untimed) of
 /// every distinct (arch, shape), times the run's steps.
-pub fn estimate_seconds<B: AutodiffBackend>(
-    runs: &[PlannedRun],
-    device: &B::Device,
-) -> Result<Vec<f64>> {
+pub fn estimate_seconds<B: AutodiffBackend>(runs: &[PlannedRun], device: &B::Device) -> Result<Vec<f64>> {
     let mut per_step: BTreeMap<(String, usize, usize), f64> = BTreeMap::new();
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
@@ -564,17 +448,8 @@ pub fn estimate_seconds<B: AutodiffBackend>(
         let secs = match per_step.get(&key) {
             Some(&s) => s,
             None => {
-                let opts = TrainBenchOptions {
-                    steps: 2,
-                    warmup: 1,
-                    precision: run.recipe.train.precision(),
-                };
-                let bench = train_steps::<B>(
-                    &run.recipe,
-                    &opts,
-                    &mut MemoryProbe::unavailable("not measured"),
-                    device,
-                )?;
+                let opts = TrainBenchOptions { steps: 2, warmup: 1, precision: run.recipe.train.precision() };
+                let bench = train_steps::<B>(&run.recipe, &opts, &mut MemoryProbe::unavailable("not measured"), device)?;
                 let s = bench.step_ms / 1e3;
                 per_step.insert(key, s);
                 s
