@@ -29,4 +29,4 @@ torch_lib="$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "libtorch from PyTorch $version at $torch_lib"
-cargo test -p ember-cli --features tch --test backends -- --nocapture
+cargo test -p ember-cli --features tch --test it backends:: -- --nocapture

@@ -68,7 +68,7 @@ pub fn parallel<B: Backend>(
     let scores = decayed_scores::<B, 4, 5>(q.clone(), k.clone(), cum.clone());
     let output = (scores.matmul(v.clone()) + (q * cum.clone().exp()).matmul(h0.clone())) * scale;
     // G_T as a sum rather than a slice of `cum`: libtorch's backward of a slice of a cumsum
-    // gave wrong gradients for `g` (burn-tch 0.21; a test in ember-cli/tests/backends.rs).
+    // gave wrong gradients for `g` (burn-tch 0.21; a test in ember-cli/tests/it/backends.rs).
     let last = g.sum_dim(2); // G_T
     let to_end = (last.clone() - cum).exp(); // exp(G_T − G_s) ≤ 1
     let state = (k * to_end).swap_dims(2, 3).matmul(v) + last.swap_dims(2, 3).exp() * h0;

@@ -1,5 +1,5 @@
 //! Every mixer's forms compute the same function, and every mixer is causal.
-mod common;
+use crate::common;
 
 use burn::backend::NdArray;
 use burn::tensor::{Distribution, Tensor};
@@ -20,7 +20,7 @@ use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
 use ember_ops::Form;
 
-use common::{assert_causal, in_pieces, rel_err, stepwise};
+use crate::common::{assert_causal, in_pieces, rel_err, stepwise};
 
 type B = NdArray<f32>;
 const D: usize = 32;

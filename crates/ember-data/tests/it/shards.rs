@@ -1,6 +1,5 @@
-mod common;
 
-use common::*;
+use crate::common::*;
 use ember_data::{prepare, unigram_entropy, PrepareOptions, TokenShards};
 
 fn prepared(tmp: &std::path::Path) -> std::path::PathBuf {

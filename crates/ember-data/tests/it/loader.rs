@@ -1,8 +1,7 @@
-mod common;
 
 use std::collections::HashSet;
 
-use common::*;
+use crate::common::*;
 use ember_data::{Batch, LoaderState, PackedLoader, TokenShards};
 
 /// Token i has value i % 1000 (vocab 1000): a window's values tell where it starts.

@@ -1,6 +1,5 @@
 //! The `ember` binary as a user runs it from the repository root.
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn recipe_check_reports_the_based_360m_reference_size() {

@@ -1,8 +1,7 @@
-mod common;
 
 use std::path::Path;
 
-use common::{grid_sweep, isoflop_sweep, log_space, TRUE_LAW};
+use crate::common::{grid_sweep, isoflop_sweep, log_space, TRUE_LAW};
 use ember_scaling::{
     analyse, plot_isoflop_curves, plot_loss_vs_compute, plot_optimal_allocation, write_report,
     AnalysisConfig, BootstrapConfig, ChinchillaConfig, ChinchillaParams, IsoFlopConfig, StartGrid,

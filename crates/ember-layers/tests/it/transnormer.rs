@@ -1,6 +1,6 @@
 //! TransNormerLLM's token mixer and the per-head (Lightning-2) decay op (LAYERS.md §3): forms
 //! agree, causality, state carry with LRPE positions, and the §3.6 / A.3 sanity checks.
-mod common;
+use crate::common;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
@@ -10,7 +10,7 @@ use ember_layers::transnormer::{alibi_slopes, lrpe, DecaySchedule, LrpeLayers, T
 use ember_layers::LayerContext;
 use ember_ops::{gated_linear_attention as op, Form};
 
-use common::{assert_causal, rel_err, stepwise};
+use crate::common::{assert_causal, rel_err, stepwise};
 
 type B = NdArray<f32>;
 type AD = Autodiff<NdArray<f32>>;

@@ -1,6 +1,5 @@
 //! Mixture-of-Head attention (LAYERS.md §8): router gates, load-balance loss, the dense and
 //! sparse training paths, and decoding.
-mod common;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -10,7 +9,7 @@ use ember_layers::attention::AttentionConfig;
 use ember_layers::moh::{Moh, MohConfig};
 use ember_layers::LayerContext;
 
-use common::{assert_causal, host_rel_err, in_pieces, random, stepwise, to_vec, vec_rel_err};
+use crate::common::{assert_causal, host_rel_err, in_pieces, random, stepwise, to_vec, vec_rel_err};
 
 type B = NdArray<f32>;
 type AD = Autodiff<B>;

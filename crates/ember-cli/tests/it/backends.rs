@@ -4,8 +4,7 @@
 //! `cargo test --workspace` covers `cpu` (ndarray) and `flex`; building the tests with
 //! `--features ember-cli/wgpu` (as `.ci/run` does, on Mesa's lavapipe) adds `wgpu`, and
 //! `--features ember-cli/tch` adds `tch-cpu` (see scripts/check-tch.sh).
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Output;
 

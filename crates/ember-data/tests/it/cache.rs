@@ -1,8 +1,7 @@
-mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use ember_data::{open_source, prepare, train_tokenizer, PrepareOptions};
 
 fn entries(dir: &std::path::Path) -> Vec<String> {

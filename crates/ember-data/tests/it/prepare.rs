@@ -1,8 +1,7 @@
-mod common;
 
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use ember_data::{prepare, Dtype, PrepareOptions, TokenShards};
 use parquet::basic::Compression;
 

@@ -1,6 +1,6 @@
 //! The Aaren layer (LAYERS.md §7): every form equals an explicit per-head softmax of the learned
 //! query over each prefix; decoding equals the forward and carries a constant-size state; causal.
-mod common;
+use crate::common;
 
 use burn::backend::NdArray;
 use burn::tensor::{activation::softmax, Tensor};
@@ -9,7 +9,7 @@ use ember_layers::LayerContext;
 use ember_ops::mask::hidden_keys;
 use ember_ops::Form;
 
-use common::{assert_causal, in_pieces, rel_err, stepwise};
+use crate::common::{assert_causal, in_pieces, rel_err, stepwise};
 
 type B = NdArray<f32>;
 const D: usize = 32;

@@ -1,7 +1,7 @@
 //! LoLCATs wiring: with the teacher's projections and the window drowning the linear part it
 //! is the teacher's attention; its feature maps are positive and sum to one per half; LoRA
 //! merged into the weights computes what the adapters did.
-mod common;
+use crate::common;
 
 use burn::backend::NdArray;
 use burn::module::Param;
@@ -10,7 +10,7 @@ use ember_layers::attention::AttentionConfig;
 use ember_layers::lolcats::LolcatsConfig;
 use ember_layers::lora::LoraConfig;
 use ember_layers::LayerContext;
-use common::rel_err;
+use crate::common::rel_err;
 
 type B = NdArray<f32>;
 const D: usize = 32;

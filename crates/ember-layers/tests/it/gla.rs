@@ -1,6 +1,6 @@
 //! GLA (LAYERS.md §2): the forms agree, the layer is causal and carries its state, and the
 //! gate and its limits behave as §2.2 / §2.8 / A.2 say.
-mod common;
+use crate::common;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
@@ -11,7 +11,7 @@ use ember_layers::init::linear;
 use ember_layers::LayerContext;
 use ember_ops::{gated_linear_attention as gla_op, linear_attention, Form};
 
-use common::{assert_causal, rel_err, stepwise};
+use crate::common::{assert_causal, rel_err, stepwise};
 
 type B = NdArray<f32>;
 type AD = Autodiff<NdArray<f32>>;

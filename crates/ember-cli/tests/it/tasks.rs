@@ -1,6 +1,5 @@
 //! MQAR and scaling sweeps from the command line, as a user runs them.
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 /// recipes/mqar/gla.toml shrunk to seconds: vocab 64, T ≤ 32, 30 steps.

@@ -2,7 +2,7 @@
 //! is causal, reduces to a gated RNN at L = T and to softmax attention at L = 1, equals the
 //! reference code's inter/intra log-sum-exp merge, sees the previous chunk only through its
 //! cache entry, and initialises its forget gates in the A.4 ranges.
-mod common;
+use crate::common;
 
 use burn::backend::NdArray;
 use burn::tensor::{activation::{sigmoid, softmax}, Tensor};
@@ -10,7 +10,7 @@ use ember_layers::rat::{Rat, RatConfig, RatInputs};
 use ember_layers::LayerContext;
 use ember_ops::{rat, rope, softmax_attention, Form};
 
-use common::{assert_causal, bumped, in_pieces, rel_err, stepwise};
+use crate::common::{assert_causal, bumped, in_pieces, rel_err, stepwise};
 
 type B = NdArray<f32>;
 const D: usize = 32;

@@ -1,6 +1,5 @@
-mod common;
 
-use common::{isoflop_sweep, log_space, TRUE_LAW};
+use crate::common::{isoflop_sweep, log_space, TRUE_LAW};
 use ember_scaling::{
     fit_budget, fit_isoflop, group_budgets, polyfit, BootstrapConfig, IsoFlopConfig, PowerLaw,
     RunResult, SkipReason,

@@ -1,6 +1,5 @@
-mod common;
 
-use common::{grid_sweep, TRUE_LAW};
+use crate::common::{grid_sweep, TRUE_LAW};
 use ember_scaling::{
     fit_chinchilla, BootstrapConfig, ChinchillaConfig, ChinchillaObjective, ChinchillaParams,
     FitError, RunResult, StartGrid,

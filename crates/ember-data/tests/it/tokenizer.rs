@@ -1,6 +1,5 @@
-mod common;
 
-use common::*;
+use crate::common::*;
 use ember_data::{train_tokenizer, Tokenizer};
 
 #[test]

@@ -1,0 +1,11 @@
+//! ember-data's integration tests, one module per subject, in one test binary (one link and one
+//! set of generic instantiations instead of one per file: the CI build's largest cost).
+
+mod common;
+mod cache;
+mod loader;
+mod mqar;
+mod niah;
+mod prepare;
+mod shards;
+mod tokenizer;

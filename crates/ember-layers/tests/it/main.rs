@@ -1,0 +1,12 @@
+//! ember-layers's integration tests, one module per subject, in one test binary (one link and one
+//! set of generic instantiations instead of one per file: the CI build's largest cost).
+
+mod common;
+mod aaren;
+mod forms;
+mod gla;
+mod lolcats;
+mod moh;
+mod rat;
+mod titans;
+mod transnormer;
