@@ -25,6 +25,9 @@ pub struct Saved<R: CubeRuntime> {
     /// `q ⊙ exp(G_t)` and `k ⊙ exp(G_end − G_t)` in f32 (see `kernels::prepare`).
     q_in: CubeTensor<R>,
     k_out: CubeTensor<R>,
+    /// The same within each register block of rows (`q_in` and `k_out` without decay).
+    q_blk: CubeTensor<R>,
+    k_blk: CubeTensor<R>,
     decay: bool,
     /// The state entering every chunk, `[B, H, N, K, V]`.
     states: CubeTensor<R>,
@@ -104,6 +107,10 @@ pub fn forward<R: CubeRuntime>(
     let gc = f32_buffer(&q, if decay { vec![b, t, h, dk] } else { vec![1] });
     let q_in = f32_buffer(&q, vec![b, t, h, dk]);
     let k_out = f32_buffer(&q, vec![b, t, h, dk]);
+    let per_block = |x: &CubeTensor<R>| if decay { f32_buffer(&q, vec![b, t, h, dk]) } else { x.clone() };
+    let (q_blk, k_blk) = (per_block(&q_in), per_block(&k_out));
+    // Without decay `prepare` writes no block factors; it gets buffers of its own to not write.
+    let unwritten = |x: &CubeTensor<R>| if decay { x.clone() } else { f32_buffer(&q, vec![1]) };
     let (count, dim) = per_head(n * dk, b * h);
     kernels::prepare::launch::<R>(
         &client,
@@ -115,6 +122,8 @@ pub fn forward<R: CubeRuntime>(
         gc.clone().into_tensor_arg(),
         q_in.clone().into_tensor_arg(),
         k_out.clone().into_tensor_arg(),
+        unwritten(&q_blk).into_tensor_arg(),
+        unwritten(&k_blk).into_tensor_arg(),
         t as u32,
         h as u32,
         dk as u32,
@@ -170,6 +179,8 @@ pub fn forward<R: CubeRuntime>(
         k.clone().into_tensor_arg(),
         v.clone().into_tensor_arg(),
         gc.clone().into_tensor_arg(),
+        q_blk.clone().into_tensor_arg(),
+        k_blk.clone().into_tensor_arg(),
         q_in.clone().into_tensor_arg(),
         states.clone().into_tensor_arg(),
         out.clone().into_tensor_arg(),
@@ -189,6 +200,8 @@ pub fn forward<R: CubeRuntime>(
         gc,
         q_in,
         k_out,
+        q_blk,
+        k_blk,
         decay,
         states,
         out,
@@ -214,6 +227,8 @@ pub fn backward<R: CubeRuntime>(saved: Saved<R>, d_out: CubeTensor<R>) -> Grads<
         gc,
         q_in,
         k_out,
+        q_blk,
+        k_blk,
         decay,
         states,
         out,
@@ -279,6 +294,8 @@ pub fn backward<R: CubeRuntime>(saved: Saved<R>, d_out: CubeTensor<R>) -> Grads<
         k.clone().into_tensor_arg(),
         v.into_tensor_arg(),
         gc.into_tensor_arg(),
+        q_blk.into_tensor_arg(),
+        k_blk.into_tensor_arg(),
         k_out.into_tensor_arg(),
         states.into_tensor_arg(),
         d_states.into_tensor_arg(),

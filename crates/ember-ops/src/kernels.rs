@@ -106,8 +106,8 @@ impl Variant {
     /// Whether [`Kernels::Auto`] runs this variant on the kernels. Only where they were
     /// measured faster than the composed form (docs/BENCHMARKS.md, "CubeCL kernels"): the
     /// per-channel decay, whose composed form builds a `C×C×K` tensor per chunk. The others
-    /// compose into Burn's tiled matmuls, which beat the kernels' scalar loops on lavapipe;
-    /// re-measure on a GPU with `ember bench ops --compare` before widening this.
+    /// compose into Burn's tiled matmuls, which the kernels only match at best on lavapipe
+    /// (0.9–2× their time); re-measure on a GPU with `ember bench ops --compare` first.
     fn auto(self) -> bool {
         self == Variant::PerChannel
     }
