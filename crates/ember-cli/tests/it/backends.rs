@@ -167,6 +167,35 @@ fn bench_compare_times_the_kernels_beside_the_composed_form() {
     }
 }
 
+/// After a point fails inside a CubeCL device, the points after it are reported as not run: the
+/// device's memory manager can be left inconsistent, and later times wrong. On lavapipe the
+/// composed GLA below asks for one 256 MiB buffer, over its limit.
+#[test]
+fn bench_ops_reports_the_points_after_a_device_failure_as_not_run() {
+    if !cfg!(feature = "wgpu") {
+        eprintln!("SKIPPED: built without wgpu, the backend with kernels that CI has");
+        return;
+    }
+    let out = ember(&[
+        "bench", "ops", "--level", "op", "--kinds", "gla,linear_attention", "--form", "chunked", "--device", "wgpu",
+        "--kernels", "off", "--batch", "16", "--seq", "256", "--heads", "4", "--head-dim", "64", "--warmup", "0",
+        "--reps", "1",
+    ]);
+    if unavailable("wgpu", &out) {
+        return;
+    }
+    let log = text(&out);
+    let row = |op: &str| {
+        let found = log.lines().find(|l| l.starts_with("op ") && l.split_whitespace().nth(1) == Some(op));
+        found.unwrap_or_else(|| panic!("no {op} row:\n{log}")).to_string()
+    };
+    if !row("gla").contains("failed:") {
+        eprintln!("SKIPPED: this wgpu device allocated composed GLA's 256 MiB buffer (lavapipe cannot)");
+        return;
+    }
+    assert!(row("linear_attention").contains("not run: the device failed at gla (chunked) at B=16, T=256"), "{log}");
+}
+
 /// Forcing the kernels on a backend without them is a recipe error naming the key.
 #[test]
 fn kernels_on_without_kernels_is_a_recipe_error() {

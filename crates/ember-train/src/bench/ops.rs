@@ -4,7 +4,8 @@
 //!
 //! Every timed call is `loss = sum(output in f32)`, then `loss.backward()` for the
 //! forward+backward column; the device is synced before each clock read. A shape whose
-//! estimated peak memory exceeds the limit is skipped, not attempted.
+//! estimated peak memory exceeds the limit is skipped, not attempted; after a point fails on a
+//! CubeCL device (wgpu, cuda), the points after it are reported as not run.
 use super::{gib, median_ms, time_reps};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
@@ -330,11 +331,21 @@ pub fn run<B: AutodiffBackend>(
         false => vec![opts.kernels],
     };
     B::seed(device, 0);
+    // After a point fails inside a CubeCL device (an allocation over the device's limit, a failed
+    // launch), its memory manager can be left inconsistent, and later points on it then report
+    // times for work that never ran (seen on lavapipe after a 512 MiB allocation failed). Those
+    // points are reported as not run instead.
+    let failures_poison_the_device = kernels::available::<B>();
+    let mut failed_at: Option<String> = None;
     let mut rows = Vec::new();
     for shape in shapes {
         for case in &cases {
             for &policy in &policies {
-                let row = kernels::with_policy(policy, || run_point::<B>(case, shape, opts, device));
+                let (row, device_failed) =
+                    kernels::with_policy(policy, || run_point::<B>(case, shape, opts, device, failed_at.as_deref()));
+                if device_failed && failures_poison_the_device && failed_at.is_none() {
+                    failed_at = Some(format!("{} ({}) at B={}, T={}", row.name, row.form, shape.batch, shape.seq_len));
+                }
                 let chunked = row.form.starts_with("chunked");
                 on_row(&row);
                 rows.push(row);
@@ -347,9 +358,16 @@ pub fn run<B: AutodiffBackend>(
     Ok(rows)
 }
 
-/// One row: `case` at `shape`, timed unless it is estimated to need too much memory; a case
-/// that cannot be built or fails (e.g. a GPU out of memory after all) is reported, not fatal.
-fn run_point<B: AutodiffBackend>(case: &Case, shape: &Shape, opts: &OpsOptions, device: &B::Device) -> OpsRow {
+/// One row: `case` at `shape`, timed unless it is estimated to need too much memory or the
+/// device failed at an earlier point (`failed_at`); a case that cannot be built or fails (e.g. a
+/// GPU out of memory after all) is reported, not fatal. Also whether it failed on the device.
+fn run_point<B: AutodiffBackend>(
+    case: &Case,
+    shape: &Shape,
+    opts: &OpsOptions,
+    device: &B::Device,
+    failed_at: Option<&str>,
+) -> (OpsRow, bool) {
     let (name, config) = match case {
         Case::Mixer(kind) => (kind.clone(), Some(mixer_config(kind, shape, opts.form, &opts.mixer_sets))),
         Case::Op(op, _) => (op.to_string(), None),
@@ -373,35 +391,48 @@ fn run_point<B: AutodiffBackend>(case: &Case, shape: &Shape, opts: &OpsOptions, 
         tokens_per_sec: None,
         skipped: None,
     };
+    if let Some(at) = failed_at {
+        row.skipped = Some(format!("not run: the device failed at {at}; time this point in a new run"));
+        return (row, false);
+    }
     if est > opts.max_mem_bytes {
         let (need, limit) = (gib(est), gib(opts.max_mem_bytes));
         row.skipped = Some(format!("skipped: needs ~{need:.1} GiB (limit {limit:.1} GiB, --max-mem-gb)"));
-        return row;
+        return (row, false);
     }
+    let config = match config {
+        Some(Err(e)) => {
+            row.skipped = Some(format!("failed: {e:#}"));
+            return (row, false);
+        }
+        Some(Ok((config, _))) => Some(config),
+        None => None,
+    };
     let kernel_calls = kernels::calls();
     let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let loss = match (case, config) {
             (Case::Op(op, form), _) => op_loss::<B>(op, *form, shape, opts.precision, device),
-            (_, Some(config)) => mixer_loss::<B>(&config?.0, shape, opts.precision, device),
+            (_, Some(config)) => mixer_loss::<B>(&config, shape, opts.precision, device),
             (Case::Mixer(_), None) => unreachable!("a mixer case has a config"),
         };
         time_case::<B>(&*loss, opts, device)
     }));
+    let mut device_failed = false;
     match timed {
         Ok(Ok((fwd, fwd_bwd))) => {
             row.fwd_ms = Some(fwd);
             row.fwd_bwd_ms = Some(fwd_bwd);
             row.tokens_per_sec = Some((shape.batch * shape.seq_len) as f64 / (fwd_bwd / 1e3));
         }
-        Ok(Err(e)) => row.skipped = Some(format!("failed: {e:#}")),
-        Err(panic) => row.skipped = Some(format!("failed: {}", panic_message(&panic))),
+        Ok(Err(e)) => (row.skipped, device_failed) = (Some(format!("failed: {e:#}")), true),
+        Err(panic) => (row.skipped, device_failed) = (Some(format!("failed: {}", panic_message(&panic))), true),
     }
     // A chunked form that ran on the CubeCL kernels is labelled as such.
     match row.form.strip_prefix("chunked") {
         Some(rest) if kernels::calls() > kernel_calls => row.form = format!("kernels{rest}"),
         _ => {}
     }
-    row
+    (row, device_failed)
 }
 
 /// A closure computing `sum(output)` of one training-form call on fixed inputs.
