@@ -1,5 +1,5 @@
-//! ember-train's integration tests, one module per subject, in one test binary (one link and one
-//! set of generic instantiations instead of one per file: the CI build's largest cost).
+//! ember-train's integration tests, one module per subject, in one test binary: one link and one
+//! set of generic instantiations per crate instead of one per file.
 
 mod bench;
 mod conformance;
