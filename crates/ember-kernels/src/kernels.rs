@@ -20,13 +20,13 @@ use cubecl::prelude::*;
 
 /// Index of `[b, t, h, d]` in a contiguous `[B, T, H, D]` tensor.
 #[cube]
-fn at(b: usize, t: usize, h: usize, d: usize, seq: usize, heads: usize, dim: usize) -> usize {
+pub(crate) fn at(b: usize, t: usize, h: usize, d: usize, seq: usize, heads: usize, dim: usize) -> usize {
     ((b * seq + t) * heads + h) * dim + d
 }
 
 /// Last token (exclusive) of chunk `n`.
 #[cube]
-fn chunk_end(n: usize, chunk: usize, seq: usize) -> usize {
+pub(crate) fn chunk_end(n: usize, chunk: usize, seq: usize) -> usize {
     let end = (n + 1) * chunk;
     if end < seq {
         end
@@ -136,8 +136,10 @@ fn store_block(out: &mut Tensor<f32>, acc: &Array<f32>, base: usize, stride: usi
 ///
 /// With decay, also the same within each `BLOCK` of rows (see [`chunk_scores`]):
 /// `q_blk = q ⊙ exp(G_t − G_first)` and `k_blk = k ⊙ exp(G_last − G_t)`, `first` and `last`
-/// being the block's first and last rows (the chunk's end bounds a short last block).
+/// being the block's first and last rows (the chunk's end bounds a short last block); not with
+/// `blocks` off (the tensor-core kernels factor their decays themselves).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 pub fn prepare<F: Float>(
     q: &Tensor<F>,
     k: &Tensor<F>,
@@ -152,6 +154,7 @@ pub fn prepare<F: Float>(
     dk: u32,
     chunk: u32,
     #[comptime] decay: bool,
+    #[comptime] blocks: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let (seq, heads, dk, chunk) = (seq as usize, heads as usize, dk as usize, chunk as usize);
@@ -174,14 +177,16 @@ pub fn prepare<F: Float>(
             let j = at(b, t, h, c, seq, heads, dk);
             let (mut qj, mut kj) = (f32::cast_from(q[j]), f32::cast_from(k[j]));
             if decay {
-                let first = n * chunk + (t - n * chunk) / BLOCK * BLOCK;
-                let mut last = first + BLOCK - 1;
-                if last >= end {
-                    last = end - 1;
-                }
                 let g_t = gc[j];
-                q_blk[j] = qj * (g_t - gc[at(b, first, h, c, seq, heads, dk)]).exp();
-                k_blk[j] = kj * (gc[at(b, last, h, c, seq, heads, dk)] - g_t).exp();
+                if blocks {
+                    let first = n * chunk + (t - n * chunk) / BLOCK * BLOCK;
+                    let mut last = first + BLOCK - 1;
+                    if last >= end {
+                        last = end - 1;
+                    }
+                    q_blk[j] = qj * (g_t - gc[at(b, first, h, c, seq, heads, dk)]).exp();
+                    k_blk[j] = kj * (gc[at(b, last, h, c, seq, heads, dk)] - g_t).exp();
+                }
                 qj *= g_t.exp();
                 kj *= (acc - g_t).exp();
             }

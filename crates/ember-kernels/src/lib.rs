@@ -6,11 +6,12 @@
 //! `Cuda`) and on `Autodiff` over them; `ember-ops` picks them for those backends at run time
 //! and keeps its composed form for the others.
 //!
-//! What the kernels do not do yet: tensor-core (CMMA) matmuls. Every product is a loop over f32
-//! accumulators in shared and global memory (see docs/BENCHMARKS.md for what that costs).
+//! Products run on tensor cores for `f16`/`bf16` inputs on CUDA (see [`TensorCores`] and
+//! `src/tensor_cores.rs`), and as register-blocked f32 FMAs otherwise (`src/kernels.rs`).
 mod kernels;
 mod launch;
 mod matmul;
+mod tensor_cores;
 
 pub use launch::MAX_CHUNK;
 pub use matmul::{matmul_on, matmul_paths, MatmulPath};
@@ -23,6 +24,65 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::{element::BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use std::cell::Cell;
+
+/// Whether the kernels multiply on tensor cores (cooperative matrices), for `f16`/`bf16` inputs
+/// and chunks of whole tiles on a device that has them. The environment variable
+/// `EMBER_TENSOR_CORES` (`auto`, `on`, `off`) sets it for a run; [`with_tensor_cores`] per thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TensorCores {
+    /// On CUDA, whose planes (warps) the kernels synchronise with `__syncwarp`.
+    #[default]
+    Auto,
+    /// On any device with the matrices, wgpu's SPIR-V build too, where the kernels cannot
+    /// synchronise a plane (see `tensor_cores::plane_barrier`): correct where a plane's lanes
+    /// run in lockstep, as on lavapipe, where the kernels are checked.
+    On,
+    /// Never: f32 FMAs everywhere.
+    Off,
+}
+
+impl std::str::FromStr for TensorCores {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(TensorCores::Auto),
+            "on" => Ok(TensorCores::On),
+            "off" => Ok(TensorCores::Off),
+            other => Err(format!("unknown tensor-core setting {other:?} (known: auto, on, off)")),
+        }
+    }
+}
+
+thread_local! {
+    static TENSOR_CORES: Cell<Option<TensorCores>> = const { Cell::new(None) };
+    static TENSOR_CORE_CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` under `setting` on this thread, then restores the previous one (tests compare the
+/// two paths on one device).
+pub fn with_tensor_cores<T>(setting: TensorCores, f: impl FnOnce() -> T) -> T {
+    let previous = TENSOR_CORES.with(|c| c.replace(Some(setting)));
+    let result = f();
+    TENSOR_CORES.with(|c| c.set(previous));
+    result
+}
+
+/// How many forward passes on this thread ran on tensor cores (their backward passes do too).
+pub fn tensor_core_calls() -> u64 {
+    TENSOR_CORE_CALLS.with(Cell::get)
+}
+
+/// The setting in force on this thread: [`with_tensor_cores`], else `EMBER_TENSOR_CORES`, else auto.
+fn tensor_cores() -> TensorCores {
+    static FROM_ENV: std::sync::OnceLock<TensorCores> = std::sync::OnceLock::new();
+    TENSOR_CORES.with(Cell::get).unwrap_or_else(|| {
+        *FROM_ENV.get_or_init(|| match std::env::var("EMBER_TENSOR_CORES") {
+            Ok(value) => value.parse().unwrap_or_else(|e| panic!("EMBER_TENSOR_CORES: {e}")),
+            Err(_) => TensorCores::Auto,
+        })
+    })
+}
 
 /// Backends that run the chunked linear-attention kernels.
 pub trait ChunkedLinearAttention: Backend {

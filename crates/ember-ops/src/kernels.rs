@@ -61,6 +61,12 @@ pub fn calls() -> u64 {
     CALLS.with(Cell::get)
 }
 
+/// How many of those runs had their forward pass on tensor cores (`f16`/`bf16` inputs on a
+/// device with cooperative matrices; `EMBER_TENSOR_CORES=off` turns them off).
+pub fn tensor_core_calls() -> u64 {
+    dispatch::tensor_core_calls()
+}
+
 /// The setting in force on this thread: the last [`set_policy`], else `EMBER_KERNELS`, else auto.
 pub fn policy() -> Kernels {
     // Read once: every chunked call of every layer asks.
@@ -175,6 +181,10 @@ mod dispatch {
 
     const _: () = assert!(super::MAX_CHUNK == ember_kernels::MAX_CHUNK);
 
+    pub fn tensor_core_calls() -> u64 {
+        ember_kernels::tensor_core_calls()
+    }
+
     pub fn has<B: Backend>() -> bool {
         let found: Option<()> = (|| on_kernel_backend!(same::<B>()))();
         found.is_some()
@@ -230,6 +240,10 @@ mod dispatch {
 mod dispatch {
     use crate::linear_attention::LinearAttnOutput;
     use burn::tensor::{backend::Backend, Tensor};
+
+    pub fn tensor_core_calls() -> u64 {
+        0
+    }
 
     pub fn has<B: Backend>() -> bool {
         false

@@ -256,3 +256,63 @@ fn kernels_take_half_precision_inputs() {
         },
     );
 }
+
+/// The tensor-core kernels (f16/bf16 inputs on a device with cooperative matrices) against the
+/// composed form: outputs, final states and every input gradient, for head sizes that are not
+/// multiples of the tiles, a ragged last chunk, no decay, and a mild and a strong per-channel
+/// decay. Runs where the device has the matrices: CUDA (16×16 tiles), and wgpu built with
+/// `--features vulkan` on a Vulkan driver with `VK_KHR_cooperative_matrix`, such as Mesa's
+/// lavapipe from 25.x (8×8 tiles); CI's lavapipe (22.3, through WGSL) has none and skips.
+#[test]
+fn tensor_core_kernels_match_the_composed_form() {
+    use ember_kernels::{tensor_core_calls, with_tensor_cores, TensorCores};
+    let Some(device) = device() else { return };
+    let (b, h, dk, dv) = (2, 2, 24, 20);
+    let half = |x: Tensor<B, 4>| x.cast(FloatDType::F16);
+    let before = tensor_core_calls();
+    with_tensor_cores(TensorCores::On, || {
+        let x = || half(random([1, 16, 1, 16], &device));
+        kernels::with_policy(Kernels::On, || linear_attention::chunked(x(), x(), x(), None, 1.0, 16))
+    });
+    if tensor_core_calls() == before {
+        eprintln!(
+            "SKIPPED: this device has no f16 cooperative matrices (tensor cores); build with \
+             --features vulkan and run on lavapipe from Mesa 25.x, or on CUDA"
+        );
+        return;
+    }
+    for (t, chunk) in [(70, 64), (37, 16), (64, 32)] {
+        let qk = [b, t, h, dk];
+        let shapes = ([b, t, h, dv], [b, h, dk, dv]);
+        let qkv = || {
+            vec![
+                half(random(qk, &device)),
+                half(random(qk, &device)),
+                half(random([b, t, h, dv], &device)),
+            ]
+        };
+        let h0 = random([b, h, dk, dv], &device);
+        let calls = tensor_core_calls();
+        // f16 operands (scores, states and gradients included) with f32 accumulation, against
+        // the composed form in f32 from the same f16 inputs: measured on lavapipe 1.5e-4 to
+        // 9.8e-4 relative RMS (the largest on the decay's gradient, a cumulative sum), about
+        // f16's rounding (4.9e-4).
+        let tol = 3e-3;
+        with_tensor_cores(TensorCores::On, || {
+            let mut inputs = qkv();
+            inputs.push(h0.clone());
+            agree(&format!("tensor cores, no decay, T={t} C={chunk}"), inputs, shapes, tol, &|x| {
+                out(linear_attention::chunked(x[0].clone(), x[1].clone(), x[2].clone(), Some(x[3].clone()), 0.2, chunk))
+            });
+            for norm in [16.0, 1.0] {
+                let mut inputs = qkv();
+                inputs.push(log_decay(qk, norm, &device));
+                inputs.push(h0.clone());
+                agree(&format!("tensor cores, GLA norm {norm}, T={t} C={chunk}"), inputs, shapes, tol, &|x| {
+                    out(gla::chunked(x[0].clone(), x[1].clone(), x[2].clone(), x[3].clone(), Some(x[4].clone()), 0.2, chunk))
+                });
+            }
+        });
+        assert_eq!(tensor_core_calls() - calls, 3, "every kernel call ran on the tensor cores");
+    }
+}
