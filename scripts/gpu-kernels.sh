@@ -30,6 +30,13 @@ for t in 1024 2048 4096 8192 16384 32768; do
     | tee "$out/ops-compare-$t.txt"
 done
 
+# 3b. The same kernels in bf16 without tensor cores (f32 FMAs), against step 3's "kernels-tc" rows.
+for t in 1024 8192 32768; do
+  EMBER_TENSOR_CORES=off "$ember" bench ops --level op --grid fla --seq "$t" --form chunked --kernels on --dtype bf16 \
+    --device cuda --kinds linear_attention,gla,decay_per_head,based_taylor --json "$out/ops-fma-$t.jsonl" \
+    | tee "$out/ops-fma-$t.txt"
+done
+
 # 4. Training tokens/s and MFU of the models the issue names, bf16, with the kernels as "auto"
 #    chooses and with every chunked form on them (run from the repository root: the recipes'
 #    data paths are relative to it).

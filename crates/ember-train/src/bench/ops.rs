@@ -140,7 +140,8 @@ pub struct OpsOptions {
     pub reps: usize,
     /// Points estimated to need more than this are skipped.
     pub max_mem_bytes: f64,
-    /// Whether chunked forms run on the CubeCL kernels (their rows then say form "kernels").
+    /// Whether chunked forms run on the CubeCL kernels (their rows then say form "kernels", or
+    /// "kernels-tc" where the forward pass ran on tensor cores).
     pub kernels: Kernels,
     /// Time each chunked form twice where the backend has kernels: composed, then on them.
     pub compare: bool,
@@ -408,7 +409,7 @@ fn run_point<B: AutodiffBackend>(
         Some(Ok((config, _))) => Some(config),
         None => None,
     };
-    let kernel_calls = kernels::calls();
+    let (kernel_calls, tensor_core_calls) = (kernels::calls(), kernels::tensor_core_calls());
     let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let loss = match (case, config) {
             (Case::Op(op, form), _) => op_loss::<B>(op, *form, shape, opts.precision, device),
@@ -427,8 +428,9 @@ fn run_point<B: AutodiffBackend>(
         Ok(Err(e)) => (row.skipped, device_failed) = (Some(format!("failed: {e:#}")), true),
         Err(panic) => (row.skipped, device_failed) = (Some(format!("failed: {}", panic_message(&panic))), true),
     }
-    // A chunked form that ran on the CubeCL kernels is labelled as such.
+    // A chunked form that ran on the CubeCL kernels is labelled as such, and on tensor cores too.
     match row.form.strip_prefix("chunked") {
+        Some(rest) if kernels::tensor_core_calls() > tensor_core_calls => row.form = format!("kernels-tc{rest}"),
         Some(rest) if kernels::calls() > kernel_calls => row.form = format!("kernels{rest}"),
         _ => {}
     }
