@@ -50,7 +50,7 @@ pub struct OpsArgs {
     pub form: Option<String>,
     /// Whether chunked forms run on ember's CubeCL kernels (wgpu, cuda): auto (where they were
     /// measured faster), on, off. Rows that ran on the kernels say form "kernels" ("kernels-tc"
-    /// where their forward pass ran on tensor cores; `EMBER_TENSOR_CORES=off` turns those off).
+    /// where they ran on tensor cores; `EMBER_TENSOR_CORES=off` turns those off).
     #[arg(long, default_value = "auto")]
     pub kernels: ember_ops::kernels::Kernels,
     /// Time every chunked form twice where the backend has the kernels: composed Burn ops

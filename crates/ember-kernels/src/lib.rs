@@ -68,7 +68,8 @@ pub fn with_tensor_cores<T>(setting: TensorCores, f: impl FnOnce() -> T) -> T {
     result
 }
 
-/// How many forward passes on this thread ran on tensor cores (their backward passes do too).
+/// How many kernel calls on this thread ran on tensor cores (counted at the forward pass; its
+/// backward pass follows it).
 pub fn tensor_core_calls() -> u64 {
     TENSOR_CORE_CALLS.with(Cell::get)
 }

@@ -37,8 +37,9 @@ fn plane_index() -> usize {
 
 /// Orders a plane's shared-memory writes before its other lanes read them (CUDA's
 /// `__syncwarp`), with `sync`. Without it on wgpu: CubeCL's SPIR-V plane barrier orders no
-/// memory, and on lavapipe, whose subgroups run in lockstep, a barrier reached by some planes
-/// of a cube and not others breaks the kernel (measured: outputs left unwritten).
+/// memory anyway, and on lavapipe, whose subgroups run in lockstep, the kernels with it left
+/// outputs unwritten (all zeros) in cubes where some planes had no tile to work on, and were
+/// right without it (measured).
 #[cube]
 fn plane_barrier(#[comptime] sync: bool) {
     if sync {

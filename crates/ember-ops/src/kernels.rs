@@ -61,7 +61,7 @@ pub fn calls() -> u64 {
     CALLS.with(Cell::get)
 }
 
-/// How many of those runs had their forward pass on tensor cores (`f16`/`bf16` inputs on a
+/// How many of those runs were on tensor cores (`f16`/`bf16` inputs on a
 /// device with cooperative matrices; `EMBER_TENSOR_CORES=off` turns them off).
 pub fn tensor_core_calls() -> u64 {
     dispatch::tensor_core_calls()

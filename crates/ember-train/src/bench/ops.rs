@@ -141,7 +141,7 @@ pub struct OpsOptions {
     /// Points estimated to need more than this are skipped.
     pub max_mem_bytes: f64,
     /// Whether chunked forms run on the CubeCL kernels (their rows then say form "kernels", or
-    /// "kernels-tc" where the forward pass ran on tensor cores).
+    /// "kernels-tc" where they ran on tensor cores).
     pub kernels: Kernels,
     /// Time each chunked form twice where the backend has kernels: composed, then on them.
     pub compare: bool,
