@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod linear_attention;
 pub mod mask;
 pub mod precision;
+pub mod random;
 pub mod rat;
 pub mod rope;
 pub mod softmax_attention;
