@@ -18,6 +18,7 @@ pub mod mlp;
 pub mod moh;
 pub mod norm;
 pub mod rat;
+pub mod seeded;
 pub mod titans;
 pub mod transnormer;
 

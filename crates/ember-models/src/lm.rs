@@ -1,12 +1,13 @@
 //! A pre-norm decoder language model whose layers each take a token mixer from a schedule.
 //!
 //! Block: `r = x + Mixer(RMSNorm(x)); x = r + MLP(RMSNorm(r))` (BASED §1.4, Llama-style).
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor};
 use ember_layers::init::{linear, INIT_STD};
 use ember_layers::mlp::{Mlp, MlpConfig};
 use ember_layers::norm::{Norm, NormKind};
+use ember_layers::seeded::{init_seeded, Host};
 use ember_layers::{LayerContext, Mixer, MixerConfig, MixerState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -227,7 +228,7 @@ impl LmConfig {
     /// lock, and then copied onto `device`: a seed means the same model on cpu, wgpu, cuda and
     /// libtorch, which is what lets their training curves be compared.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Lm<B> {
-        with_host_seed(seed, |host_device| copy_values(self.init::<Host>(host_device), || self.init::<B>(device)))
+        init_seeded(seed, |host| self.init::<Host>(host), || self.init::<B>(device))
     }
 
     /// One mixer of this model, initialised reproducibly from `seed` like [`LmConfig::init_seeded`]
@@ -235,7 +236,7 @@ impl LmConfig {
     pub fn init_mixer_seeded<B: Backend>(&self, config: &MixerConfig, layer: usize, seed: u64, device: &B::Device) -> Mixer<B> {
         let at = LayerContext { d_model: self.d_model, layer, n_layers: self.n_layers };
         let out_std = INIT_STD / (2.0 * self.n_layers as f64).sqrt();
-        with_host_seed(seed, |host_device| copy_values(config.init::<Host>(at, out_std, host_device), || config.init::<B>(at, out_std, device)))
+        init_seeded(seed, |host| config.init::<Host>(at, out_std, host), || config.init::<B>(at, out_std, device))
     }
 
     /// Builds the model with lazily initialised parameters; prefer [`LmConfig::init_seeded`],
@@ -271,63 +272,6 @@ impl LmConfig {
     }
 }
 
-/// The backend whose seeded generator draws every initial value.
-type Host = burn::backend::NdArray<f32>;
-
-/// Runs `f` with the host generator seeded, holding a lock the whole time: building the
-/// device model draws from its backend's generator too (eager `Tensor::random`, and
-/// `Param::consume` materialising lazy values), and on ndarray that is the host's generator,
-/// which another thread's init must not advance between this one's seed and its draws.
-fn with_host_seed<R>(seed: u64, f: impl FnOnce(&burn::tensor::Device<Host>) -> R) -> R {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let host_device = Default::default();
-    Host::seed(&host_device, seed);
-    f(&host_device)
-}
-
-/// `target()` with every float parameter replaced by `host`'s, drawn (in module order) before
-/// `target` is built.
-fn copy_values<B: Backend, H: Module<Host>, M: Module<B>>(host: H, target: impl FnOnce() -> M) -> M {
-    host.visit(&mut Materialize);
-    let mut values = CollectValues(Vec::new());
-    host.visit(&mut values);
-    target().map(&mut ReplaceValues(values.0.into_iter()))
-}
-
-/// Forces lazily initialised parameters to draw their values now, in module order.
-struct Materialize;
-
-impl<B: Backend> ModuleVisitor<B> for Materialize {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let _ = param.val();
-    }
-}
-
-/// The values of every float parameter, in module order.
-struct CollectValues(Vec<TensorData>);
-
-impl<B: Backend> ModuleVisitor<B> for CollectValues {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.val().into_data());
-    }
-}
-
-/// Replaces every float parameter, in module order, by the next value (same structure assumed).
-struct ReplaceValues(std::vec::IntoIter<TensorData>);
-
-impl<B: Backend> ModuleMapper<B> for ReplaceValues {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, old, mapper) = param.consume();
-        let data = self.0.next().expect("both models come from one config");
-        assert_eq!(data.shape, old.shape(), "both models come from one config");
-        let mut value = Tensor::from_data(data, &old.device());
-        if old.is_require_grad() {
-            value = value.require_grad();
-        }
-        Param::from_mapped_value(id, value, mapper)
-    }
-}
 
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {

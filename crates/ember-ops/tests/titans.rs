@@ -3,7 +3,8 @@
 //! gradients against autodiff, outer gradients against finite differences, state carry and
 //! causality.
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use ember_ops::random::TensorRng;
 use ember_ops::titans::{
     chunked, inner_gradients, sequential, Activation, MemoryInputs, MemoryRule, MemoryState, Objective, Retention, Update,
 };
@@ -19,30 +20,30 @@ fn rule(depth_residual: bool, objective: Objective, retention: Retention, update
     MemoryRule { residual: depth_residual, activation: Activation::Gelu, objective, retention, update, chunk, momentum, eta_max: 0.9, grad_clip: None }
 }
 
-fn normal<Bk: Backend, const N: usize>(shape: [usize; N], std: f64) -> Tensor<Bk, N> {
-    Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
+fn normal<Bk: Backend, const N: usize>(rng: &mut TensorRng, shape: [usize; N], std: f64) -> Tensor<Bk, N> {
+    rng.normal(shape, std, &Default::default())
 }
 
 /// Random inputs of `t` tokens: unit-norm keys and queries as the layer makes them.
-fn inputs<Bk: Backend>(t: usize, huber: bool) -> MemoryInputs<Bk> {
+fn inputs<Bk: Backend>(rng: &mut TensorRng, t: usize, huber: bool) -> MemoryInputs<Bk> {
     let unit = |x: Tensor<Bk, 4>| x.clone() / x.powi_scalar(2).sum_dim(3).sqrt();
     MemoryInputs {
-        q: unit(normal([B, t, H, DH], 1.0)),
-        k: unit(normal([B, t, H, DH], 1.0)),
-        v: normal([B, t, H, DH], 1.0),
-        theta: Tensor::random([B, t, H], Distribution::Uniform(0.02, 0.25), &Default::default()),
-        eta: normal([B, t, H], 1.0),
-        alpha: normal([B, t, H], 1.0).sub_scalar(2.0),
-        delta: huber.then(|| Tensor::random([B, t, H], Distribution::Uniform(0.2, 2.0), &Default::default())),
+        q: unit(normal(rng, [B, t, H, DH], 1.0)),
+        k: unit(normal(rng, [B, t, H, DH], 1.0)),
+        v: normal(rng, [B, t, H, DH], 1.0),
+        theta: rng.uniform([B, t, H], 0.02, 0.25, &Default::default()),
+        eta: normal(rng, [B, t, H], 1.0),
+        alpha: normal(rng, [B, t, H], 1.0).sub_scalar(2.0),
+        delta: huber.then(|| rng.uniform([B, t, H], 0.2, 2.0, &Default::default())),
     }
 }
 
 /// Initial weights of a memory MLP `DH → 2·DH → … → DH` with `depth` layers.
-fn weights<Bk: Backend>(depth: usize) -> Vec<Tensor<Bk, 4>> {
+fn weights<Bk: Backend>(rng: &mut TensorRng, depth: usize) -> Vec<Tensor<Bk, 4>> {
     (0..depth)
         .map(|l| {
             let (i, o) = (if l == 0 { DH } else { 2 * DH }, if l + 1 == depth { DH } else { 2 * DH });
-            normal([B, H, i, o], 0.5)
+            normal(rng, [B, H, i, o], 0.5)
         })
         .collect()
 }
@@ -93,11 +94,12 @@ fn rules(chunk: usize) -> Vec<(String, MemoryRule, usize)> {
 
 #[test]
 fn chunked_equals_sequential_reference() {
+    let mut rng = TensorRng::new(1);
     // T = 19 divides by none of the chunk sizes but 1: the last chunk is partial.
     for chunk in [1, 4, 16] {
         for (name, rule, depth) in rules(chunk) {
-            let x = inputs::<F>(19, matches!(rule.objective, Objective::Huber { .. }));
-            let w = weights::<F>(depth);
+            let x = inputs::<F>(&mut rng, 19, matches!(rule.objective, Objective::Huber { .. }));
+            let w = weights::<F>(&mut rng, depth);
             let (y_fast, s_fast) = chunked(&rule, x.clone(), MemoryState::new(w.clone(), rule.momentum));
             let (y_ref, s_ref) = sequential(&rule, x, MemoryState::new(w, rule.momentum));
             // f32 rounding, amplified by up to 19 dependent writes (and ℓq's fourth powers),
@@ -112,14 +114,15 @@ fn chunked_equals_sequential_reference() {
 
 #[test]
 fn chunked_input_gradients_equal_the_reference_ones() {
+    let mut rng = TensorRng::new(2);
     type A = Autodiff<F>;
     for (name, rule, depth) in rules(4).into_iter().step_by(2) {
         let huber = matches!(rule.objective, Objective::Huber { .. });
-        let x = inputs::<A>(10, huber);
+        let x = inputs::<A>(&mut rng, 10, huber);
         let (k, theta, alpha) = (x.k.clone().require_grad(), x.theta.clone().require_grad(), x.alpha.clone().require_grad());
         let x = MemoryInputs { k: k.clone(), theta: theta.clone(), alpha: alpha.clone(), ..x };
-        let w = weights::<A>(depth);
-        let probe = normal::<A, 4>([B, 10, H, DH], 1.0);
+        let w = weights::<A>(&mut rng, depth);
+        let probe = normal::<A, 4>(&mut rng, [B, 10, H, DH], 1.0);
         let grads = |run: fn(&MemoryRule, MemoryInputs<A>, MemoryState<A>) -> (Tensor<A, 4>, MemoryState<A>)| {
             let (y, state) = run(&rule, x.clone(), MemoryState::new(w.clone(), rule.momentum));
             let loss = (y * probe.clone()).sum() + state.weights.iter().map(|w| w.clone().sum()).fold(Tensor::zeros([1], &Default::default()), |a, b| a + b);
@@ -147,9 +150,9 @@ struct ByHand {
     end: MemoryState<D>,
 }
 
-fn by_both_forms(rule: &MemoryRule, t: usize) -> ByHand {
-    let x = inputs::<D>(t, false);
-    let w0 = weights::<D>(1);
+fn by_both_forms(rng: &mut TensorRng, rule: &MemoryRule, t: usize) -> ByHand {
+    let x = inputs::<D>(rng, t, false);
+    let w0 = weights::<D>(rng, 1);
     let (y, end) = sequential(rule, x.clone(), MemoryState::new(w0.clone(), rule.momentum));
     let (y_chunked, _) = chunked(rule, x.clone(), MemoryState::new(w0.clone(), rule.momentum));
     ByHand { x, w_init: flat(w0[0].clone()), y: flat(y), y_chunked: flat(y_chunked), end }
@@ -160,8 +163,9 @@ fn by_both_forms(rule: &MemoryRule, t: usize) -> ByHand {
 /// plain Rust arithmetic.
 #[test]
 fn chunk_size_one_is_the_per_token_update_rule() {
+    let mut rng = TensorRng::new(3);
     let t = 7;
-    let ByHand { x, w_init, y, y_chunked, end } = by_both_forms(&rule(false, Objective::L2, Retention::Decay, Update::Token, 1, true), t);
+    let ByHand { x, w_init, y, y_chunked, end } = by_both_forms(&mut rng, &rule(false, Objective::L2, Retention::Decay, Update::Token, 1, true), t);
     let (q, k, v) = (flat(x.q), flat(x.k), flat(x.v));
     let (theta, eta, alpha) = (flat(x.theta), flat(x.eta), flat(x.alpha));
     let w_end = flat(end.weights[0].clone());
@@ -205,9 +209,10 @@ fn chunk_size_one_is_the_per_token_update_rule() {
 /// reads are (§5.7 test 3).
 #[test]
 fn memora_chunk_size_one_is_mirror_descent_on_the_simplex() {
+    let mut rng = TensorRng::new(4);
     let c = 1.5;
     let t = 6;
-    let ByHand { x, w_init: z_init, y, y_chunked, .. } = by_both_forms(&rule(false, Objective::L2, Retention::Softmax { scale: c }, Update::Token, 1, false), t);
+    let ByHand { x, w_init: z_init, y, y_chunked, .. } = by_both_forms(&mut rng, &rule(false, Objective::L2, Retention::Softmax { scale: c }, Update::Token, 1, false), t);
     let (q, k, v) = (flat(x.q), flat(x.k), flat(x.v));
     let (theta, alpha) = (flat(x.theta), flat(x.alpha));
     let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
@@ -271,6 +276,7 @@ fn residual_of<Bk: Backend>(w: &[Tensor<Bk, 4>], k: Tensor<Bk, 4>, v: Tensor<Bk,
 /// elsewhere (its smoothed ℓ1 side). ℓp's error is checked on its own below.
 #[test]
 fn analytic_inner_gradients_equal_autodiff() {
+    let mut rng = TensorRng::new(5);
     type A = Autodiff<D>;
     let a = 10.0;
     for activation in [Activation::Gelu, Activation::Silu] {
@@ -278,10 +284,10 @@ fn analytic_inner_gradients_equal_autodiff() {
             for depth in [1, 2, 3] {
                 for objective in [Objective::L2, Objective::Huber { sharpness: a }] {
                     let rule = MemoryRule { residual, activation, objective, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
-                    let w: Vec<Tensor<A, 4>> = weights::<A>(depth).into_iter().map(|w| w.require_grad()).collect();
+                    let w: Vec<Tensor<A, 4>> = weights::<A>(&mut rng, depth).into_iter().map(|w| w.require_grad()).collect();
                     // Six tokens per (batch, head): the loss summed over them has the sum of
                     // the per-token gradients.
-                    let x = inputs::<A>(6, true);
+                    let x = inputs::<A>(&mut rng, 6, true);
                     let (k, v) = (x.k.swap_dims(1, 2), x.v.swap_dims(1, 2) * 3.0);
                     let delta = x.delta.unwrap().swap_dims(1, 2);
                     let r = residual_of(&w, k.clone(), v.clone(), residual, activation);
@@ -347,9 +353,10 @@ fn split_inputs<Bk: Backend>(x: &MemoryInputs<Bk>, start: usize, len: usize) -> 
 /// at chunk boundaries, prompts and single tokens alike.
 #[test]
 fn state_carries_across_calls() {
+    let mut rng = TensorRng::new(6);
     for (name, rule, depth) in rules(4) {
-        let x = inputs::<F>(13, matches!(rule.objective, Objective::Huber { .. }));
-        let w = weights::<F>(depth);
+        let x = inputs::<F>(&mut rng, 13, matches!(rule.objective, Objective::Huber { .. }));
+        let w = weights::<F>(&mut rng, depth);
         let (whole, end) = chunked(&rule, x.clone(), MemoryState::new(w.clone(), rule.momentum));
         for cuts in [vec![5], vec![8], vec![1, 2, 3, 9], (1..13).collect::<Vec<_>>()] {
             let mut state = MemoryState::new(w.clone(), rule.momentum);
@@ -372,13 +379,14 @@ fn state_carries_across_calls() {
 /// Changing tokens from position `p` on leaves every earlier read unchanged.
 #[test]
 fn reads_are_causal() {
+    let mut rng = TensorRng::new(7);
     for (name, rule, depth) in rules(4) {
         let huber = matches!(rule.objective, Objective::Huber { .. });
-        let x = inputs::<F>(12, huber);
-        let w = weights::<F>(depth);
+        let x = inputs::<F>(&mut rng, 12, huber);
+        let w = weights::<F>(&mut rng, depth);
         let (y, _) = chunked(&rule, x.clone(), MemoryState::new(w.clone(), rule.momentum));
         for p in [1, 4, 7, 11] {
-            let other = inputs::<F>(12 - p, huber);
+            let other = inputs::<F>(&mut rng, 12 - p, huber);
             let glue4 = |a: &Tensor<F, 4>, b: Tensor<F, 4>| Tensor::cat(vec![a.clone().narrow(1, 0, p), b], 1);
             let glue3 = |a: &Tensor<F, 3>, b: Tensor<F, 3>| Tensor::cat(vec![a.clone().narrow(1, 0, p), b], 1);
             let changed = MemoryInputs {
@@ -401,11 +409,12 @@ fn reads_are_causal() {
 /// §5.7: Yaad with δ → ∞ is ℓ2 gradient descent with decay.
 #[test]
 fn huber_with_a_huge_threshold_is_l2() {
+    let mut rng = TensorRng::new(8);
     let huber = rule(false, Objective::Huber { sharpness: 10.0 }, Retention::Decay, Update::Token, 4, false);
     let l2 = MemoryRule { objective: Objective::L2, ..huber };
-    let mut x = inputs::<F>(9, true);
+    let mut x = inputs::<F>(&mut rng, 9, true);
     x.delta = Some(x.delta.unwrap() * 1e6);
-    let w = weights::<F>(2);
+    let w = weights::<F>(&mut rng, 2);
     let (a, _) = chunked(&huber, x.clone(), MemoryState::new(w.clone(), false));
     let (b, _) = chunked(&l2, MemoryInputs { delta: None, ..x }, MemoryState::new(w, false));
     assert!(rel_err(a, b) < 1e-6);
@@ -415,12 +424,13 @@ fn huber_with_a_huge_threshold_is_l2() {
 /// differences in f64, for every input the layer feeds the memory.
 #[test]
 fn outer_gradients_match_finite_differences() {
+    let mut rng = TensorRng::new(9);
     type A = Autodiff<D>;
     for (name, rule, depth) in rules(3).into_iter().step_by(3) {
         let huber = matches!(rule.objective, Objective::Huber { .. });
-        let x = inputs::<D>(7, huber);
-        let w = weights::<D>(depth);
-        let probe = normal::<D, 4>([B, 7, H, DH], 1.0);
+        let x = inputs::<D>(&mut rng, 7, huber);
+        let w = weights::<D>(&mut rng, depth);
+        let probe = normal::<D, 4>(&mut rng, [B, 7, H, DH], 1.0);
         let loss = |x: MemoryInputs<D>, w: Vec<Tensor<D, 4>>| -> f64 {
             let (y, _) = chunked(&rule, x, MemoryState::new(w, rule.momentum));
             (y * probe.clone()).sum().into_scalar()
@@ -472,9 +482,10 @@ fn outer_gradients_match_finite_differences() {
 /// small gradient almost as it is (`c·tanh(n/c) ≈ n`).
 #[test]
 fn gradient_clamp_bounds_each_token() {
+    let mut rng = TensorRng::new(10);
     let plain = MemoryRule { residual: false, activation: Activation::Silu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
-    let w = weights::<D>(2);
-    let x = inputs::<D>(8, false);
+    let w = weights::<D>(&mut rng, 2);
+    let x = inputs::<D>(&mut rng, 8, false);
     let (k, v) = (x.k.swap_dims(1, 2), x.v.swap_dims(1, 2));
     let norms = |rule: &MemoryRule, v: Tensor<D, 4>| -> Vec<f64> {
         let g = inner_gradients(rule, &w, k.clone(), v, None);

@@ -31,6 +31,7 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_data::Batch;
 use ember_layers::attention::{Attention, AttentionConfig};
 use ember_layers::lora::LoraConfig;
+use ember_layers::seeded::with_seed;
 use ember_layers::{Mixer, MixerConfig};
 use ember_models::{hf, Lm, LmConfig};
 use serde::{Deserialize, Serialize};
@@ -652,17 +653,19 @@ pub fn linearize<B: AutodiffBackend>(recipe: &LinearizeRecipe, opts: &LinearizeO
     if recipe.stage2.steps > 0 {
         let mut model = student;
         if let Some(lora) = &recipe.stage2.lora {
-            B::seed(device, recipe.run.seed.wrapping_add(1));
             let d_model = teacher_config.d_model;
-            for &l in &layers {
-                if let Mixer::Lolcats(m) = &mut model.blocks[l].mixer {
-                    let (q, kv) = (m.heads * m.head_dim, m.kv_heads * m.head_dim);
-                    m.q_lora = lora.init("q", d_model, q, device);
-                    m.k_lora = lora.init("k", d_model, kv, device);
-                    m.v_lora = lora.init("v", d_model, kv, device);
-                    m.out_lora = lora.init("o", q, d_model, device);
+            // The adapters draw eagerly (`Tensor::random`), so all of them come from the seed.
+            with_seed::<B, _>(recipe.run.seed.wrapping_add(1), device, || {
+                for &l in &layers {
+                    if let Mixer::Lolcats(m) = &mut model.blocks[l].mixer {
+                        let (q, kv) = (m.heads * m.head_dim, m.kv_heads * m.head_dim);
+                        m.q_lora = lora.init("q", d_model, q, device);
+                        m.k_lora = lora.init("k", d_model, kv, device);
+                        m.v_lora = lora.init("v", d_model, kv, device);
+                        m.out_lora = lora.init("o", q, d_model, device);
+                    }
                 }
-            }
+            });
         }
         let stage2_dir = &student_recipe.train.out_dir;
         let resume = checkpoint::resolve(stage2_dir).ok();

@@ -5,6 +5,7 @@ use crate::common;
 use burn::backend::NdArray;
 use burn::tensor::{activation::softmax, Tensor};
 use ember_layers::aaren::{Aaren, AarenConfig};
+use ember_layers::seeded::build_seeded;
 use ember_layers::LayerContext;
 use ember_ops::mask::hidden_keys;
 use ember_ops::Form;
@@ -18,7 +19,7 @@ const HEADS: usize = 4;
 fn layer(form: Form, chunk_size: usize) -> Aaren<B> {
     let config = AarenConfig { heads: HEADS, form, chunk_size };
     config.validate(D).unwrap();
-    config.init(LayerContext::single(D), 0.1, &Default::default())
+    build_seeded(1, &Default::default(), || config.init(LayerContext::single(D), 0.1, &Default::default()))
 }
 
 fn input(t: usize, seed: u64) -> Tensor<B, 3> {

@@ -2,7 +2,7 @@
 use crate::common;
 
 use burn::backend::NdArray;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use ember_layers::attention::AttentionConfig;
 use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
@@ -13,11 +13,13 @@ use ember_layers::lolcats::LolcatsConfig;
 use ember_layers::lora::LoraConfig;
 use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
+use ember_layers::seeded::build_seeded;
 use ember_layers::transnormer::TransNormerConfig;
 use ember_layers::titans::{MacConfig, MagConfig, MemoryConfig, ObjectiveKind};
 use ember_ops::titans::Update;
 use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
+use ember_ops::random::TensorRng;
 use ember_ops::Form;
 
 use crate::common::{assert_causal, in_pieces, rel_err, stepwise};
@@ -83,7 +85,7 @@ fn input(t: usize, seed: u64) -> Tensor<B, 3> {
 fn recurrent_equals_parallel_for_every_mixer() {
     let device = Default::default();
     for (name, config) in mixers() {
-        let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
+        let mixer = build_seeded(101, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
         for t in [1, 7, 64, 65] {
             let x = input(t, 7 + t as u64);
             let parallel = mixer.forward(x.clone());
@@ -105,7 +107,7 @@ fn state_carries_across_calls_for_every_mixer() {
     // forward(a‖b) == step(a) then step(b) from the state after a: prefill then continuation.
     let device = Default::default();
     for (name, config) in mixers() {
-        let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
+        let mixer = build_seeded(102, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
         let x = input(65, 21);
         let whole = mixer.forward(x.clone());
         for split in [1, 16, 37] {
@@ -122,7 +124,7 @@ fn taylor_chunked_equals_parallel_equals_recurrent() {
     for map in [FeatureMap::Compact, FeatureMap::Full] {
         for chunk in [1, 5, 16, 64] {
             let config = TaylorAttentionConfig { heads: 4, feature_dim: 8, feature_map: map, chunk_size: chunk, ..Default::default() };
-            let layer = config.init::<B>(LayerContext::single(D), 0.1, &device);
+            let layer = build_seeded(103, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
             for t in [1, 7, 64, 65] {
                 let x = input(t, 100 + t as u64);
                 let p = layer.forward_with(x.clone(), Form::Parallel);
@@ -140,7 +142,7 @@ fn every_mixer_is_causal() {
     let device = Default::default();
     let t = 40;
     for (name, config) in mixers() {
-        let mixer = config.init::<B>(LayerContext::single(D), 0.1, &device);
+        let mixer = build_seeded(104, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
         assert_causal(input(t, 3), &[0, 17, 33, 39], 3.0, |x| mixer.forward(x), name);
     }
 }
@@ -150,7 +152,7 @@ fn sliding_window_ignores_tokens_outside_the_window() {
     let device = Default::default();
     let w_left = 5;
     let config = AttentionConfig { heads: 4, window: Some(w_left), ..Default::default() };
-    let layer = config.init::<B>(LayerContext::single(D), 0.1, &device);
+    let layer = build_seeded(105, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
     let x = input(30, 11);
     let y = layer.forward(x.clone());
     let x2 = x.clone().slice_assign([0..2, 10..11, 0..D], Tensor::zeros([2, 1, D], &device));
@@ -165,7 +167,7 @@ fn sliding_window_ignores_tokens_outside_the_window() {
 #[test]
 fn base_conv_sees_only_the_last_three_tokens() {
     let device = Default::default();
-    let layer = BaseConvConfig::default().init::<B>(LayerContext::single(D), 0.1, &device);
+    let layer = build_seeded(106, &device, || BaseConvConfig::default().init::<B>(LayerContext::single(D), 0.1, &device));
     let x = input(20, 5);
     let y = layer.forward(x.clone());
     let x2 = x.clone().slice_assign([0..2, 8..9, 0..D], Tensor::zeros([2, 1, D], &device));
@@ -183,8 +185,9 @@ fn taylor_kernel_matches_feature_map_dot_product() {
     use ember_ops::taylor::feature_map;
     let device = Default::default();
     let d = 16;
-    let q = Tensor::<B, 4>::random([1, 5, 1, d], Distribution::Normal(0.0, 1.0), &device);
-    let k = Tensor::<B, 4>::random([1, 5, 1, d], Distribution::Normal(0.0, 1.0), &device);
+    let mut rng = TensorRng::new(1);
+    let q = rng.normal::<B, 4>([1, 5, 1, d], 1.0, &device);
+    let k = rng.normal::<B, 4>([1, 5, 1, d], 1.0, &device);
     let s = (q.clone() * k.clone()).sum_dim(3) / (d as f64).sqrt();
     let expected = s.clone() + s.powi_scalar(2) / 2.0 + 1.0;
     for map in [FeatureMap::Compact, FeatureMap::Full] {

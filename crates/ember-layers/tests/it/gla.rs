@@ -5,10 +5,12 @@ use crate::common;
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use ember_layers::gla::{Gla, GlaConfig};
 use ember_layers::init::linear;
+use ember_layers::seeded::build_seeded;
 use ember_layers::LayerContext;
+use ember_ops::random::TensorRng;
 use ember_ops::{gated_linear_attention as gla_op, linear_attention, Form};
 
 use crate::common::{assert_causal, rel_err, stepwise};
@@ -25,11 +27,12 @@ fn input<Bk: Backend>(t: usize, seed: u64) -> Tensor<Bk, 3> {
 /// every gate near σ(0)^{1/16}, which would hide a decay bug behind a near-constant decay.
 fn layer<Bk: Backend>(config: &GlaConfig) -> Gla<Bk> {
     let device = Default::default();
-    Bk::seed(&device, 1);
-    let mut layer = config.init::<Bk>(LayerContext::single(D), 0.1, &device);
-    layer.decay_down = linear(D, config.gate_low_rank, false, 0.5, &device);
-    layer.decay_up = linear(config.gate_low_rank, config.key_dim(D), true, 0.5, &device);
-    layer
+    build_seeded(1, &device, || {
+        let mut layer = config.init::<Bk>(LayerContext::single(D), 0.1, &device);
+        layer.decay_down = linear(D, config.gate_low_rank, false, 0.5, &device);
+        layer.decay_up = linear(config.gate_low_rank, config.key_dim(D), true, 0.5, &device);
+        layer
+    })
 }
 
 #[test]
@@ -93,7 +96,7 @@ fn prompt_then_continuation_equals_one_forward() {
 fn gate_values_match_appendix_a2() {
     // With W_α1 = 0 the gate pre-activation is b_α: α = σ(b_α)^{1/16}.
     let device = Default::default();
-    let mut layer = GlaConfig::default().init::<B>(LayerContext::single(D), 0.1, &device);
+    let mut layer = build_seeded(2, &device, || GlaConfig::default().init::<B>(LayerContext::single(D), 0.1, &device));
     layer.decay_down.weight = Param::from_tensor(Tensor::zeros([D, 16], &device));
     let x = input::<B>(3, 2);
     for (bias, alpha) in [(0.0, 0.957603), (2.0, 0.992098)] {
@@ -104,7 +107,8 @@ fn gate_values_match_appendix_a2() {
         assert!((lo - alpha).abs() < 1e-6 && (hi - alpha).abs() < 1e-6, "b_α={bias}: α in [{lo}, {hi}], want {alpha}");
     }
     // The clamp bounds log α from below.
-    let mut clamped = GlaConfig { gate_clamp_min: Some(-3.0), ..Default::default() }.init::<B>(LayerContext::single(D), 0.1, &device);
+    let config = GlaConfig { gate_clamp_min: Some(-3.0), ..Default::default() };
+    let mut clamped = build_seeded(3, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
     clamped.decay_down.weight = Param::from_tensor(Tensor::zeros([D, 16], &device));
     clamped.decay_up.bias = Some(Param::from_tensor(Tensor::full([D / 2], -500.0, &device)));
     let g: f32 = clamped.log_decay(x).max().into_scalar();
@@ -115,7 +119,8 @@ fn gate_values_match_appendix_a2() {
 fn gates_at_one_reduce_to_unnormalised_linear_attention() {
     // §2.8.2: with log α = 0 every form of the gated op is `o_t = scale · q_t Σ_{s≤t} k_sᵀ v_s`.
     let device = Default::default();
-    let rand = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let mut rng = TensorRng::new(4);
+    let mut rand = |shape: [usize; 4]| rng.normal::<B, 4>(shape, 1.0, &device);
     let (q, k, v, h0) = (rand([2, 37, 3, 4]), rand([2, 37, 3, 4]), rand([2, 37, 3, 6]), rand([2, 3, 4, 6]));
     let reference = linear_attention::recurrent(q.clone(), k.clone(), v.clone(), Some(h0.clone()), 0.5);
     let g = Tensor::<B, 4>::zeros([2, 37, 3, 4], &device);
@@ -132,7 +137,7 @@ fn gates_at_one_reduce_to_unnormalised_linear_attention() {
         assert!(rel_err(out.state, reference.state.clone()) <= 1e-5, "form {i}: state");
     }
     // And the layer's gate does reach 1 as b_α → +∞.
-    let mut layer = GlaConfig::default().init::<B>(LayerContext::single(D), 0.1, &device);
+    let mut layer = build_seeded(5, &device, || GlaConfig::default().init::<B>(LayerContext::single(D), 0.1, &device));
     layer.decay_up.bias = Some(Param::from_tensor(Tensor::full([D / 2], 60.0, &device)));
     let g: f32 = layer.log_decay(input::<B>(5, 1)).abs().max().into_scalar();
     assert!(g < 1e-12, "log α = {g}");
@@ -161,7 +166,7 @@ fn config_counts_and_validation() {
     let device = Default::default();
     for config in [GlaConfig::default(), GlaConfig { output_gate: false, expand_v: 2.0, ..Default::default() }] {
         assert!(config.validate(D).is_ok());
-        let layer = config.init::<B>(LayerContext::single(D), 0.1, &device);
+        let layer = build_seeded(6, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
         assert_eq!(config.params(D), layer.num_params());
     }
     // At D = 1024 (§2.1): d_k = 128, d_v = 256, state 4·128·256 floats.

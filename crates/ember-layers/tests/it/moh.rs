@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use ember_layers::attention::AttentionConfig;
 use ember_layers::moh::{Moh, MohConfig};
+use ember_layers::seeded::build_seeded;
 use ember_layers::LayerContext;
 
 use crate::common::{assert_causal, host_rel_err, in_pieces, random, stepwise, to_vec, vec_rel_err};
@@ -21,8 +22,7 @@ fn config(heads: usize, shared_heads: usize, top_k: usize) -> MohConfig {
 
 fn layer<Bk: Backend>(config: &MohConfig, seed: u64) -> Moh<Bk> {
     config.validate(D).unwrap();
-    Bk::seed(&Default::default(), seed);
-    config.init(LayerContext::single(D), 0.1, &Default::default())
+    build_seeded(seed, &Default::default(), || config.init(LayerContext::single(D), 0.1, &Default::default()))
 }
 
 /// Replaces every router weight by `std`-normal values (0 gives the uniform router of A.7).
@@ -43,7 +43,7 @@ fn set_router<Bk: Backend>(mut moh: Moh<Bk>, std: f64, seed: u64) -> Moh<Bk> {
 /// Plain attention with the same q/k/v weights as `moh`, and the output-projection rows of the
 /// heads outside `kept` zeroed (so it is MHA restricted to those heads).
 fn restricted_mha(moh: &Moh<B>, kept: &[usize]) -> ember_layers::attention::Attention<B> {
-    let mut attn = AttentionConfig { heads: moh.heads, ..Default::default() }.init::<B>(LayerContext::single(D), 0.1, &Default::default());
+    let mut attn = build_seeded(101, &Default::default(), || AttentionConfig { heads: moh.heads, ..Default::default() }.init::<B>(LayerContext::single(D), 0.1, &Default::default()));
     // (A fresh Param: cloning a not-yet-initialised lazy one would draw new weights.)
     attn.qkv.weight = Param::from_tensor(moh.qkv.weight.val());
     let mut out = moh.out.weight.val();
@@ -220,7 +220,7 @@ fn balance_loss_is_k_when_uniform_and_larger_when_concentrated() {
     let x = random::<B, 3>([2, 16, D], 1.0, 12);
     let lb: f32 = moh.forward_aux(x.clone()).1.unwrap().into_scalar();
     assert!((lb - 2.0).abs() < 1e-6, "uniform L_b = {lb}");
-    let weighted = MohConfig::default().init::<B>(LayerContext::single(D), 0.1, &Default::default());
+    let weighted = build_seeded(102, &Default::default(), || MohConfig::default().init::<B>(LayerContext::single(D), 0.1, &Default::default()));
     let weighted = set_router(weighted, 0.0, 0);
     let lb_default: f32 = weighted.forward_aux(x).1.unwrap().into_scalar();
     assert!((lb_default - 0.02).abs() < 1e-8, "β·L_b = {lb_default}");
@@ -354,8 +354,8 @@ fn bench_dense_vs_sparse() {
         .map(|s| s.split(',').map(|t| t.parse().unwrap()).collect())
         .unwrap_or(vec![512, 2048]);
     let cfg = MohConfig::default();
-    AD::seed(&Default::default(), 50);
-    let moh = set_router(cfg.init::<AD>(LayerContext::single(d), 0.02, &Default::default()), 0.5, 51);
+    let moh = build_seeded(50, &Default::default(), || cfg.init::<AD>(LayerContext::single(d), 0.02, &Default::default()));
+    let moh = set_router(moh, 0.5, 51);
     for t in lens {
         let x = random::<AD, 3>([2, t, d], 1.0, 52).require_grad();
         for sparse in [false, true, false, true] {

@@ -7,6 +7,7 @@ use crate::common;
 use burn::backend::NdArray;
 use burn::tensor::{activation::{sigmoid, softmax}, Tensor};
 use ember_layers::rat::{Rat, RatConfig, RatInputs};
+use ember_layers::seeded::build_seeded;
 use ember_layers::LayerContext;
 use ember_ops::{rat, rope, softmax_attention, Form};
 
@@ -21,7 +22,7 @@ fn config(chunk_size: usize) -> RatConfig {
 }
 
 fn layer(chunk_size: usize) -> Rat<B> {
-    config(chunk_size).init(LayerContext::single(D), 0.1, &Default::default())
+    build_seeded(1, &Default::default(), || config(chunk_size).init(LayerContext::single(D), 0.1, &Default::default()))
 }
 
 fn input(t: usize, seed: u64) -> Tensor<B, 3> {
@@ -213,8 +214,7 @@ fn forget_gates_start_in_the_a4_ranges() {
     // A.4: σ(b_g) ∈ (1/2, (L−1)/L): (0.5, 0.9375) at L = 16, (0.5, 0.984375) at L = 64.
     let d = 256;
     for (chunk, upper) in [(16, 0.9375), (64, 0.984375)] {
-        <B as burn::tensor::backend::Backend>::seed(&Default::default(), 1);
-        let rat = RatConfig { chunk_size: chunk, ..Default::default() }.init::<B>(LayerContext::single(d), 0.1, &Default::default());
+        let rat = build_seeded(1, &Default::default(), || RatConfig { chunk_size: chunk, ..Default::default() }.init::<B>(LayerContext::single(d), 0.1, &Default::default()));
         let gates = sigmoid(rat.gate_bias.val()).into_data().to_vec::<f32>().unwrap();
         let (lo, hi) = gates.iter().fold((1.0f32, 0.0f32), |(lo, hi), &g| (lo.min(g), hi.max(g)));
         assert!(lo >= 0.5 && hi < upper, "L={chunk}: gates in [{lo}, {hi}]");
@@ -229,7 +229,7 @@ fn forget_gates_start_in_the_a4_ranges() {
         assert!((mean - l / 2.0).abs() < 4.5 * standard_error, "L={chunk}: mean u {mean}");
     }
     for chunk in [1, 2] {
-        let rat = config(chunk).init::<B>(LayerContext::single(D), 0.1, &Default::default());
+        let rat = build_seeded(102, &Default::default(), || config(chunk).init::<B>(LayerContext::single(D), 0.1, &Default::default()));
         let bias = rat.gate_bias.val().into_data().to_vec::<f32>().unwrap();
         assert!(bias.iter().all(|&b| b == 0.0), "L={chunk}: bias must start at 0");
     }
@@ -251,7 +251,7 @@ fn parallel_gradients_equal_those_of_the_recurrent_form() {
     // gradients: compare d(loss)/dx and d(loss)/d(b_g) with the token-by-token form's.
     type A = burn::backend::Autodiff<B>;
     let (chunk, t) = (4, 18);
-    let layer = config(chunk).init::<A>(LayerContext::single(D), 0.1, &Default::default());
+    let layer = build_seeded(103, &Default::default(), || config(chunk).init::<A>(LayerContext::single(D), 0.1, &Default::default()));
     let x0 = Tensor::<A, 3>::from_inner(input(t, 12));
     let weights = Tensor::<A, 3>::from_inner(input(t, 13));
     let grads = |form: Form| {

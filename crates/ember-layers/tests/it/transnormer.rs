@@ -4,10 +4,11 @@ use crate::common;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use ember_layers::transnormer::{alibi_slopes, lrpe, DecaySchedule, LrpeLayers, TransNormer, TransNormerConfig};
+use ember_layers::seeded::build_seeded;
 use ember_layers::LayerContext;
+use ember_ops::random::TensorRng;
 use ember_ops::{gated_linear_attention as op, Form};
 
 use crate::common::{assert_causal, rel_err, stepwise};
@@ -22,8 +23,7 @@ fn input(t: usize, seed: u64) -> Tensor<B, 3> {
 
 /// Layer `layer` of `n_layers`; the test width gives 4 heads of 8 channels.
 fn layer(config: &TransNormerConfig, layer: usize, n_layers: usize) -> TransNormer<B> {
-    B::seed(&Default::default(), 2);
-    config.init::<B>(LayerContext { d_model: D, layer, n_layers }, 0.1, &Default::default())
+    build_seeded(2, &Default::default(), || config.init::<B>(LayerContext { d_model: D, layer, n_layers }, 0.1, &Default::default()))
 }
 
 /// Configurations covering LRPE on and off and both decay schedules (layer, of layers).
@@ -106,7 +106,7 @@ fn decays_match_appendix_a3() {
         }
     }
     // The module holds the same constants.
-    let layer = TransNormerConfig::default().init::<B>(LayerContext { d_model: 64, layer: 12, n_layers: 24 }, 0.1, &Default::default());
+    let layer = build_seeded(101, &Default::default(), || TransNormerConfig::default().init::<B>(LayerContext { d_model: 64, layer: 12, n_layers: 24 }, 0.1, &Default::default()));
     assert!((layer.log_decay[0].exp() - 0.787308).abs() <= 1e-6);
 }
 
@@ -130,11 +130,11 @@ fn slopes_follow_alibi() {
 #[test]
 fn lrpe_depends_on_relative_position_only() {
     let device = Default::default();
-    B::seed(&device, 5);
+    let mut rng = TensorRng::new(5);
     let (t, h, d) = (9, 2, 6);
-    let q = Tensor::<B, 4>::random([1, t, h, d], Distribution::Normal(0.0, 1.0), &device);
-    let k = Tensor::<B, 4>::random([1, t, h, d], Distribution::Normal(0.0, 1.0), &device);
-    let theta = Tensor::<B, 2>::random([h, d], Distribution::Uniform(0.0, 1.0), &device);
+    let q = rng.normal::<B, 4>([1, t, h, d], 1.0, &device);
+    let k = rng.normal::<B, 4>([1, t, h, d], 1.0, &device);
+    let theta = rng.uniform::<B, 2>([h, d], 0.0, 1.0, &device);
     // Scores [1, H, T, T] with queries and keys both at positions offset..offset+T.
     let scores = |offset: usize| {
         let q = lrpe(q.clone(), theta.clone(), offset).swap_dims(1, 2);
@@ -161,7 +161,7 @@ fn lrpe_depends_on_relative_position_only() {
         }
     }
     // θ's initialisation: 10000^{−2(h·d+i)/(H·d)}.
-    let layer = TransNormerConfig { heads: 4, ..Default::default() }.init::<B>(LayerContext::single(D), 0.1, &device);
+    let layer = build_seeded(102, &device, || TransNormerConfig { heads: 4, ..Default::default() }.init::<B>(LayerContext::single(D), 0.1, &device));
     let theta = layer.lrpe_theta.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
     assert_eq!(theta.len(), D);
     assert_eq!(theta[0], 1.0);
@@ -202,21 +202,21 @@ fn srmsnorm_couples_the_heads() {
     }
 }
 
-fn rand_ad<const N: usize>(shape: [usize; N], lo: f64, hi: f64) -> Tensor<AD, N> {
-    Tensor::random(shape, Distribution::Uniform(lo, hi), &Default::default()).require_grad()
+fn rand_ad<const N: usize>(rng: &mut TensorRng, shape: [usize; N], lo: f64, hi: f64) -> Tensor<AD, N> {
+    rng.uniform(shape, lo, hi, &Default::default()).require_grad()
 }
 
 #[test]
 fn per_head_op_equals_general_op_with_gradients() {
     // The Lightning-2 path against the per-channel op fed the same decay broadcast over K:
     // outputs, final states and the gradients of q, k, v, h0 and the per-head g.
-    AD::seed(&Default::default(), 11);
+    let mut rng = TensorRng::new(11);
     for t in [1, 7, 64, 65] {
         for chunk in [1, 5, 16, 64] {
-            let (q, k, v) = (rand_ad([2, t, 3, 4], -1.0, 1.0), rand_ad([2, t, 3, 4], -1.0, 1.0), rand_ad([2, t, 3, 5], -1.0, 1.0));
-            let g = rand_ad([2, t, 3], -1.5, 0.0);
-            let h0 = rand_ad([2, 3, 4, 5], -1.0, 1.0);
-            let (w_out, w_state) = (rand_ad([2, t, 3, 5], -1.0, 1.0), rand_ad([2, 3, 4, 5], -1.0, 1.0));
+            let (q, k, v) = (rand_ad(&mut rng, [2, t, 3, 4], -1.0, 1.0), rand_ad(&mut rng, [2, t, 3, 4], -1.0, 1.0), rand_ad(&mut rng, [2, t, 3, 5], -1.0, 1.0));
+            let g = rand_ad(&mut rng, [2, t, 3], -1.5, 0.0);
+            let h0 = rand_ad(&mut rng, [2, 3, 4, 5], -1.0, 1.0);
+            let (w_out, w_state) = (rand_ad(&mut rng, [2, t, 3, 5], -1.0, 1.0), rand_ad(&mut rng, [2, 3, 4, 5], -1.0, 1.0));
             let run = |per_head: bool, chunked: bool| {
                 let (qq, kk, vv, start) = (q.clone(), k.clone(), v.clone(), Some(h0.clone()));
                 let out = match (per_head, chunked) {
@@ -249,10 +249,9 @@ fn per_head_op_equals_general_op_with_gradients() {
 fn per_head_op_stays_finite_under_long_strong_decay() {
     // Cumulative log decay near −900: exp(−G) would overflow f32 long before.
     let device = Default::default();
-    B::seed(&device, 4);
-    let rand = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-    let (q, k, v) = (rand([1, 300, 2, 4]), rand([1, 300, 2, 4]), rand([1, 300, 2, 4]));
-    let g = Tensor::<B, 3>::random([1, 300, 2], Distribution::Uniform(-6.0, 0.0), &device);
+    let mut rng = TensorRng::new(4);
+    let (q, k, v) = (rng.normal::<B, 4>([1, 300, 2, 4], 1.0, &device), rng.normal([1, 300, 2, 4], 1.0, &device), rng.normal([1, 300, 2, 4], 1.0, &device));
+    let g = rng.uniform::<B, 3>([1, 300, 2], -6.0, 0.0, &device);
     let reference = op::recurrent(q.clone(), k.clone(), v.clone(), op::per_head(g.clone(), 4), None, 0.5);
     let outs = [
         op::chunked_per_head(q.clone(), k.clone(), v.clone(), g.clone(), None, 0.5, 64),
@@ -271,7 +270,7 @@ fn config_counts_and_validation() {
     assert!(config.validate(D).is_ok());
     for l in [0, 1] {
         let at = LayerContext { d_model: D, layer: l, n_layers: 3 };
-        let layer = config.init::<B>(at, 0.1, &device);
+        let layer = build_seeded(103, &device, || config.init::<B>(at, 0.1, &device));
         assert_eq!(layer.lrpe_theta.is_some(), l == 0);
         assert_eq!(config.params_at(at), layer.num_params(), "layer {l}");
         let (_, state) = layer.step(input(3, 1), None);

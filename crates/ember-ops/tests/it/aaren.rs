@@ -3,15 +3,16 @@
 //! causal and carry state. (Associativity of the combine in f64 is in `aaren_f64.rs`: NdArray's
 //! f32 and f64 backends share one device, whose default float dtype a process sets only once.)
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{activation::softmax, backend::Backend, Distribution, Tensor};
+use burn::tensor::{activation::softmax, backend::Backend, Tensor};
+use ember_ops::random::TensorRng;
 use ember_ops::aaren::{chunked, parallel, recurrent, AarenOutput, AarenState};
 use ember_ops::mask::hidden_keys;
 
 type B = NdArray<f32>;
 type A = Autodiff<NdArray<f32>>;
 
-fn normal<Bk: Backend, const D: usize>(shape: [usize; D], std: f64) -> Tensor<Bk, D> {
-    Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
+fn normal<Bk: Backend, const D: usize>(rng: &mut TensorRng, shape: [usize; D], std: f64) -> Tensor<Bk, D> {
+    rng.normal(shape, std, &Default::default())
 }
 
 fn rel_err<Bk: Backend, const D: usize>(a: Tensor<Bk, D>, b: Tensor<Bk, D>) -> f32 {
@@ -45,10 +46,11 @@ fn forms() -> Vec<(String, Box<dyn Fn(Tensor<B, 3>, Tensor<B, 4>, Option<AarenSt
 
 #[test]
 fn every_form_equals_the_explicit_prefix_softmax() {
+    let mut rng = TensorRng::new(1);
     // Scores ×50 span hundreds: naive exponentials would overflow f32.
     for score_std in [1.0, 50.0] {
         for t in [1, 7, 64, 65] {
-            let (s, v) = (normal::<B, 3>([2, t, 3], score_std), normal::<B, 4>([2, t, 3, 5], 1.0));
+            let (s, v) = (normal::<B, 3>(&mut rng, [2, t, 3], score_std), normal::<B, 4>(&mut rng, [2, t, 3, 5], 1.0));
             let expected = explicit(s.clone(), v.clone());
             for (name, form) in forms() {
                 let out = form(s.clone(), v.clone(), None);
@@ -64,8 +66,9 @@ fn every_form_equals_the_explicit_prefix_softmax() {
 
 #[test]
 fn forms_agree_from_a_carried_state() {
+    let mut rng = TensorRng::new(2);
     let t = 45;
-    let (s, v) = (normal::<B, 3>([2, t, 3], 3.0), normal::<B, 4>([2, t, 3, 4], 1.0));
+    let (s, v) = (normal::<B, 3>(&mut rng, [2, t, 3], 3.0), normal::<B, 4>(&mut rng, [2, t, 3, 4], 1.0));
     let expected = explicit(s.clone(), v.clone());
     for split in [1, 16, 30] {
         let (s1, s2) = (s.clone().narrow(1, 0, split), s.clone().narrow(1, split, t - split));
@@ -83,10 +86,11 @@ fn forms_agree_from_a_carried_state() {
 
 #[test]
 fn gradients_equal_those_of_the_explicit_softmax() {
+    let mut rng = TensorRng::new(3);
     let t = 37;
-    let s0 = normal::<A, 3>([2, t, 3], 4.0);
-    let v0 = normal::<A, 4>([2, t, 3, 5], 1.0);
-    let weights = normal::<A, 4>([2, t, 3, 5], 1.0);
+    let s0 = normal::<A, 3>(&mut rng, [2, t, 3], 4.0);
+    let v0 = normal::<A, 4>(&mut rng, [2, t, 3, 5], 1.0);
+    let weights = normal::<A, 4>(&mut rng, [2, t, 3, 5], 1.0);
     let grads = |f: &dyn Fn(Tensor<A, 3>, Tensor<A, 4>) -> Tensor<A, 4>| {
         let (s, v) = (s0.clone().require_grad(), v0.clone().require_grad());
         let g = (f(s.clone(), v.clone()) * weights.clone()).sum().backward();
@@ -107,14 +111,15 @@ fn gradients_equal_those_of_the_explicit_softmax() {
 
 #[test]
 fn every_form_is_causal() {
+    let mut rng = TensorRng::new(4);
     let t = 40;
-    let (s, v) = (normal::<B, 3>([1, t, 2], 2.0), normal::<B, 4>([1, t, 2, 3], 1.0));
+    let (s, v) = (normal::<B, 3>(&mut rng, [1, t, 2], 2.0), normal::<B, 4>(&mut rng, [1, t, 2, 3], 1.0));
     for changed in [0, 13, 39] {
         let bump = |x: Tensor<B, 3>| {
             let row = x.clone().narrow(1, changed, 1) + 5.0;
             x.slice_assign([0..1, changed..changed + 1, 0..2], row)
         };
-        let v2 = v.clone().slice_assign([0..1, changed..changed + 1, 0..2, 0..3], normal([1, 1, 2, 3], 1.0));
+        let v2 = v.clone().slice_assign([0..1, changed..changed + 1, 0..2, 0..3], normal(&mut rng, [1, 1, 2, 3], 1.0));
         for (name, form) in forms() {
             let y = form(s.clone(), v.clone(), None).output;
             let y2 = form(bump(s.clone()), v2.clone(), None).output;

@@ -1,18 +1,19 @@
 //! Gated (decaying) linear attention: the three forms agree, stay finite under long decays,
 //! are causal, and carry state across calls.
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
+use ember_ops::random::TensorRng;
 use ember_ops::gated_linear_attention::{chunked, constant, parallel, per_head, recurrent};
 
 type B = Autodiff<NdArray<f32>>;
 
-fn rand(shape: [usize; 4]) -> Tensor<B, 4> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+fn rand(rng: &mut TensorRng, shape: [usize; 4]) -> Tensor<B, 4> {
+    rng.normal(shape, 1.0, &Default::default())
 }
 
 /// Log decays in (−strength, 0): GLA's gate `logsigmoid(x) / normaliser` spans this range.
-fn decay(shape: [usize; 4], strength: f64) -> Tensor<B, 4> {
-    Tensor::random(shape, Distribution::Uniform(-strength, 0.0), &Default::default())
+fn decay(rng: &mut TensorRng, shape: [usize; 4], strength: f64) -> Tensor<B, 4> {
+    rng.uniform(shape, -strength, 0.0, &Default::default())
 }
 
 fn max_diff(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f32 {
@@ -21,9 +22,10 @@ fn max_diff(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f32 {
 
 #[test]
 fn forms_agree_for_chunk_sizes_that_do_and_do_not_divide_t() {
-    let (q, k, v) = (rand([2, 45, 3, 8]), rand([2, 45, 3, 8]), rand([2, 45, 3, 5]));
-    let g = decay([2, 45, 3, 8], 1.0);
-    let h0 = rand([2, 3, 8, 5]);
+    let mut rng = TensorRng::new(1);
+    let (q, k, v) = (rand(&mut rng, [2, 45, 3, 8]), rand(&mut rng, [2, 45, 3, 8]), rand(&mut rng, [2, 45, 3, 5]));
+    let g = decay(&mut rng, [2, 45, 3, 8], 1.0);
+    let h0 = rand(&mut rng, [2, 3, 8, 5]);
     let reference = recurrent(q.clone(), k.clone(), v.clone(), g.clone(), Some(h0.clone()), 0.35);
     let par = parallel(q.clone(), k.clone(), v.clone(), g.clone(), Some(h0.clone()), 0.35);
     assert!(max_diff(par.output, reference.output.clone()) < 1e-4);
@@ -37,9 +39,10 @@ fn forms_agree_for_chunk_sizes_that_do_and_do_not_divide_t() {
 
 #[test]
 fn long_strong_decay_stays_finite_and_exact() {
+    let mut rng = TensorRng::new(2);
     // Cumulative log decay reaches about −600: exp(−G) would overflow f32 long before that.
-    let (q, k, v) = (rand([1, 300, 2, 4]), rand([1, 300, 2, 4]), rand([1, 300, 2, 4]));
-    let g = decay([1, 300, 2, 4], 4.0);
+    let (q, k, v) = (rand(&mut rng, [1, 300, 2, 4]), rand(&mut rng, [1, 300, 2, 4]), rand(&mut rng, [1, 300, 2, 4]));
+    let g = decay(&mut rng, [1, 300, 2, 4], 4.0);
     let reference = recurrent(q.clone(), k.clone(), v.clone(), g.clone(), None, 0.5);
     for c in [16, 64] {
         let out = chunked(q.clone(), k.clone(), v.clone(), g.clone(), None, 0.5, c);
@@ -57,8 +60,9 @@ fn long_strong_decay_stays_finite_and_exact() {
 
 #[test]
 fn per_head_and_constant_decays_broadcast() {
-    let (q, k, v) = (rand([2, 20, 3, 4]), rand([2, 20, 3, 4]), rand([2, 20, 3, 6]));
-    let head: Tensor<B, 3> = Tensor::random([2, 20, 3], Distribution::Uniform(-1.0, 0.0), &Default::default());
+    let mut rng = TensorRng::new(3);
+    let (q, k, v) = (rand(&mut rng, [2, 20, 3, 4]), rand(&mut rng, [2, 20, 3, 4]), rand(&mut rng, [2, 20, 3, 6]));
+    let head: Tensor<B, 3> = rng.uniform([2, 20, 3], -1.0, 0.0, &Default::default());
     let by_head = chunked(q.clone(), k.clone(), v.clone(), per_head(head.clone(), 4), None, 0.5, 8).output;
     let explicit = head.unsqueeze_dim::<4>(3).repeat_dim(3, 4);
     let by_channel = chunked(q.clone(), k.clone(), v.clone(), explicit, None, 0.5, 8).output;
@@ -73,8 +77,9 @@ fn per_head_and_constant_decays_broadcast() {
 
 #[test]
 fn chunked_is_causal_and_carries_state() {
-    let (q, k, v) = (rand([1, 40, 2, 4]), rand([1, 40, 2, 4]), rand([1, 40, 2, 3]));
-    let g = decay([1, 40, 2, 4], 0.5);
+    let mut rng = TensorRng::new(4);
+    let (q, k, v) = (rand(&mut rng, [1, 40, 2, 4]), rand(&mut rng, [1, 40, 2, 4]), rand(&mut rng, [1, 40, 2, 3]));
+    let g = decay(&mut rng, [1, 40, 2, 4], 0.5);
     let full = chunked(q.clone(), k.clone(), v.clone(), g.clone(), None, 0.5, 16);
     // Changing tokens 25.. leaves outputs 0..25 bit-identical.
     let later = |x: Tensor<B, 4>| Tensor::cat(vec![x.clone().narrow(1, 0, 25), x.narrow(1, 25, 15) * 3.0], 1);

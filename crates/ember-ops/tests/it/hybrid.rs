@@ -2,14 +2,15 @@
 //! formula, the parallel form against token-by-token generation, and the window-only limit
 //! against softmax attention.
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
+use ember_ops::random::TensorRng;
 use ember_ops::hybrid::{hybrid, parallel, HybridInputs, HybridParams, HybridState};
 use ember_ops::softmax_attention;
 
 type B = NdArray<f32>;
 
-fn rand<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+fn rand<const D: usize>(rng: &mut TensorRng, shape: [usize; D]) -> Tensor<B, D> {
+    rng.normal(shape, 1.0, &Default::default())
 }
 
 fn host<const D: usize>(x: &Tensor<B, D>) -> Vec<f64> {
@@ -21,14 +22,14 @@ fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
 }
 
 /// Random inputs `[1, T, H, *]` with positive features and (optionally) decays in (−0.5, 0).
-fn inputs(t: usize, h: usize, d: usize, f: usize, gated: bool) -> HybridInputs<B> {
+fn inputs(rng: &mut TensorRng, t: usize, h: usize, d: usize, f: usize, gated: bool) -> HybridInputs<B> {
     HybridInputs {
-        q: rand([1, t, h, d]),
-        k: rand([1, t, h, d]),
-        v: rand([1, t, h, d]),
-        fq: rand([1, t, h, f]).exp(),
-        fk: rand([1, t, h, f]).exp(),
-        log_decay: gated.then(|| Tensor::random([1, t, h], Distribution::Uniform(-0.5, 0.0), &Default::default())),
+        q: rand(rng, [1, t, h, d]),
+        k: rand(rng, [1, t, h, d]),
+        v: rand(rng, [1, t, h, d]),
+        fq: rand(rng, [1, t, h, f]).exp(),
+        fk: rand(rng, [1, t, h, f]).exp(),
+        log_decay: gated.then(|| rng.uniform([1, t, h], -0.5, 0.0, &Default::default())),
     }
 }
 
@@ -76,10 +77,10 @@ fn reference(x: &HybridInputs<B>, p: &HybridParams<B>) -> Vec<f64> {
     out
 }
 
-fn params(h: usize, d: usize, window: usize, sinks: usize) -> HybridParams<B> {
+fn params(rng: &mut TensorRng, h: usize, d: usize, window: usize, sinks: usize) -> HybridParams<B> {
     HybridParams {
-        gamma: Tensor::random([h], Distribution::Uniform(0.05, 1.0), &Default::default()),
-        sinks: (sinks > 0).then(|| (rand([h, sinks, d]), rand([h, sinks, d]))),
+        gamma: rng.uniform([h], 0.05, 1.0, &Default::default()),
+        sinks: (sinks > 0).then(|| (rand(rng, [h, sinks, d]), rand(rng, [h, sinks, d]))),
         window,
         scale: 1.0 / (d as f64).sqrt(),
     }
@@ -87,9 +88,10 @@ fn params(h: usize, d: usize, window: usize, sinks: usize) -> HybridParams<B> {
 
 #[test]
 fn matches_the_formula_query_by_query() {
+    let mut rng = TensorRng::new(1);
     for (gated, sinks, window) in [(false, 0, 4), (true, 0, 4), (true, 3, 5), (false, 2, 2), (false, 0, 40)] {
-        let x = inputs(23, 2, 4, 6, gated);
-        let p = params(2, 4, window, sinks);
+        let x = inputs(&mut rng, 23, 2, 4, 6, gated);
+        let p = params(&mut rng, 2, 4, window, sinks);
         let expected = reference(&x, &p);
         // The generation form from no state and the training form (which builds no state).
         for y in [hybrid(x.clone(), &p, None).0, parallel(x.clone(), &p)] {
@@ -121,9 +123,10 @@ fn in_pieces(x: &HybridInputs<B>, p: &HybridParams<B>, lengths: &[usize]) -> (Te
 
 #[test]
 fn generation_token_by_token_and_by_prompt_matches_the_parallel_form() {
+    let mut rng = TensorRng::new(2);
     for (gated, sinks) in [(false, 0), (true, 2)] {
-        let x = inputs(30, 3, 4, 5, gated);
-        let p = params(3, 4, 6, sinks);
+        let x = inputs(&mut rng, 30, 3, 4, 5, gated);
+        let p = params(&mut rng, 3, 4, 6, sinks);
         let (whole, final_state) = hybrid(x.clone(), &p, None);
         for lengths in [vec![1; 30], vec![4, 1, 1, 9, 15], vec![13, 17]] {
             let (pieces, state) = in_pieces(&x, &p, &lengths);
@@ -137,9 +140,10 @@ fn generation_token_by_token_and_by_prompt_matches_the_parallel_form() {
 
 #[test]
 fn window_only_within_the_window_is_softmax_attention() {
+    let mut rng = TensorRng::new(3);
     // γ → ∞ drowns the linear term; with T ≤ w there are no earlier keys anyway.
-    let x = inputs(12, 2, 8, 4, true);
-    let mut p = params(2, 8, 12, 0);
+    let x = inputs(&mut rng, 12, 2, 8, 4, true);
+    let mut p = params(&mut rng, 2, 8, 12, 0);
     p.gamma = Tensor::ones([2], &Default::default()) * 1e6;
     let (y, _) = hybrid(x.clone(), &p, None);
     let softmax = softmax_attention::parallel(x.q, x.k, x.v, p.scale, None, 0);
@@ -148,11 +152,12 @@ fn window_only_within_the_window_is_softmax_attention() {
 
 #[test]
 fn gradients_are_finite_under_strong_decay() {
+    let mut rng = TensorRng::new(4);
     type A = Autodiff<B>;
-    let x = inputs(64, 2, 4, 4, false);
+    let x = inputs(&mut rng, 64, 2, 4, 4, false);
     let lift = |t: Tensor<B, 4>| Tensor::<A, 4>::from_inner(t).require_grad();
     let fq = lift(x.fq.clone());
-    let g: Tensor<A, 3> = Tensor::<A, 3>::from_inner(Tensor::random([1, 64, 2], Distribution::Uniform(-30.0, -10.0), &Default::default())).require_grad();
+    let g: Tensor<A, 3> = Tensor::<A, 3>::from_inner(rng.uniform([1, 64, 2], -30.0, -10.0, &Default::default())).require_grad();
     let inputs = HybridInputs { q: lift(x.q), k: lift(x.k), v: lift(x.v), fq: fq.clone(), fk: lift(x.fk), log_decay: Some(g.clone()) };
     let p = HybridParams { gamma: Tensor::ones([2], &Default::default()) * 0.1, sinks: None, window: 4, scale: 0.5 };
     let (y, _) = hybrid(inputs, &p, None);

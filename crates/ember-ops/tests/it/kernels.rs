@@ -5,7 +5,8 @@
 //! kernel path to independent references too: `ember conformance --device wgpu`.)
 #![cfg(feature = "wgpu")]
 use burn::backend::{Autodiff, Wgpu};
-use burn::tensor::{Distribution, FloatDType, Tensor};
+use burn::tensor::{FloatDType, Tensor};
+use ember_ops::random::TensorRng;
 use ember_ops::kernels::{self, Kernels};
 use ember_ops::linear_attention::LinearAttnOutput;
 use ember_ops::{gated_linear_attention as gla, linear_attention, taylor};
@@ -42,8 +43,8 @@ fn rel_err(got: Tensor<Wgpu, 4>, want: Tensor<Wgpu, 4>) -> f64 {
     (diff / norm.max(1e-30)).sqrt()
 }
 
-fn random(shape: [usize; 4], device: &burn::backend::wgpu::WgpuDevice) -> Tensor<B, 4> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+fn random(rng: &mut TensorRng, shape: [usize; 4], device: &burn::backend::wgpu::WgpuDevice) -> Tensor<B, 4> {
+    rng.normal(shape, 1.0, device)
 }
 
 /// Runs `op` on fresh leaves made from `inputs` under `policy`, with random upstream gradients
@@ -79,8 +80,9 @@ fn agree(
     tol: f64,
     op: &dyn Fn(&[Tensor<B, 4>]) -> (Tensor<B, 4>, Tensor<B, 4>),
 ) {
+    let mut rng = TensorRng::new(1);
     let device = inputs[0].device();
-    let upstream = [random(shapes.0, &device), random(shapes.1, &device)];
+    let upstream = [random(&mut rng, shapes.0, &device), random(&mut rng, shapes.1, &device)];
     let composed = run(Kernels::Off, &inputs, &upstream, op);
     let kernel = run(Kernels::On, &inputs, &upstream, op);
     let names = [
@@ -99,31 +101,33 @@ fn out(r: LinearAttnOutput<B>) -> (Tensor<B, 4>, Tensor<B, 4>) {
 
 /// Log decays in (−∞, 0]: `log σ(x)/norm`, GLA's gate.
 fn log_decay(
+    rng: &mut TensorRng,
     shape: [usize; 4],
     norm: f64,
     device: &burn::backend::wgpu::WgpuDevice,
 ) -> Tensor<B, 4> {
-    burn::tensor::activation::log_sigmoid(random(shape, device).add_scalar(2.0)) / norm
+    burn::tensor::activation::log_sigmoid(random(rng, shape, device).add_scalar(2.0)) / norm
 }
 
 #[test]
 fn kernels_match_the_composed_chunked_forms() {
+    let mut rng = TensorRng::new(2);
     let Some(device) = device() else { return };
     assert!(kernels::available::<B>() && kernels::available::<Wgpu>());
     let (b, h, dk, dv) = (2, 3, 6, 5);
     for (t, chunk) in [(37, 16), (32, 1), (32, 64), (70, 64), (40, 7)] {
         let qk = [b, t, h, dk];
         let shapes = ([b, t, h, dv], [b, h, dk, dv]);
-        let base = || {
+        let base = |rng: &mut TensorRng| {
             vec![
-                random(qk, &device),
-                random(qk, &device),
-                random([b, t, h, dv], &device),
+                random(rng, qk, &device),
+                random(rng, qk, &device),
+                random(rng, [b, t, h, dv], &device),
             ]
         };
-        let h0 = random([b, h, dk, dv], &device);
+        let h0 = random(&mut rng, [b, h, dk, dv], &device);
 
-        let mut inputs = base();
+        let mut inputs = base(&mut rng);
         inputs.push(h0.clone());
         agree(
             &format!("linear attention T={t} C={chunk}"),
@@ -144,8 +148,8 @@ fn kernels_match_the_composed_chunked_forms() {
 
         // Per-channel decay (GLA), mild and strong (normaliser 16 and 1).
         for norm in [16.0, 1.0] {
-            let mut inputs = base();
-            inputs.push(log_decay(qk, norm, &device));
+            let mut inputs = base(&mut rng);
+            inputs.push(log_decay(&mut rng, qk, norm, &device));
             inputs.push(h0.clone());
             agree(
                 &format!("GLA T={t} C={chunk} norm {norm}"),
@@ -167,8 +171,8 @@ fn kernels_match_the_composed_chunked_forms() {
         }
 
         // Per-head decay (Lightning-2's path), given as [B, T, H, 1] and squeezed.
-        let mut inputs = base();
-        inputs.push(log_decay([b, t, h, 1], 4.0, &device));
+        let mut inputs = base(&mut rng);
+        inputs.push(log_decay(&mut rng, [b, t, h, 1], 4.0, &device));
         inputs.push(h0.clone());
         agree(
             &format!("per-head decay T={t} C={chunk}"),
@@ -193,12 +197,13 @@ fn kernels_match_the_composed_chunked_forms() {
 
 #[test]
 fn kernels_match_the_composed_taylor_form() {
+    let mut rng = TensorRng::new(3);
     let Some(device) = device() else { return };
     let (b, t, h, d, dv) = (2, 45, 2, 4, 6);
     let inputs = vec![
-        random([b, t, h, d], &device) * 0.5,
-        random([b, t, h, d], &device) * 0.5,
-        random([b, t, h, dv], &device),
+        random(&mut rng, [b, t, h, d], &device) * 0.5,
+        random(&mut rng, [b, t, h, d], &device) * 0.5,
+        random(&mut rng, [b, t, h, dv], &device),
     ];
     for map in [taylor::FeatureMap::Compact, taylor::FeatureMap::Full] {
         let f = map.dim(d);
@@ -227,14 +232,15 @@ fn kernels_match_the_composed_taylor_form() {
 /// f16 but no bf16 (WGSL/lavapipe), so this runs f16 here; bf16 is the same code path on CUDA.
 #[test]
 fn kernels_take_half_precision_inputs() {
+    let mut rng = TensorRng::new(4);
     let Some(device) = device() else { return };
     let (b, t, h, dk, dv) = (1, 50, 2, 16, 16);
     let half = |x: Tensor<B, 4>| x.cast(FloatDType::F16);
     let inputs = vec![
-        half(random([b, t, h, dk], &device)),
-        half(random([b, t, h, dk], &device)),
-        half(random([b, t, h, dv], &device)),
-        log_decay([b, t, h, dk], 16.0, &device),
+        half(random(&mut rng, [b, t, h, dk], &device)),
+        half(random(&mut rng, [b, t, h, dk], &device)),
+        half(random(&mut rng, [b, t, h, dv], &device)),
+        log_decay(&mut rng, [b, t, h, dk], 16.0, &device),
     ];
     // Both paths compute in f32 from the same f16 values; they differ by f32 rounding and the
     // f16 rounding of the output and the gradients.
@@ -265,13 +271,14 @@ fn kernels_take_half_precision_inputs() {
 /// lavapipe from 25.x (8×8 tiles); CI's lavapipe (22.3, through WGSL) has none and skips.
 #[test]
 fn tensor_core_kernels_match_the_composed_form() {
+    let mut rng = TensorRng::new(5);
     use ember_kernels::{tensor_core_calls, with_tensor_cores, TensorCores};
     let Some(device) = device() else { return };
     let (b, h, dk, dv) = (2, 2, 24, 20);
     let half = |x: Tensor<B, 4>| x.cast(FloatDType::F16);
     let before = tensor_core_calls();
     with_tensor_cores(TensorCores::On, || {
-        let x = || half(random([1, 16, 1, 16], &device));
+        let mut x = || half(random(&mut rng, [1, 16, 1, 16], &device));
         kernels::with_policy(Kernels::On, || linear_attention::chunked(x(), x(), x(), None, 1.0, 16))
     });
     if tensor_core_calls() == before {
@@ -284,14 +291,14 @@ fn tensor_core_kernels_match_the_composed_form() {
     for (t, chunk) in [(70, 64), (37, 16), (64, 32)] {
         let qk = [b, t, h, dk];
         let shapes = ([b, t, h, dv], [b, h, dk, dv]);
-        let qkv = || {
+        let qkv = |rng: &mut TensorRng| {
             vec![
-                half(random(qk, &device)),
-                half(random(qk, &device)),
-                half(random([b, t, h, dv], &device)),
+                half(random(rng, qk, &device)),
+                half(random(rng, qk, &device)),
+                half(random(rng, [b, t, h, dv], &device)),
             ]
         };
-        let h0 = random([b, h, dk, dv], &device);
+        let h0 = random(&mut rng, [b, h, dk, dv], &device);
         let calls = tensor_core_calls();
         // f16 operands (scores, states and gradients included) with f32 accumulation, against
         // the composed form in f32 from the same f16 inputs: measured on lavapipe 1.5e-4 to
@@ -299,14 +306,14 @@ fn tensor_core_kernels_match_the_composed_form() {
         // f16's rounding (4.9e-4).
         let tol = 3e-3;
         with_tensor_cores(TensorCores::On, || {
-            let mut inputs = qkv();
+            let mut inputs = qkv(&mut rng);
             inputs.push(h0.clone());
             agree(&format!("tensor cores, no decay, T={t} C={chunk}"), inputs, shapes, tol, &|x| {
                 out(linear_attention::chunked(x[0].clone(), x[1].clone(), x[2].clone(), Some(x[3].clone()), 0.2, chunk))
             });
             for norm in [16.0, 1.0] {
-                let mut inputs = qkv();
-                inputs.push(log_decay(qk, norm, &device));
+                let mut inputs = qkv(&mut rng);
+                inputs.push(log_decay(&mut rng, qk, norm, &device));
                 inputs.push(h0.clone());
                 agree(&format!("tensor cores, GLA norm {norm}, T={t} C={chunk}"), inputs, shapes, tol, &|x| {
                     out(gla::chunked(x[0].clone(), x[1].clone(), x[2].clone(), x[3].clone(), Some(x[4].clone()), 0.2, chunk))

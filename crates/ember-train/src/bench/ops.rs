@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Tensor};
 use ember_layers::mixer::{MixerConfig, KINDS};
+use ember_layers::seeded::{build_seeded, with_seed};
 use ember_ops::kernels::{self, Kernels};
 use ember_ops::precision::{cast_params, supported, to_dtype, to_f32, Precision};
 use ember_ops::taylor::FeatureMap;
@@ -331,7 +332,6 @@ pub fn run<B: AutodiffBackend>(
         true => vec![Kernels::Off, Kernels::On],
         false => vec![opts.kernels],
     };
-    B::seed(device, 0);
     // After a point fails inside a CubeCL device (an allocation over the device's limit, a failed
     // launch), its memory manager can be left inconsistent, and later points on it then report
     // times for work that never ran (seen on lavapipe after a 512 MiB allocation failed). Those
@@ -411,8 +411,10 @@ fn run_point<B: AutodiffBackend>(
     };
     let (kernel_calls, tensor_core_calls) = (kernels::calls(), kernels::tensor_core_calls());
     let timed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Each point's weights and inputs are a function of the seed alone (not of the points
+        // before it, nor of other threads drawing from the backend's generator).
         let loss = match (case, config) {
-            (Case::Op(op, form), _) => op_loss::<B>(op, *form, shape, opts.precision, device),
+            (Case::Op(op, form), _) => with_seed::<B, _>(0, device, || op_loss::<B>(op, *form, shape, opts.precision, device)),
             (_, Some(config)) => mixer_loss::<B>(&config, shape, opts.precision, device),
             (Case::Mixer(_), None) => unreachable!("a mixer case has a config"),
         };
@@ -458,8 +460,8 @@ fn input<B: AutodiffBackend, const D: usize>(dims: [usize; D], precision: Precis
 
 fn mixer_loss<B: AutodiffBackend>(config: &MixerConfig, shape: &Shape, precision: Precision, device: &B::Device) -> Loss<B> {
     let d_model = shape.heads * shape.head_dim;
-    let mixer = config.init::<B>(ember_layers::LayerContext::single(d_model), ember_layers::init::INIT_STD, device);
-    let x = input::<B, 3>([shape.batch, shape.seq_len, d_model], precision, device);
+    let mixer = build_seeded(0, device, || config.init::<B>(ember_layers::LayerContext::single(d_model), ember_layers::init::INIT_STD, device));
+    let x = with_seed::<B, _>(1, device, || input::<B, 3>([shape.batch, shape.seq_len, d_model], precision, device));
     // The parameters are cast on every call, as a training step does (a no-op in f32).
     Box::new(move || to_f32(cast_params(mixer.clone(), precision).forward(x.clone())).sum())
 }

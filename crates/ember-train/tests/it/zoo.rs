@@ -54,7 +54,7 @@ fn every_tiny_recipe_trains_on_the_bundled_corpus() {
         let mut recipe = Recipe::load(&path, &sets).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         recipe.log.progress = false;
         // The size `ember recipe check` reports is the size of the model that gets built.
-        let model = recipe.model.init::<B>(&device);
+        let model = recipe.model.init_seeded::<B>(0, &device);
         assert_eq!(recipe.model.num_params(), burn::module::Module::num_params(&model), "{name}: parameter count");
         let report = train::<B>(&recipe, &TrainOptions { quiet: true, ..Default::default() }, &device)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));

@@ -5,15 +5,16 @@
 use std::ops::Range;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor};
+use ember_ops::random::TensorRng;
 
-/// `N(0, std²)` values of the given shape, drawn after seeding the backend with `seed`.
+/// `N(0, std²)` values of the given shape from a generator seeded with `seed` (not the
+/// backend's process-wide one, which other tests draw from in parallel).
 pub fn random<B: Backend, const N: usize>(shape: [usize; N], std: f64, seed: u64) -> Tensor<B, N> {
-    B::seed(&Default::default(), seed);
-    Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
+    TensorRng::new(seed).normal(shape, std, &Default::default())
 }
 
-/// A standard-normal `[batch, t, d]` input, drawn after seeding the backend with `seed`.
+/// A standard-normal `[batch, t, d]` input from a generator seeded with `seed`.
 pub fn input<B: Backend>(batch: usize, t: usize, d: usize, seed: u64) -> Tensor<B, 3> {
     random([batch, t, d], 1.0, seed)
 }
