@@ -51,9 +51,18 @@ pub fn build_seeded<B: Backend, M: Module<B>>(seed: u64, device: &B::Device, bui
 /// draws eagerly (`Tensor::random`) is a function of the seed. A lazily initialised parameter
 /// draws at its first use, after the lock is gone: build modules with [`build_seeded`].
 pub fn with_seed<B: Backend, R>(seed: u64, device: &B::Device, draw: impl FnOnce() -> R) -> R {
+    exclusive_draws(|| {
+        B::seed(device, seed);
+        draw()
+    })
+}
+
+/// `f()` run under the lock, unseeded: for building a module whose values are then overwritten
+/// (a checkpoint's skeleton). Whatever its construction draws cannot then land between another
+/// thread's seed and that thread's draws, which would change that thread's weights.
+pub fn exclusive_draws<R>(f: impl FnOnce() -> R) -> R {
     let _guard = DRAWS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    B::seed(device, seed);
-    draw()
+    f()
 }
 
 /// Forces lazily initialised parameters to draw their values now, in module order.

@@ -9,7 +9,12 @@ use ember_ops::titans::{
     chunked, inner_gradients, sequential, Activation, MemoryInputs, MemoryRule, MemoryState, Objective, Retention, Update,
 };
 
-type F = NdArray<f32>;
+// f64 throughout, F included: Burn 0.21.0 keys a device's default float dtype by device, not by
+// backend, so `NdArray<f32>` and `NdArray<f64>` in one process race to set it for the CPU, and
+// with more than two test threads the loser's tensors came out in the other dtype (seen by
+// `scripts/stress-tests.sh`). The f32 forms are held to each other through the layer
+// (ember-layers' `titans` tests).
+type F = NdArray<f64>;
 type D = NdArray<f64>;
 
 const B: usize = 2;

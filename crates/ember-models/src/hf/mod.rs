@@ -19,6 +19,7 @@ use burn_store::{ModuleSnapshot, TensorSnapshot};
 use ember_layers::attention::AttentionConfig;
 use ember_layers::mlp::{MlpConfig, MlpKind};
 use ember_layers::norm::NormKind;
+use ember_layers::seeded::exclusive_draws;
 use ember_layers::MixerConfig;
 use ember_ops::rope::RopeScaling;
 use serde_json::Value;
@@ -281,31 +282,37 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Teacher<B>, Hf
 /// the error lists every missing or mismatched tensor.
 pub(crate) fn load_mapped<B: Backend>(dir: &Path, lm_config: &LmConfig, maps: &[Mapping], device: &B::Device) -> Result<Lm<B>, HfError> {
     let checkpoint = Checkpoint::open(dir)?;
-    let mut model: Lm<B> = lm_config.init(device);
-    let expected: BTreeMap<String, Vec<usize>> =
-        model.collect(None, None, false).into_iter().map(|s| (s.full_path(), s.shape.to_vec())).collect();
-    let mut problems = Vec::new();
-    let mut snapshots = Vec::new();
-    for mapping in maps {
-        let Some(shape) = expected.get(&mapping.ember) else {
-            problems.push(format!("  ember has no parameter {} (a bug in the mapping)", mapping.ember));
-            continue;
-        };
-        match checkpoint.snapshot(mapping, shape) {
-            Ok(snapshot) => snapshots.push(snapshot),
-            Err(problem) => problems.push(format!("  {problem}")),
+    // Building the skeleton may draw from the backend's generator (eager initialisers, and lazy
+    // ones as `apply` replaces them): under the seeding lock, so another thread's seeded model
+    // keeps its weights.
+    let (model, used) = exclusive_draws(|| -> Result<_, HfError> {
+        let mut model: Lm<B> = lm_config.init(device);
+        let expected: BTreeMap<String, Vec<usize>> =
+            model.collect(None, None, false).into_iter().map(|s| (s.full_path(), s.shape.to_vec())).collect();
+        let mut problems = Vec::new();
+        let mut snapshots = Vec::new();
+        for mapping in maps {
+            let Some(shape) = expected.get(&mapping.ember) else {
+                problems.push(format!("  ember has no parameter {} (a bug in the mapping)", mapping.ember));
+                continue;
+            };
+            match checkpoint.snapshot(mapping, shape) {
+                Ok(snapshot) => snapshots.push(snapshot),
+                Err(problem) => problems.push(format!("  {problem}")),
+            }
         }
-    }
-    if !problems.is_empty() {
-        return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
-    }
-    let used: Vec<String> = maps.iter().flat_map(|m| m.hf.clone()).collect();
-    let result = model.apply(snapshots, None, None, false);
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        let mut problems: Vec<String> = result.errors.iter().map(|e| format!("  {e:?}")).collect();
-        problems.extend(result.missing.iter().map(|(path, _)| format!("  ember parameter {path} was not set")));
-        return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
-    }
+        if !problems.is_empty() {
+            return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
+        }
+        let used: Vec<String> = maps.iter().flat_map(|m| m.hf.clone()).collect();
+        let result = model.apply(snapshots, None, None, false);
+        if !result.errors.is_empty() || !result.missing.is_empty() {
+            let mut problems: Vec<String> = result.errors.iter().map(|e| format!("  {e:?}")).collect();
+            problems.extend(result.missing.iter().map(|(path, _)| format!("  ember parameter {path} was not set")));
+            return Err(HfError::Tensors { dir: dir.to_path_buf(), problems: problems.join("\n") });
+        }
+        Ok((model, used))
+    })?;
     let _unused = checkpoint.unused(&used);
     Ok(model)
 }
