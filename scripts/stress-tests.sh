@@ -7,15 +7,21 @@
 # Everything is built first, so the runs time the tests alone. Each run's output is kept in the
 # log folder; the summary at the end lists every failing run and the tests that failed in it.
 #
-#   scripts/stress-tests.sh [N] [LOG_DIR]     (N defaults to 10)
+#   scripts/stress-tests.sh [N] [LOG_DIR]     (N defaults to 10; LOG_DIR must be new or empty)
 #
 # Exits non-zero if any run failed. The wgpu tests need a Vulkan driver (Mesa's lavapipe on a
 # CPU: `apt-get install mesa-vulkan-drivers`), as for the README's command.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10}"
-logs="${2:-$(mktemp -d -t ember-stress.XXXXXX)}"
-mkdir -p "$logs"
+if [ -n "${2:-}" ]; then
+  # The logs are written as full-N.log etc.: never into a folder holding files already.
+  if [ -e "$2" ] && [ -n "$(ls -A "$2")" ]; then echo "LOG_DIR $2 is not empty; name a new or empty folder" >&2; exit 2; fi
+  logs="$2"
+  mkdir -p "$logs"
+else
+  logs="$(mktemp -d -t ember-stress.XXXXXX)"
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ember-target}"
 export CARGO_TERM_COLOR=never
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"

@@ -25,15 +25,15 @@ pub fn init_seeded<B: Backend, H: Module<Host>, M: Module<B>>(
     host: impl FnOnce(&Device<Host>) -> H,
     target: impl FnOnce() -> M,
 ) -> M {
-    let _guard = DRAWS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let host_device = Default::default();
-    Host::seed(&host_device, seed);
-    let mut values = CollectValues(Vec::new());
-    host(&host_device).visit(&mut values);
-    // Building the target may draw too (eager `Tensor::random`, and `Param::consume`
-    // materialising lazy values): on ndarray that is the host's generator, which another
-    // thread's seeded build must not see advanced, so it stays under the lock.
-    target().map(&mut ReplaceValues(values.0.into_iter()))
+    with_seed::<Host, _>(seed, &host_device, || {
+        let mut values = CollectValues(Vec::new());
+        host(&host_device).visit(&mut values);
+        // Building the target may draw too (eager `Tensor::random`, and `Param::consume`
+        // materialising lazy values): on ndarray that is the host's generator, which another
+        // thread's seeded build must not see advanced, so it stays under the lock.
+        target().map(&mut ReplaceValues(values.0.into_iter()))
+    })
 }
 
 /// `build()` with its weights drawn from `B`'s own generator seeded with `seed`: reproducible

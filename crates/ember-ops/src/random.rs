@@ -32,8 +32,8 @@ impl TensorRng {
         self.sample(shape, uniform, device)
     }
 
-    /// Draws in f64 and converts to the backend's float type, so a seed gives the same values
-    /// (up to rounding) in every precision.
+    /// Draws in f64 and converts to the device's default float dtype (as `Tensor::from_data`
+    /// does), so a seed gives the same values, up to rounding, in every precision.
     fn sample<B: Backend, const N: usize>(&mut self, shape: [usize; N], dist: impl Distribution<f64>, device: &B::Device) -> Tensor<B, N> {
         let values: Vec<f64> = (0..shape.iter().product()).map(|_| dist.sample(&mut self.0)).collect();
         Tensor::from_data(TensorData::new(values, shape), device)
