@@ -74,6 +74,11 @@ pub struct MqarArgs {
     /// runs are named NAME-dW. Default: each recipe's own width.
     #[arg(long, value_delimiter = ',')]
     widths: Vec<usize>,
+    /// Train every suite recipe (at every width) at each of these learning rates (optim.lr,
+    /// comma-separated), as Zoology sweeps them; runs are named NAME[-dW]-lrX and the table
+    /// marks the best run of each recipe and width. Default: each recipe's own rate.
+    #[arg(long, value_delimiter = ',')]
+    lrs: Vec<f64>,
     /// Override any key of every suite recipe (repeatable), e.g. --set train.steps=100.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -115,7 +120,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
         if args.device != "auto" {
             overrides.push(format!("train.device={:?}", args.device));
         }
-        let opts = SuiteOptions { overrides, widths: args.widths.clone(), batch_size: args.batch_size, jobs: args.jobs, quiet: args.quiet };
+        let opts = SuiteOptions { overrides, widths: args.widths.clone(), lrs: args.lrs.clone(), batch_size: args.batch_size, jobs: args.jobs, quiet: args.quiet };
         println!("MQAR suite: {} recipes from {} on {device}", recipes.len(), dir.display());
         let rows = backend::with_backend!(&device, |B, dev| mqar::run_suite::<B>(&recipes, &opts, &dev))?;
         let command: Vec<String> = std::env::args().skip(1).collect();

@@ -13,7 +13,7 @@
 //! may mix lengths: short, easy sequences teach recall fastest.
 
 use crate::loader::{below, IGNORE};
-use crate::synthetic::{distinct, unit, Dataset, Example, Loader, Segment, Task};
+use crate::synthetic::{distinct, unit, Dataset, Example, Loader, Order, Segment, Task};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +181,10 @@ pub struct MqarConfig {
     /// Seed of the examples; default `train.seed`. Train and test sets never share a stream.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Training batch order: `"shuffled"` (default) or `"sequential"`, Zoology's loader (each
+    /// segment in order, segment after segment as listed, the same every epoch).
+    #[serde(default)]
+    pub order: Order,
     /// Training segments (a batch holds one length; lengths may differ). Required.
     pub train: Vec<MqarSegmentConfig>,
     /// Test segments (validation during training, and `ember eval mqar`); any length.

@@ -144,13 +144,28 @@ pub fn eval_batches<T: Task>(data: &Dataset<T>, batch_size: usize, max_batches: 
     Ok(plan.into_iter().map(|(s, start, n)| segment_batch(data, s, start..start + n)).collect())
 }
 
-/// Endless shuffled training batches of a synthetic dataset. Each epoch shuffles the examples of
-/// each length, cuts them into batches (the last of a length may be smaller), and shuffles the
-/// batches, all as pure functions of (seed, epoch); the position is (epoch, batches handed out).
-/// Every batch holds examples of one length (Zoology's rule), so a mixture may mix lengths.
+/// The order in which a [`Loader`] hands out an epoch's batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Examples shuffled within each length, then batches shuffled, afresh every epoch.
+    #[default]
+    Shuffled,
+    /// Zoology's loader (`shuffle=False`): each segment's examples in index order, segment
+    /// after segment as listed, the same every epoch. With short segments listed first this is
+    /// a short-first curriculum within every epoch.
+    Sequential,
+}
+
+/// Endless training batches of a synthetic dataset. With [`Order::Shuffled`] each epoch shuffles
+/// the examples of each length, cuts them into batches (the last of a length may be smaller),
+/// and shuffles the batches, all as pure functions of (seed, epoch); with [`Order::Sequential`]
+/// every epoch walks the segments in order. The position is (epoch, batches handed out). Every
+/// batch holds examples of one length (Zoology's rule), so a mixture may mix lengths.
 pub struct Loader<T> {
     data: Dataset<T>,
     batch_size: usize,
+    order: Order,
     seed: u64,
     epoch: u64,
     cursor: usize,
@@ -159,22 +174,22 @@ pub struct Loader<T> {
 }
 
 impl<T: Task> Loader<T> {
-    pub fn new(data: Dataset<T>, batch_size: usize, seed: u64) -> Result<Self> {
+    pub fn new(data: Dataset<T>, batch_size: usize, seed: u64, order: Order) -> Result<Self> {
         if batch_size == 0 {
             bail!("batch_size must be at least 1");
         }
         if data.is_empty() {
             bail!("the {} training set has no examples", T::NAME);
         }
-        let plan = epoch_plan(&data, batch_size, seed, 0);
-        Ok(Self { data, batch_size, seed, epoch: 0, cursor: 0, plan })
+        let plan = epoch_plan(&data, batch_size, order, seed, 0);
+        Ok(Self { data, batch_size, order, seed, epoch: 0, cursor: 0, plan })
     }
 
     pub fn next_batch(&mut self) -> Batch {
         if self.cursor == self.plan.len() {
             self.epoch += 1;
             self.cursor = 0;
-            self.plan = epoch_plan(&self.data, self.batch_size, self.seed, self.epoch);
+            self.plan = epoch_plan(&self.data, self.batch_size, self.order, self.seed, self.epoch);
         }
         let members = &self.plan[self.cursor];
         self.cursor += 1;
@@ -200,7 +215,7 @@ impl<T: Task> Loader<T> {
 
     /// Continues from `state`; its seed replaces this loader's.
     pub fn restore(&mut self, state: &LoaderState) -> Result<()> {
-        let plan = epoch_plan(&self.data, self.batch_size, state.seed, state.epoch);
+        let plan = epoch_plan(&self.data, self.batch_size, self.order, state.seed, state.epoch);
         if state.batch_size != self.batch_size || state.num_windows != plan.len() as u64 || state.cursor > state.num_windows {
             bail!(
                 "cannot restore the {} loader: the state (batch_size {}, {} batches per epoch, at batch {}) does not fit \
@@ -223,7 +238,15 @@ impl<T: Task> Loader<T> {
 }
 
 /// The batches of one epoch (see [`Loader`]).
-fn epoch_plan<T: Task>(data: &Dataset<T>, batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<(usize, usize)>> {
+fn epoch_plan<T: Task>(data: &Dataset<T>, batch_size: usize, order: Order, seed: u64, epoch: u64) -> Vec<Vec<(usize, usize)>> {
+    if order == Order::Sequential {
+        return (0..data.segments.len())
+            .flat_map(|s| {
+                let n = data.segments[s].examples;
+                (0..n).step_by(batch_size).map(move |start| (start..(start + batch_size).min(n)).map(|i| (s, i)).collect())
+            })
+            .collect();
+    }
     let mut lengths: Vec<usize> = data.segments.iter().map(|s| s.spec.seq_len()).collect();
     lengths.sort();
     lengths.dedup();

@@ -22,6 +22,9 @@ pub struct AttentionConfig {
     /// Sliding window `w_left`: each query sees itself and the `window` previous tokens.
     /// Absent means full causal attention.
     pub window: Option<usize>,
+    /// Rotary position embeddings on queries and keys. `false` gives position-free attention, as
+    /// Zoology's MQAR models use (the short convolution before it carries position).
+    pub rope: bool,
     /// RoPE base (rotate-half convention on the full head dimension).
     pub rope_base: f64,
     /// RoPE frequency scaling of long-context checkpoints (`{ type = "llama3", ... }`, `linear`,
@@ -44,7 +47,7 @@ fn is_zero(n: &usize) -> bool {
 
 impl Default for AttentionConfig {
     fn default() -> Self {
-        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope_base: 10_000.0, rope_scaling: None, qkv_bias: false, out_bias: false, persistent: 0 }
+        Self { heads: 8, kv_heads: None, head_dim: None, window: None, rope: true, rope_base: 10_000.0, rope_scaling: None, qkv_bias: false, out_bias: false, persistent: 0 }
     }
 }
 
@@ -125,6 +128,7 @@ impl AttentionConfig {
             kv_heads: self.kv_heads(),
             head_dim: self.head_dim(d_model),
             window: self.window,
+            rope: self.rope,
             rope_base: self.rope_base,
             rope_scaling: self.rope_scaling.clone(),
         }
@@ -141,13 +145,15 @@ pub struct Attention<B: Backend> {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub window: Option<usize>,
+    pub rope: bool,
     pub rope_base: f64,
     #[module(skip)]
     pub rope_scaling: Option<RopeScaling>,
 }
 
 impl<B: Backend> Attention<B> {
-    /// Projects to `q, k, v: [B, T, H, Dh]` with RoPE applied from absolute position `offset`.
+    /// Projects to `q, k, v: [B, T, H, Dh]` with RoPE (unless `rope = false`) applied from
+    /// absolute position `offset`.
     pub fn project(&self, x: Tensor<B, 3>, offset: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (hq, hkv, dh) = (self.heads, self.kv_heads, self.head_dim);
@@ -155,6 +161,9 @@ impl<B: Backend> Attention<B> {
         let q = qkv.clone().narrow(2, 0, hq * dh).reshape([b, t, hq, dh]);
         let k = qkv.clone().narrow(2, hq * dh, hkv * dh).reshape([b, t, hkv, dh]);
         let v = qkv.narrow(2, (hq + hkv) * dh, hkv * dh).reshape([b, t, hkv, dh]);
+        if !self.rope {
+            return (q, k, v);
+        }
         let scaling = self.rope_scaling.as_ref();
         (rope::apply_scaled(q, offset, self.rope_base, scaling), rope::apply_scaled(k, offset, self.rope_base, scaling), v)
     }

@@ -21,6 +21,7 @@ pub mod rat;
 pub mod seeded;
 pub mod titans;
 pub mod transnormer;
+pub mod zoology_conv;
 
 pub use mixer::{Mixer, MixerConfig, MixerState};
 

@@ -2,6 +2,7 @@
 use crate::attention::{Attention, AttentionConfig};
 use crate::based::{TaylorAttention, TaylorAttentionConfig};
 use crate::conv::{BaseConv, BaseConvConfig};
+use crate::zoology_conv::{ZoologyConv, ZoologyConvConfig};
 use crate::aaren::{Aaren, AarenConfig};
 use crate::gla::{Gla, GlaConfig, GlaState};
 use crate::linear_attention::{LinearAttention, LinearAttentionConfig};
@@ -32,6 +33,8 @@ pub enum MixerConfig {
     LinearAttention(LinearAttentionConfig),
     /// BASED's gated short convolution.
     BaseConv(BaseConvConfig),
+    /// Zoology's BaseConv: `(conv(u) + b) ⊙ (u W + b') + u`, the short convolution of its MQAR models.
+    ZoologyConv(ZoologyConvConfig),
     /// Gated linear attention: data-dependent per-channel forget gate.
     Gla(GlaConfig),
     /// TransNormerLLM's norm linear attention with per-head decay (Lightning attention).
@@ -60,7 +63,7 @@ pub enum MixerConfig {
 }
 
 /// The mixer kinds a recipe may name.
-pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "memora", "titans_mag", "titans_mac"];
+pub const KINDS: &[&str] = &["attention", "based_linear", "linear_attention", "base_conv", "zoology_conv", "gla", "transnormer", "rat", "aaren", "moh", "lolcats", "titans", "moneta", "yaad", "memora", "titans_mag", "titans_mac"];
 
 impl MixerConfig {
     pub fn kind(&self) -> &'static str {
@@ -69,6 +72,7 @@ impl MixerConfig {
             MixerConfig::BasedLinear(_) => "based_linear",
             MixerConfig::LinearAttention(_) => "linear_attention",
             MixerConfig::BaseConv(_) => "base_conv",
+            MixerConfig::ZoologyConv(_) => "zoology_conv",
             MixerConfig::Gla(_) => "gla",
             MixerConfig::Transnormer(_) => "transnormer",
             MixerConfig::Rat(_) => "rat",
@@ -101,6 +105,7 @@ impl MixerConfig {
             MixerConfig::BasedLinear(c) => c.validate(d_model),
             MixerConfig::LinearAttention(c) => c.validate(d_model),
             MixerConfig::BaseConv(c) => c.validate(),
+            MixerConfig::ZoologyConv(c) => c.validate(),
             MixerConfig::Gla(c) => c.validate(d_model),
             MixerConfig::Transnormer(c) => c.validate(d_model),
             MixerConfig::Rat(c) => c.validate(d_model),
@@ -120,6 +125,7 @@ impl MixerConfig {
             MixerConfig::BasedLinear(c) => c.params(d_model),
             MixerConfig::LinearAttention(c) => c.params(d_model),
             MixerConfig::BaseConv(c) => c.params(d_model),
+            MixerConfig::ZoologyConv(c) => c.params(d_model),
             MixerConfig::Gla(c) => c.params(d_model),
             MixerConfig::Transnormer(c) => c.params_at(at),
             MixerConfig::Rat(c) => c.params(d_model),
@@ -143,6 +149,7 @@ impl MixerConfig {
             MixerConfig::BasedLinear(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::LinearAttention(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::BaseConv(c) => c.flops_per_token(d_model),
+            MixerConfig::ZoologyConv(c) => c.flops_per_token(d_model),
             MixerConfig::Gla(c) => c.flops_per_token(d_model, seq_len),
             MixerConfig::Transnormer(c) => c.flops_per_token_at(at, seq_len),
             MixerConfig::Rat(c) => c.flops_per_token(d_model, seq_len),
@@ -166,6 +173,7 @@ impl MixerConfig {
             MixerConfig::BasedLinear(c) => c.state_size(d_model),
             MixerConfig::LinearAttention(c) => c.state_size(d_model),
             MixerConfig::BaseConv(c) => c.state_size(d_model),
+            MixerConfig::ZoologyConv(c) => c.state_size(d_model),
             MixerConfig::Gla(c) => c.state_size(d_model, seq_len),
             MixerConfig::Transnormer(c) => c.state_size_at(at),
             MixerConfig::Rat(c) => c.state_size(d_model, seq_len),
@@ -187,6 +195,7 @@ impl MixerConfig {
             MixerConfig::BasedLinear(c) => Mixer::BasedLinear(c.init(at, out_std, device)),
             MixerConfig::LinearAttention(c) => Mixer::LinearAttention(c.init(at, out_std, device)),
             MixerConfig::BaseConv(c) => Mixer::BaseConv(c.init(at, out_std, device)),
+            MixerConfig::ZoologyConv(c) => Mixer::ZoologyConv(c.init(at, out_std, device)),
             MixerConfig::Gla(c) => Mixer::Gla(c.init(at, out_std, device)),
             MixerConfig::Transnormer(c) => Mixer::Transnormer(c.init(at, out_std, device)),
             MixerConfig::Rat(c) => Mixer::Rat(c.init(at, out_std, device)),
@@ -209,6 +218,7 @@ pub enum Mixer<B: Backend> {
     BasedLinear(TaylorAttention<B>),
     LinearAttention(LinearAttention<B>),
     BaseConv(BaseConv<B>),
+    ZoologyConv(ZoologyConv<B>),
     Gla(Gla<B>),
     Transnormer(TransNormer<B>),
     Rat(Rat<B>),
@@ -269,6 +279,7 @@ impl<B: Backend> Mixer<B> {
             Mixer::BasedLinear(m) => m.forward(x),
             Mixer::LinearAttention(m) => m.forward(x),
             Mixer::BaseConv(m) => m.forward(x),
+            Mixer::ZoologyConv(m) => m.forward(x),
             Mixer::Gla(m) => m.forward(x),
             Mixer::Transnormer(m) => m.forward(x),
             Mixer::Rat(m) => m.forward(x),
@@ -301,6 +312,8 @@ impl<B: Backend> Mixer<B> {
             (Mixer::LinearAttention(m), Some(MixerState::Linear(s))) => wrap(m.step(x, Some(s)), MixerState::Linear),
             (Mixer::BaseConv(m), None) => wrap(m.step(x, None), MixerState::Conv),
             (Mixer::BaseConv(m), Some(MixerState::Conv(h))) => wrap(m.step(x, Some(h)), MixerState::Conv),
+            (Mixer::ZoologyConv(m), None) => wrap(m.step(x, None), MixerState::Conv),
+            (Mixer::ZoologyConv(m), Some(MixerState::Conv(h))) => wrap(m.step(x, Some(h)), MixerState::Conv),
             (Mixer::Gla(m), None) => wrap(m.step(x, None), MixerState::Gla),
             (Mixer::Gla(m), Some(MixerState::Gla(s))) => wrap(m.step(x, Some(s)), MixerState::Gla),
             (Mixer::Transnormer(m), None) => wrap(m.step(x, None), MixerState::Transnormer),

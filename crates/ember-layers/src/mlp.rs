@@ -17,8 +17,12 @@ pub enum MlpKind {
     Sglu,
     /// `GELU(x W_up) W_down`.
     Gelu,
-    /// No channel mixer: blocks are mixer-only (Zoology's MQAR models).
+    /// No channel mixer: blocks are mixer-only.
     None,
+    /// Zoology's `torch.nn.Identity` state mixer in its pre-norm block: the channel-mix half adds
+    /// the normalised stream, `r + Norm(r)`, and has only the norm's parameters (Zoology's MQAR
+    /// models).
+    Identity,
 }
 
 /// `[model.mlp]`.
@@ -58,11 +62,11 @@ impl MlpConfig {
         match self.kind {
             MlpKind::Swiglu | MlpKind::Sglu => 3 * d_model * hidden,
             MlpKind::Gelu => 2 * d_model * hidden,
-            MlpKind::None => 0,
+            MlpKind::None | MlpKind::Identity => 0,
         }
     }
 
-    /// `None` for `kind = "none"`.
+    /// `None` for `kind = "none"` and `"identity"` (whose block keeps only the norm).
     pub fn init<B: Backend>(&self, d_model: usize, out_std: f64, device: &B::Device) -> Option<Mlp<B>> {
         let hidden = self.hidden_width(d_model);
         let gated = |activation| Glu {
@@ -77,7 +81,7 @@ impl MlpConfig {
                 fc_in: linear(d_model, hidden, false, INIT_STD, device),
                 fc_out: linear(hidden, d_model, false, out_std, device),
             })),
-            MlpKind::None => None,
+            MlpKind::None | MlpKind::Identity => None,
         }
     }
 }

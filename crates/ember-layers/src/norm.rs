@@ -1,6 +1,7 @@
-//! Normalisation layers: RMSNorm with a learnable gain (LAYERS.md P1) and TransNormerLLM's
-//! SRMSNorm without one (P2). Both compute their statistic in f32.
-pub use burn::nn::{RmsNorm, RmsNormConfig};
+//! Normalisation layers: RMSNorm with a learnable gain (LAYERS.md P1), TransNormerLLM's
+//! SRMSNorm without one (P2), and LayerNorm (Zoology's MQAR models). The RMS norms compute their
+//! statistic in f32.
+pub use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 use ember_ops::precision::{to_dtype, to_f32};
@@ -14,6 +15,8 @@ pub enum NormKind {
     Rmsnorm,
     /// `x / rms(x)`, no parameters (TransNormerLLM).
     Srmsnorm,
+    /// `(x - mean(x)) / std(x) ⊙ γ + β`, `γ = 1`, `β = 0` at init (Zoology, GPT-2).
+    Layernorm,
 }
 
 pub fn rms_norm<B: Backend>(d_model: usize, eps: f64, device: &B::Device) -> RmsNorm<B> {
@@ -38,6 +41,7 @@ pub struct SimpleRmsNorm {
 pub enum Norm<B: Backend> {
     Rms(RmsNorm<B>),
     Simple(SimpleRmsNorm),
+    Layer(LayerNorm<B>),
 }
 
 impl NormKind {
@@ -45,6 +49,7 @@ impl NormKind {
         match self {
             NormKind::Rmsnorm => Norm::Rms(rms_norm(d_model, eps, device)),
             NormKind::Srmsnorm => Norm::Simple(SimpleRmsNorm { eps }),
+            NormKind::Layernorm => Norm::Layer(LayerNormConfig::new(d_model).with_epsilon(eps).init(device)),
         }
     }
 }
@@ -54,6 +59,7 @@ impl<B: Backend> Norm<B> {
         match self {
             Norm::Rms(n) => n.forward(x),
             Norm::Simple(n) => srms_norm(x, n.eps),
+            Norm::Layer(n) => n.forward(x),
         }
     }
 }

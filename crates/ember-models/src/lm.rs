@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::tensor::{backend::Backend, Int, Tensor};
 use ember_layers::init::{linear, INIT_STD};
-use ember_layers::mlp::{Mlp, MlpConfig};
+use ember_layers::mlp::{Mlp, MlpConfig, MlpKind};
 use ember_layers::norm::{Norm, NormKind};
 use ember_layers::seeded::{init_seeded, Host};
 use ember_layers::{LayerContext, Mixer, MixerConfig, MixerState};
@@ -181,7 +181,7 @@ impl LmConfig {
                     layer,
                     mixer: name.to_string(),
                     kind: m.kind(),
-                    params: m.params(at) + mlp + self.norm_params() * (1 + (mlp > 0) as usize),
+                    params: m.params(at) + mlp + self.norm_params() * (1 + self.has_mlp_norm() as usize),
                     flops_per_token: m.flops_per_token(at, seq_len) + 2.0 * mlp as f64,
                     state_floats: m.state_size(at, seq_len),
                 }
@@ -205,7 +205,13 @@ impl LmConfig {
         match self.norm {
             NormKind::Rmsnorm => self.d_model,
             NormKind::Srmsnorm => 0,
+            NormKind::Layernorm => 2 * self.d_model,
         }
+    }
+
+    /// Whether each block has a second norm, before its channel mixer (every MLP kind but "none").
+    fn has_mlp_norm(&self) -> bool {
+        self.mlp.kind != MlpKind::None
     }
 
     /// Parameters excluding the embedding table (the `N` of scaling laws).
@@ -255,7 +261,7 @@ impl LmConfig {
                 Block {
                     mixer_norm: self.norm.init(self.d_model, self.norm_eps, device),
                     mixer: self.mixers[name].init(at, out_std, device),
-                    mlp_norm: mlp.as_ref().map(|_| self.norm.init(self.d_model, self.norm_eps, device)),
+                    mlp_norm: self.has_mlp_norm().then(|| self.norm.init(self.d_model, self.norm_eps, device)),
                     mlp,
                 }
             })
@@ -277,8 +283,9 @@ impl LmConfig {
 pub struct Block<B: Backend> {
     pub mixer_norm: Norm<B>,
     pub mixer: Mixer<B>,
-    /// Both `None` for `mlp.kind = "none"`.
+    /// `None` for `mlp.kind = "none"`.
     pub mlp_norm: Option<Norm<B>>,
+    /// `None` for `mlp.kind = "none"` and `"identity"`.
     pub mlp: Option<Mlp<B>>,
 }
 
@@ -287,7 +294,9 @@ impl<B: Backend> Block<B> {
     fn channel_mix(&self, r: Tensor<B, 3>) -> Tensor<B, 3> {
         match (&self.mlp_norm, &self.mlp) {
             (Some(norm), Some(mlp)) => r.clone() + mlp.forward(norm.forward(r)),
-            _ => r,
+            // `mlp.kind = "identity"`: Zoology's Identity state mixer after its norm.
+            (Some(norm), None) => r.clone() + norm.forward(r),
+            (None, _) => r,
         }
     }
 }

@@ -97,11 +97,19 @@ pub fn results_table(results: &[SegmentResult]) -> String {
 /// One trained suite model and its results.
 #[derive(Clone, Debug, Serialize)]
 pub struct SuiteRow {
-    /// Recipe file name without `.toml`.
+    /// The run's name: the recipe file name without `.toml`, then `-dW` and `-lrX` when the
+    /// suite sweeps widths or learning rates.
     pub recipe: String,
+    /// The recipe file name without `.toml`: rows of one file at one width compete for `best`.
+    pub file: String,
     /// Mixer kinds of the model's layers, in order (e.g. `base_conv+gla`).
     pub layers: String,
     pub d_model: usize,
+    /// Peak learning rate (`optim.lr`).
+    pub lr: f64,
+    /// The best run of its recipe file and width: the highest mean accuracy over the test
+    /// segments (the first of equals).
+    pub best: bool,
     pub params: usize,
     /// Generation state of the whole model per sequence after `seq_len` tokens, in floats (for
     /// softmax attention this is the KV cache, which grows with the sequence).
@@ -122,6 +130,9 @@ pub struct SuiteOptions {
     /// Train each recipe at each of these `model.d_model` values (run `NAME-dW` in
     /// `OUT_DIR-dW`); empty means each recipe's own width, as written.
     pub widths: Vec<usize>,
+    /// Train each recipe (at each width) at each of these `optim.lr` values (run `NAME-lrX` in
+    /// `OUT_DIR-lrX`); empty means each recipe's own rate.
+    pub lrs: Vec<f64>,
     /// Evaluation batch size.
     pub batch_size: usize,
     /// Runs trained at once (threads).
@@ -147,20 +158,34 @@ where
         if base.data.mqar.is_none() {
             bail!("{} has no [data.mqar] section; an MQAR suite holds MQAR recipes only", path.display());
         }
-        if opts.widths.is_empty() {
-            runs.push((stem, base));
-            continue;
-        }
-        for &width in &opts.widths {
-            let name = format!("{stem}-d{width}");
-            let out_dir = format!("{}-d{width}", base.train.out_dir.display());
-            let sets = vec![format!("model.d_model={width}"), format!("train.name={name:?}"), format!("train.out_dir={out_dir:?}")];
-            runs.push((name, load(path, sets)?));
+        let widths: Vec<Option<usize>> = if opts.widths.is_empty() { vec![None] } else { opts.widths.iter().copied().map(Some).collect() };
+        let lrs: Vec<Option<f64>> = if opts.lrs.is_empty() { vec![None] } else { opts.lrs.iter().copied().map(Some).collect() };
+        for &width in &widths {
+            for &lr in &lrs {
+                if width.is_none() && lr.is_none() {
+                    runs.push((stem.clone(), stem.clone(), base.clone()));
+                    continue;
+                }
+                let mut suffix = String::new();
+                let mut sets = Vec::new();
+                if let Some(w) = width {
+                    suffix += &format!("-d{w}");
+                    sets.push(format!("model.d_model={w}"));
+                }
+                if let Some(lr) = lr {
+                    suffix += &format!("-lr{lr:.1e}");
+                    sets.push(format!("optim.lr={lr:e}"));
+                }
+                let name = format!("{stem}{suffix}");
+                sets.push(format!("train.name={name:?}"));
+                sets.push(format!("train.out_dir={:?}", format!("{}{suffix}", base.train.out_dir.display())));
+                runs.push((stem.clone(), name, load(path, sets)?));
+            }
         }
     }
     // Several runs at once share the terminal: progress bars only when one runs at a time.
     let quiet_training = opts.quiet || opts.jobs > 1;
-    parallel_map(runs, opts.jobs, |(name, recipe)| {
+    let mut rows = parallel_map(runs, opts.jobs, |(file, name, recipe)| {
         if !opts.quiet {
             println!("{name}: {} parameters, {} steps, run directory {}", recipe.model.num_params(), recipe.steps(), recipe.train.out_dir.display());
         }
@@ -171,6 +196,9 @@ where
         let summaries = recipe.model.layer_summaries(seq_len);
         let row = SuiteRow {
             recipe: name,
+            file,
+            lr: recipe.optim.lr,
+            best: false,
             layers: summaries.iter().map(|l| l.kind).collect::<Vec<_>>().join("+"),
             d_model: recipe.model.d_model,
             params: recipe.model.num_params(),
@@ -189,7 +217,30 @@ where
             println!("{}: {done}\n{}", row.recipe, results_table(&row.results));
         }
         Ok(row)
-    })
+    })?;
+    mark_best(&mut rows);
+    Ok(rows)
+}
+
+/// Mean accuracy over a row's test segments: what picks the best learning rate.
+pub fn mean_accuracy(row: &SuiteRow) -> f64 {
+    row.results.iter().map(|s| s.accuracy).sum::<f64>() / row.results.len().max(1) as f64
+}
+
+/// Sets `best` on the row with the highest mean accuracy of each recipe file and width (the
+/// first of equals), and clears it on the others.
+pub fn mark_best(rows: &mut [SuiteRow]) {
+    let means: Vec<f64> = rows.iter().map(mean_accuracy).collect();
+    let best: Vec<bool> = (0..rows.len())
+        .map(|i| {
+            let rivals: Vec<usize> = (0..rows.len()).filter(|&j| rows[j].file == rows[i].file && rows[j].d_model == rows[i].d_model).collect();
+            let top = rivals.iter().map(|&j| means[j]).fold(f64::NEG_INFINITY, f64::max);
+            rivals.into_iter().find(|&j| means[j] == top) == Some(i)
+        })
+        .collect();
+    for (row, best) in rows.iter_mut().zip(best) {
+        row.best = best;
+    }
 }
 
 /// The recipes of a suite directory (`*.toml`, sorted by name).
@@ -212,15 +263,18 @@ pub fn suite_markdown(rows: &[SuiteRow]) -> String {
     let mut columns: Vec<(usize, usize)> = rows.iter().flat_map(|r| r.results.iter().map(|s| (s.seq_len, s.pairs))).collect();
     columns.sort();
     columns.dedup();
-    let mut t = String::from("| recipe | layers | d_model | params | state (floats) |");
+    let mut t = String::from("| recipe | layers | d_model | lr | params | state (floats) |");
     for (l, k) in &columns {
         let _ = write!(t, " T={l}, {k} pairs |");
     }
-    t.push_str(" steps | train time |\n|---|---|---:|---:|---:|");
+    t.push_str(" steps | train time |\n|---|---|---:|---:|---:|---:|");
     t.push_str(&"---:|".repeat(columns.len()));
     t.push_str("---:|---:|\n");
     for r in rows {
-        let _ = write!(t, "| {} | {} | {} | {} | {} |", r.recipe, r.layers, r.d_model, r.params, r.state_floats);
+        // The best learning rate of a recipe and width is in bold (only marked when there was a choice).
+        let rivals = rows.iter().filter(|o| o.file == r.file && o.d_model == r.d_model).count();
+        let name = if r.best && rivals > 1 { format!("**{}**", r.recipe) } else { r.recipe.clone() };
+        let _ = write!(t, "| {name} | {} | {} | {:.1e} | {} | {} |", r.layers, r.d_model, r.lr, r.params, r.state_floats);
         for c in &columns {
             match r.results.iter().find(|s| (s.seq_len, s.pairs) == *c) {
                 Some(s) => {
@@ -243,13 +297,13 @@ pub fn write_suite(rows: &[SuiteRow], out: &Path, command: &str) -> Result<Vec<P
     let body = format!("MQAR accuracy (made by `{command}`)\n\n{}", suite_markdown(rows));
     std::fs::write(&md, body).with_context(|| format!("cannot write {}", md.display()))?;
     let csv = out.join("results.csv");
-    let mut text = String::from("recipe,layers,d_model,params,state_floats,steps,seq_len,pairs,examples,accuracy,loss\n");
+    let mut text = String::from("recipe,file,layers,d_model,lr,best,params,state_floats,steps,seq_len,pairs,examples,accuracy,loss\n");
     for r in rows {
         for s in &r.results {
             let _ = writeln!(
                 text,
-                "{},{},{},{},{},{},{},{},{},{:.6},{:.6}",
-                r.recipe, r.layers, r.d_model, r.params, r.state_floats, r.steps, s.seq_len, s.pairs, s.examples, s.accuracy, s.loss
+                "{},{},{},{},{:e},{},{},{},{},{},{},{},{:.6},{:.6}",
+                r.recipe, r.file, r.layers, r.d_model, r.lr, r.best, r.params, r.state_floats, r.steps, s.seq_len, s.pairs, s.examples, s.accuracy, s.loss
             );
         }
     }

@@ -242,6 +242,12 @@ pub struct OptimConfig {
     /// Micro-batches accumulated per optimizer step. Default `1`.
     #[serde(default = "default_one")]
     pub grad_accum: usize,
+    /// The schedule after warm-up moves only every this many steps and holds in between: set it
+    /// to the steps of an epoch for a per-epoch schedule (Zoology steps its cosine once an
+    /// epoch: epoch `e` of `E` runs at `min_lr + (lr - min_lr)(1 + cos(π e / E)) / 2`).
+    /// Default `1`: every step.
+    #[serde(default = "default_one")]
+    pub schedule_every: usize,
 }
 
 /// `[train]`: the training loop.
@@ -407,11 +413,15 @@ impl OptimConfig {
             return self.lr * (step + 1) as f64 / warmup as f64;
         }
         let n = total_steps.saturating_sub(warmup);
-        let t = step - warmup;
+        let every = self.schedule_every.max(1);
+        let t = (step - warmup) / every * every;
+        // Held every `every` steps, the schedule has `⌈n / every⌉` periods and period `i` sits at
+        // `i / periods`: PyTorch's CosineAnnealingLR(T_max = epochs) stepped once an epoch.
+        let position = |t: usize, n: usize| if every > 1 { ((t / every) as f64 / n.div_ceil(every).max(1) as f64).min(1.0) } else { progress(t, n) };
         match self.schedule {
             LrSchedule::Constant => self.lr,
             LrSchedule::Cosine => {
-                let p = progress(t, n);
+                let p = position(t, n);
                 self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
             }
             LrSchedule::Wsd => {
@@ -419,7 +429,7 @@ impl OptimConfig {
                 if d == 0 || t < n - d {
                     self.lr
                 } else {
-                    let p = progress(t - (n - d), d);
+                    let p = position(t - (n - d), d);
                     self.lr + (self.min_lr - self.lr) * p
                 }
             }
@@ -594,6 +604,9 @@ impl Recipe {
         }
         if o.grad_accum == 0 {
             return fail("optim.grad_accum", "must be at least 1".into());
+        }
+        if o.schedule_every == 0 {
+            return fail("optim.schedule_every", "must be at least 1 (1 moves the schedule every step)".into());
         }
 
         let t = &self.train;

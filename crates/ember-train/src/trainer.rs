@@ -10,7 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use ember_data::synthetic::{eval_batches, segment_batches, Dataset, Loader, Split, Task};
+use ember_data::synthetic::{eval_batches, segment_batches, Dataset, Loader, Order, Split, Task};
 use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, TrainLoader, IGNORE};
 use ember_models::Lm;
 use ember_ops::precision::{cast_params, supported, to_f32, Precision};
@@ -294,12 +294,12 @@ pub fn open_run_data(recipe: &Recipe, with_valid: bool) -> Result<RunData> {
     let (seq_len, batch_size, seed) = (recipe.data.seq_len, recipe.train.batch_size, recipe.train.seed);
     if let Some(mqar) = &recipe.data.mqar {
         let (train, test) = (mqar.dataset(Split::Train, seq_len, seed), mqar.dataset(Split::Test, seq_len, seed));
-        return synthetic_run_data(recipe, train, test, TrainLoader::Mqar, with_valid);
+        return synthetic_run_data(recipe, train, test, mqar.order, TrainLoader::Mqar, with_valid);
     }
     if let Some(niah) = &recipe.data.niah {
         let vocab = recipe.model.vocab_size;
         let (train, test) = (niah.dataset(Split::Train, seq_len, vocab, seed), niah.dataset(Split::Test, seq_len, vocab, seed));
-        return synthetic_run_data(recipe, train, test, TrainLoader::Niah, with_valid);
+        return synthetic_run_data(recipe, train, test, Order::Shuffled, TrainLoader::Niah, with_valid);
     }
     let train_path = recipe.data.train.as_deref().context("text data needs data.train")?;
     let train_data = open_data(recipe, train_path)?;
@@ -320,11 +320,12 @@ fn synthetic_run_data<T: Task>(
     recipe: &Recipe,
     train: Dataset<T>,
     test: Dataset<T>,
+    order: Order,
     wrap: fn(Loader<T>) -> TrainLoader,
     with_valid: bool,
 ) -> Result<RunData> {
     let (batch_size, seed) = (recipe.train.batch_size, recipe.train.seed);
-    let loader = wrap(Loader::new(train, batch_size, seed)?);
+    let loader = wrap(Loader::new(train, batch_size, seed, order)?);
     let valid = match with_valid {
         true => eval_batches(&test, batch_size, Some(recipe.train.eval_batches))?,
         false => Vec::new(),

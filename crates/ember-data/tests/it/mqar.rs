@@ -1,6 +1,7 @@
 //! The MQAR generator follows LAYERS.md §10.1 (its §10.4 tests and the §A.6 hand example), and
 //! its loader batches resume exactly.
 use ember_data::mqar::{assemble, MqarDataset, MqarSegment, MqarSpec, Split};
+use ember_data::synthetic::Order;
 use ember_data::{mqar_eval_batches, MqarLoader, IGNORE};
 
 fn spec(seq_len: usize, pairs: usize) -> MqarSpec {
@@ -137,11 +138,11 @@ fn the_training_loader_resumes_exactly_and_sees_every_example_once_per_epoch() {
     // Two lengths: every batch holds one; 7 + 6 examples of length 64 and 5 of 128, batches of 4
     // give 4 + 2 batches per epoch.
     let data = dataset(&[(64, 4, 7), (64, 8, 6), (128, 8, 5)], Split::Train);
-    let mut loader = MqarLoader::new(data.clone(), 4, 9).unwrap();
+    let mut loader = MqarLoader::new(data.clone(), 4, 9, Order::Shuffled).unwrap();
     let epoch: Vec<_> = (0..6).map(|_| loader.next_batch()).collect();
     let saved = loader.state();
     let rest: Vec<_> = (0..5).map(|_| loader.next_batch()).collect();
-    let mut resumed = MqarLoader::new(data.clone(), 4, 0).unwrap();
+    let mut resumed = MqarLoader::new(data.clone(), 4, 0, Order::Shuffled).unwrap();
     resumed.restore(&saved).unwrap();
     let again: Vec<_> = (0..5).map(|_| resumed.next_batch()).collect();
     assert_eq!(rest, again);
@@ -159,8 +160,28 @@ fn the_training_loader_resumes_exactly_and_sees_every_example_once_per_epoch() {
     lengths.sort();
     assert_eq!(lengths, [64, 64, 64, 64, 128, 128]);
     // A state from another training set is refused.
-    let other = MqarLoader::new(dataset(&[(64, 4, 30)], Split::Train), 4, 9).unwrap().state();
-    assert!(MqarLoader::new(data, 4, 9).unwrap().restore(&other).is_err());
+    let other = MqarLoader::new(dataset(&[(64, 4, 30)], Split::Train), 4, 9, Order::Shuffled).unwrap().state();
+    assert!(MqarLoader::new(data, 4, 9, Order::Shuffled).unwrap().restore(&other).is_err());
+}
+
+#[test]
+fn the_sequential_order_walks_the_segments_as_listed_every_epoch() {
+    // Zoology's loader: segment 0's examples in order in batches of 4 (7 → 4 + 3), then
+    // segment 1's, then segment 2's; the next epoch repeats it, and resume continues it.
+    let data = dataset(&[(64, 4, 7), (128, 8, 5), (64, 8, 6)], Split::Train);
+    let mut loader = MqarLoader::new(data.clone(), 4, 9, Order::Sequential).unwrap();
+    let first: Vec<_> = (0..6).map(|_| loader.next_batch()).collect();
+    let expected: Vec<(usize, std::ops::Range<usize>)> = vec![(0, 0..4), (0, 4..7), (1, 0..4), (1, 4..5), (2, 0..4), (2, 4..6)];
+    for (batch, (segment, range)) in first.iter().zip(&expected) {
+        let want: Vec<u32> = range.clone().flat_map(|i| data.segment_example(*segment, i).inputs).collect();
+        assert_eq!(batch.inputs, want, "segment {segment}, examples {range:?}");
+    }
+    let saved = loader.state();
+    let second: Vec<_> = (0..6).map(|_| loader.next_batch()).collect();
+    assert_eq!(first, second, "every epoch is the same walk");
+    let mut resumed = MqarLoader::new(data, 4, 0, Order::Sequential).unwrap();
+    resumed.restore(&saved).unwrap();
+    assert_eq!(resumed.next_batch(), first[0]);
 }
 
 #[test]

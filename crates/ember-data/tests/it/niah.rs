@@ -3,7 +3,7 @@
 //! depths are uniform, examples are pure functions of (seed, split, segment, index), the loader
 //! resumes exactly, and configuration mistakes name their key.
 use ember_data::niah::{assemble, token_ranges, NiahConfig, NiahDataset, NiahSegment, NiahSpec};
-use ember_data::synthetic::{eval_batches, Split};
+use ember_data::synthetic::{eval_batches, Order, Split};
 use ember_data::{NiahLoader, IGNORE};
 
 const V: usize = 64;
@@ -240,20 +240,20 @@ fn configuration_mistakes_name_their_key() {
 fn the_training_loader_resumes_exactly_and_sees_every_example_once_per_epoch() {
     // 7 + 6 examples of length 32 and 5 of 64, batches of 4: 4 + 2 batches per epoch.
     let data = dataset(&[(32, 1, None, 7), (32, 2, Some(0.25), 6), (64, 1, None, 5)], Split::Train);
-    let mut loader = NiahLoader::new(data.clone(), 4, 9).unwrap();
+    let mut loader = NiahLoader::new(data.clone(), 4, 9, Order::Shuffled).unwrap();
     let epoch: Vec<_> = (0..6).map(|_| loader.next_batch()).collect();
     let saved = loader.state();
     let rest: Vec<_> = (0..5).map(|_| loader.next_batch()).collect();
-    let mut resumed = NiahLoader::new(data.clone(), 4, 0).unwrap();
+    let mut resumed = NiahLoader::new(data.clone(), 4, 0, Order::Shuffled).unwrap();
     resumed.restore(&saved).unwrap();
     let again: Vec<_> = (0..5).map(|_| resumed.next_batch()).collect();
     assert_eq!(rest, again);
     // Resuming mid-epoch too.
-    let mut loader = NiahLoader::new(data.clone(), 4, 9).unwrap();
+    let mut loader = NiahLoader::new(data.clone(), 4, 9, Order::Shuffled).unwrap();
     loader.next_batch();
     loader.next_batch();
     let mid = loader.state();
-    let mut resumed = NiahLoader::new(data.clone(), 4, 1).unwrap();
+    let mut resumed = NiahLoader::new(data.clone(), 4, 1, Order::Shuffled).unwrap();
     resumed.restore(&mid).unwrap();
     assert_eq!((0..7).map(|_| resumed.next_batch()).collect::<Vec<_>>(), (0..7).map(|_| loader.next_batch()).collect::<Vec<_>>());
     let mut seen: Vec<Vec<u32>> = Vec::new();
@@ -269,8 +269,8 @@ fn the_training_loader_resumes_exactly_and_sees_every_example_once_per_epoch() {
     lengths.sort();
     assert_eq!(lengths, [32, 32, 32, 32, 64, 64]);
     // A state from another training set is refused, naming the section.
-    let other = NiahLoader::new(dataset(&[(32, 1, None, 30)], Split::Train), 4, 9).unwrap().state();
-    let err = NiahLoader::new(data, 4, 9).unwrap().restore(&other).unwrap_err().to_string();
+    let other = NiahLoader::new(dataset(&[(32, 1, None, 30)], Split::Train), 4, 9, Order::Shuffled).unwrap().state();
+    let err = NiahLoader::new(data, 4, 9, Order::Shuffled).unwrap().restore(&other).unwrap_err().to_string();
     assert!(err.contains("NIAH") && err.contains("data.niah"), "{err}");
 }
 

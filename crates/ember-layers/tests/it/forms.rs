@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 use ember_layers::attention::AttentionConfig;
 use ember_layers::based::TaylorAttentionConfig;
 use ember_layers::conv::BaseConvConfig;
+use ember_layers::zoology_conv::ZoologyConvConfig;
 use ember_layers::aaren::AarenConfig;
 use ember_layers::gla::GlaConfig;
 use ember_layers::linear_attention::{LinearAttentionConfig, LinearFeatureMap};
@@ -36,6 +37,7 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("linear_elu", MixerConfig::LinearAttention(LinearAttentionConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("linear_relu_unnormalized", MixerConfig::LinearAttention(LinearAttentionConfig { heads: 2, feature_dim: Some(8), feature_map: LinearFeatureMap::Relu, normalize: false, chunk_size: 8, ..Default::default() })),
         ("base_conv", MixerConfig::BaseConv(BaseConvConfig::default())),
+        ("zoology_conv", MixerConfig::ZoologyConv(ZoologyConvConfig::default())),
         ("gla", MixerConfig::Gla(GlaConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("transnormer", MixerConfig::Transnormer(TransNormerConfig { heads: 4, chunk_size: 16, ..Default::default() })),
         ("rat", MixerConfig::Rat(RatConfig { head_dim: 8, chunk_size: 8, ..Default::default() })),
@@ -177,6 +179,39 @@ fn base_conv_sees_only_the_last_three_tokens() {
         assert_ne!(q(&y, i), q(&y2, i), "token {i} should see token 8");
     }
     assert_eq!(q(&y, 11), q(&y2, 11), "token 11 must not see token 8 (kernel 3)");
+}
+
+#[test]
+fn zoology_conv_matches_a_hand_computed_case() {
+    // One channel pair, kernel 2, set by hand: u = [[1, 2], [3, -1]] over two tokens.
+    // conv[c, t] = w[c,0]·u[t-1, c] + w[c,1]·u[t, c] + b_conv[c]; proj = u W + b;
+    // y = conv ⊙ proj + u.
+    use burn::module::Param;
+    use burn::tensor::TensorData;
+    let device = Default::default();
+    let mut layer = build_seeded(7, &device, || ZoologyConvConfig { kernel_size: 2 }.init::<B>(LayerContext::single(2), 0.0, &device));
+    let t2 = |v: [[f32; 2]; 2]| Tensor::<B, 2>::from_data(TensorData::from(v), &device);
+    layer.conv = Param::from_tensor(t2([[0.5, 2.0], [-1.0, 1.0]]));
+    layer.conv_bias = Param::from_tensor(Tensor::from_data(TensorData::from([0.1f32, -0.2]), &device));
+    // Burn's Linear computes u · weight with weight [d_in, d_out].
+    layer.projection.weight = Param::from_tensor(t2([[1.0, 0.0], [1.0, 2.0]]));
+    layer.projection.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::from([0.0f32, 1.0]), &device)));
+    let u = Tensor::<B, 3>::from_data(TensorData::from([[[1.0f32, 2.0], [3.0, -1.0]]]), &device);
+    // t=0: conv = [2·1 + 0.1, 1·2 - 0.2] = [2.1, 1.8]; proj = [1+2, 0+4+1] = [3, 5]
+    //      y = [6.3 + 1, 9 + 2] = [7.3, 11]
+    // t=1: conv = [0.5·1 + 2·3 + 0.1, -1·2 + 1·(-1) - 0.2] = [6.6, -3.2]; proj = [3-1, -2+1] = [2, -1]
+    //      y = [13.2 + 3, 3.2 - 1] = [16.2, 2.2]
+    let expected = [7.3f32, 11.0, 16.2, 2.2];
+    let y = layer.forward(u.clone()).into_data().to_vec::<f32>().unwrap();
+    for (got, want) in y.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-5, "forward {y:?} != {expected:?}");
+    }
+    let (first, state) = layer.step(u.clone().narrow(1, 0, 1), None);
+    let (second, _) = layer.step(u.narrow(1, 1, 1), Some(state));
+    let stepped = [first.into_data().to_vec::<f32>().unwrap(), second.into_data().to_vec::<f32>().unwrap()].concat();
+    for (got, want) in stepped.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-5, "step {stepped:?} != {expected:?}");
+    }
 }
 
 #[test]

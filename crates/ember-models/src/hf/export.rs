@@ -25,6 +25,9 @@ pub fn hf_config_of(lm: &LmConfig) -> Result<HfConfig, String> {
     if mixers.iter().any(|m| *m != mixers[0]) {
         return Err("every layer must use the same attention mixer for the Hugging Face layout".into());
     }
+    if !a.rope {
+        return Err("attention without RoPE (rope = false) has no Hugging Face Llama-family equivalent".into());
+    }
     if a.persistent > 0 {
         return Err("persistent attention tokens have no Hugging Face equivalent (export ember's own layout instead)".into());
     }

@@ -210,6 +210,7 @@ pub fn lm_config(v: &Value, path: &Path) -> Result<LmConfig, HfError> {
             kv_heads: Some(attn["num_kv_heads"].as_u64().map_or(attn_heads, |k| k as usize)),
             head_dim: None,
             window: attn["window_size"].as_u64().map(|w| (w as usize).saturating_sub(1)),
+            rope: true,
             rope_base: attn["rope_theta"].as_f64().unwrap_or(10_000.0),
             rope_scaling: None,
             qkv_bias: attn["qkv_bias"].as_bool().unwrap_or(false),

@@ -199,6 +199,7 @@ pub fn lm_config(c: &HfConfig) -> LmConfig {
         kv_heads: Some(c.num_kv_heads),
         head_dim: Some(c.head_dim),
         window: c.sliding_window.map(|w| w.saturating_sub(1)),
+        rope: true,
         rope_base: c.rope_theta,
         rope_scaling: c.rope_scaling.clone(),
         qkv_bias: c.qkv_bias,

@@ -137,6 +137,55 @@ fn accuracy_is_the_argmax_hit_rate_at_the_queries() {
 }
 
 #[test]
+fn the_loss_over_scored_positions_equals_the_full_masked_loss_with_its_gradients() {
+    // The trainer sends only the scored positions through the output head. The same loss from
+    // the full [B, T, vocab] logits with the ignored positions masked out, by hand, must give
+    // the same value and the same gradients.
+    use burn::tensor::activation::log_softmax;
+    use ember_train::trainer::batch_loss;
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "scored", "kind = \"gla\"\nheads = 2\nchunk_size = 16", &[]);
+    let device = Default::default();
+    let model = r.model.init_seeded::<B>(4, &device);
+    let mqar = r.data.mqar.as_ref().unwrap();
+    let batch = mqar_eval_batches(&mqar.dataset(Split::Train, 32, 3), 8, Some(1)).unwrap().remove(0);
+    let (b, t) = (batch.batch_size, batch.seq_len);
+    assert!(batch.targets.iter().any(|&x| x == ember_data::IGNORE) && batch.targets.iter().any(|&x| x != ember_data::IGNORE));
+
+    let scored = batch_loss(&model, &batch, &device);
+    let ids: Vec<i64> = batch.inputs.iter().map(|&x| x as i64).collect();
+    let logits = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device));
+    let vocab = logits.dims()[2];
+    let log_p = log_softmax(logits.reshape([b * t, vocab]), 1);
+    // One-hot of each scored target; an all-zero row for an ignored position.
+    let mut onehot = vec![0f32; b * t * vocab];
+    let mut n = 0;
+    for (i, &target) in batch.targets.iter().enumerate() {
+        if target != ember_data::IGNORE {
+            onehot[i * vocab + target as usize] = 1.0;
+            n += 1;
+        }
+    }
+    let onehot = Tensor::<B, 2>::from_data(TensorData::new(onehot, [b * t, vocab]), &device);
+    let full = (log_p * onehot).sum().neg() / n as f64;
+
+    let (a, e) = (scored.clone().into_scalar(), full.clone().into_scalar());
+    assert!((a - e).abs() < 1e-5 * e.abs(), "loss {a} vs {e}");
+    let (ga, ge) = (scored.backward(), full.backward());
+    let grads = |g: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
+        let embed = model.embed.weight.grad(g).unwrap().into_data().to_vec::<f32>().unwrap();
+        let ember_layers::Mixer::Gla(gla) = &model.blocks[1].mixer else { panic!("layer 1 is GLA") };
+        let q = gla.q.weight.grad(g).unwrap().into_data().to_vec::<f32>().unwrap();
+        [embed, q]
+    };
+    for (x, y) in grads(&ga).iter().zip(grads(&ge).iter()) {
+        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(scale > 0.0 && diff <= 1e-4 * scale, "gradients differ by {diff} (scale {scale})");
+    }
+}
+
+#[test]
 fn attention_learns_to_recall_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let device = Default::default();
@@ -188,6 +237,7 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     let opts = SuiteOptions {
         overrides: vec!["train.steps=12".into(), "train.eval_interval=6".into()],
         widths: vec![16, 32],
+        lrs: vec![3e-3, 3e-2],
         batch_size: 32,
         jobs: 2,
         quiet: true,
@@ -195,7 +245,22 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     let device = Default::default();
     let rows = run_suite::<B>(&recipes, &opts, &device).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r.recipe.as_str()).collect();
-    assert_eq!(names, ["attention-d16", "attention-d32", "gla-d16", "gla-d32"]);
+    assert_eq!(
+        names,
+        ["attention-d16-lr3.0e-3", "attention-d16-lr3.0e-2", "attention-d32-lr3.0e-3", "attention-d32-lr3.0e-2",
+         "gla-d16-lr3.0e-3", "gla-d16-lr3.0e-2", "gla-d32-lr3.0e-3", "gla-d32-lr3.0e-2"]
+    );
+    // Each run trained at its own rate, in its own directory, and exactly one rate wins per
+    // recipe and width: the one with the best mean accuracy.
+    for pair in rows.chunks(2) {
+        assert_eq!((pair[0].lr, pair[1].lr), (3e-3, 3e-2));
+        assert_eq!((pair[0].file.as_str(), pair[0].d_model), (pair[1].file.as_str(), pair[1].d_model));
+        let saved = std::fs::read_to_string(dir.path().join("runs").join(&pair[1].recipe).join("metrics.jsonl")).unwrap();
+        assert!(saved.contains("\"train/lr\""), "{} trained in its own directory", pair[1].recipe);
+        assert_eq!(pair.iter().filter(|r| r.best).count(), 1);
+        let best = pair.iter().find(|r| r.best).unwrap();
+        assert!(pair.iter().all(|r| ember_train::mqar::mean_accuracy(r) <= ember_train::mqar::mean_accuracy(best)));
+    }
     for row in &rows {
         assert_eq!(row.steps, 12);
         assert_eq!(row.layers, if row.recipe.starts_with("gla") { "base_conv+gla" } else { "base_conv+attention" });
@@ -204,19 +269,86 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
         assert!(row.results.iter().all(|s| (0.0..=1.0).contains(&s.accuracy)));
     }
     // Wider models hold more state.
-    assert!(rows[1].state_floats > rows[0].state_floats && rows[3].state_floats > rows[2].state_floats);
-    let metrics = dir.path().join("runs/gla-d32/metrics.jsonl");
+    assert!(rows[2].state_floats > rows[0].state_floats && rows[6].state_floats > rows[4].state_floats);
+    let metrics = dir.path().join("runs/gla-d32-lr3.0e-2/metrics.jsonl");
     let before = std::fs::read_to_string(&metrics).unwrap();
     // A second run finds every run finished: it only evaluates, with the same results.
     let again = run_suite::<B>(&recipes, &opts, &device).unwrap();
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), before);
     for (a, b) in rows.iter().zip(&again) {
         assert_eq!(a.results, b.results);
+        assert_eq!(a.best, b.best);
     }
     let table = suite_markdown(&rows);
+    assert_eq!(table.matches("**").count(), 2 * 4, "one bold winner per recipe and width: {table}");
     assert!(table.contains("| T=32, 2 pairs | T=32, 4 pairs | T=48, 6 pairs |"), "{table}");
     assert_eq!(table.lines().count(), 2 + rows.len());
     let written = write_suite(&rows, &dir.path().join("out"), "ember eval mqar --suite x").unwrap();
     let csv = std::fs::read_to_string(&written[1]).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 * rows.len());
+}
+
+#[test]
+fn the_best_learning_rate_is_the_highest_mean_accuracy_per_recipe_and_width() {
+    use ember_train::mqar::{mark_best, SegmentResult, SuiteRow};
+    let row = |file: &str, d_model: usize, lr: f64, accuracies: &[f64]| SuiteRow {
+        recipe: format!("{file}-d{d_model}-lr{lr:.1e}"),
+        file: file.into(),
+        layers: "base_conv+gla".into(),
+        d_model,
+        lr,
+        best: true,
+        params: 0,
+        state_floats: 0,
+        seq_len: 64,
+        steps: 1,
+        stopped_early: false,
+        train_secs: 0.0,
+        results: accuracies.iter().map(|&accuracy| SegmentResult { seq_len: 64, pairs: 4, examples: 1, accuracy, loss: 0.0 }).collect(),
+    };
+    let mut rows = vec![
+        row("gla", 64, 1e-3, &[0.9, 0.1]), // mean 0.5
+        row("gla", 64, 1e-2, &[0.6, 0.6]), // mean 0.6: best of gla at 64
+        row("gla", 128, 1e-3, &[0.25, 0.25]), // equal means: the first wins
+        row("gla", 128, 1e-2, &[0.5, 0.0]),
+        row("based", 64, 1e-3, &[0.0, 0.0]), // alone: best
+    ];
+    mark_best(&mut rows);
+    let best: Vec<bool> = rows.iter().map(|r| r.best).collect();
+    assert_eq!(best, [false, true, true, false, true]);
+}
+
+fn suite_dir(dir: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes").join(dir)
+}
+
+#[test]
+fn the_shipped_mqar_suites_load_and_validate() {
+    for dir in ["mqar", "mqar/zoology", "niah"] {
+        for path in ember_train::mqar::suite_recipes(&suite_dir(dir)).unwrap() {
+            let r = Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(Some(r.train.name.as_str()), path.file_stem().and_then(|s| s.to_str()), "{}", path.display());
+        }
+    }
+}
+
+#[test]
+fn the_zoology_suite_keeps_zoologys_epochs() {
+    // 32 epochs of the whole mixture in batches of 256, the cosine stepped once an epoch, the
+    // whole test set validated once an epoch: the numbers in the recipes must agree with their data.
+    for path in ember_train::mqar::suite_recipes(&suite_dir("mqar/zoology")).unwrap() {
+        let r = Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let mqar = r.data.mqar.as_ref().unwrap();
+        let batch = r.train.batch_size;
+        let per_epoch: usize = mqar.train.iter().map(|s| s.examples.div_ceil(batch)).sum();
+        let test_batches: usize = mqar.test.iter().map(|s| s.examples.div_ceil(batch)).sum();
+        let name = path.display();
+        assert_eq!((batch, mqar.train.iter().map(|s| s.examples).sum::<usize>()), (256, 180_000), "{name}");
+        assert_eq!(r.optim.schedule_every, per_epoch, "{name}");
+        assert_eq!(r.steps(), 32 * per_epoch, "{name}");
+        assert_eq!(r.train.eval_interval, per_epoch, "{name}");
+        assert!(r.train.eval_batches >= test_batches, "{name}");
+        assert_eq!((r.optim.betas, r.optim.grad_clip, r.optim.warmup_steps, r.optim.no_decay.is_empty()), ([0.9, 0.999], 0.0, 0, true), "{name}");
+        assert!(mqar.random_non_queries && mqar.order == ember_data::synthetic::Order::Sequential, "{name}");
+    }
 }

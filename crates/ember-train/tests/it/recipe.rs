@@ -718,6 +718,21 @@ fn wsd_is_flat_then_decays_linearly() {
 }
 
 #[test]
+fn a_held_cosine_is_pytorchs_per_epoch_cosine_annealing() {
+    // Zoology: CosineAnnealingLR(T_max = 32 epochs, eta_min = 0) stepped once per epoch, so
+    // epoch e trains at lr (1 + cos(π e / 32)) / 2 throughout.
+    let (epochs, per_epoch) = (32, 7);
+    let o = OptimConfig { lr: 0.01, min_lr: 0.0, warmup_steps: 0, schedule: LrSchedule::Cosine, schedule_every: per_epoch, ..optim(LrSchedule::Cosine) };
+    let total = epochs * per_epoch;
+    for e in 0..epochs {
+        let expected = 0.01 * (1.0 + (std::f64::consts::PI * e as f64 / epochs as f64).cos()) / 2.0;
+        for s in e * per_epoch..(e + 1) * per_epoch {
+            assert!((o.lr_at(s, total) - expected).abs() < 1e-12, "step {s} (epoch {e}): {} vs {expected}", o.lr_at(s, total));
+        }
+    }
+}
+
+#[test]
 fn constant_stays_at_lr() {
     let o = optim(LrSchedule::Constant);
     assert!(close(o.lr_at(5, 100), 0.6));
