@@ -61,7 +61,8 @@ pub struct MqarArgs {
     #[arg(long)]
     checkpoint: Vec<PathBuf>,
     /// A directory of MQAR recipes: train each (skipping finished runs, resuming interrupted
-    /// ones), evaluate each on its test set, and write results.md/.csv/.jsonl to --out.
+    /// ones), evaluate each on its test set, and write results.md/.csv/.jsonl and the figures
+    /// accuracy_vs_state_T{len}.png/.svg (accuracy against state size, best learning rate) to --out.
     #[arg(long, conflicts_with = "checkpoint")]
     suite: Option<PathBuf>,
     /// Suite runs trained at once (each uses about one CPU core on the cpu backend).

@@ -37,6 +37,6 @@ pub use isoflop::{
 pub use lsq::polyfit;
 pub use optimal::ComputeOptimal;
 pub use plot::{
-    plot_isoflop_curves, plot_loss_vs_compute, plot_optimal_allocation, write_plots, PlotFiles,
+    plot_isoflop_curves, plot_lines, plot_loss_vs_compute, plot_optimal_allocation, write_plots, Line, PlotFiles,
 };
 pub use report::write_report;

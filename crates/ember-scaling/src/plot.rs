@@ -273,6 +273,47 @@ fn legend_line(color: RGBAColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
+/// One named line of [`plot_lines`]: points `(x, y)`, drawn in x order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Lines over a logarithmic x axis and the linear y range `y`, each point marked: any
+/// "metric against size" figure (MQAR accuracy against state size). Writes `dir/name.{png,svg}`.
+pub fn plot_lines(dir: &Path, name: &str, title: String, axes: (&str, &str), y: (f64, f64), lines: &[Line]) -> Result<PlotFiles> {
+    let figure = Lines { title: title.clone(), axes: (axes.0.to_string(), axes.1.to_string()), y, lines };
+    save(&figure, dir, name, title)
+}
+
+struct Lines<'a> {
+    title: String,
+    axes: (String, String),
+    y: (f64, f64),
+    lines: &'a [Line],
+}
+
+impl Figure for Lines<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let x = log_bounds(self.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)));
+        let axes = (self.axes.0.as_str(), self.axes.1.as_str());
+        let mut chart = chart(root, &self.title, x, self.y.0..self.y.1, axes, None)?;
+        for (i, line) in self.lines.iter().enumerate() {
+            let mut points = line.points.clone();
+            points.sort_by(|p, q| p.0.total_cmp(&q.0));
+            // Categorical series (mixers): spread over the whole palette, every one labelled.
+            let c = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+                .label(line.label.clone())
+                .legend(legend_line(c));
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        }
+        draw_legend(&mut chart)
+    }
+}
+
 struct LossVsCompute<'a> {
     title: String,
     runs: &'a [RunResult],

@@ -289,8 +289,42 @@ pub fn suite_markdown(rows: &[SuiteRow]) -> String {
     t
 }
 
-/// Writes `results.md`, `results.csv` (one line per model and segment) and `results.jsonl`
-/// (one object per model) into `out`; returns the paths.
+/// The suite's figure, Zoology's style: for each test length, accuracy (mean over that length's
+/// segments) against the model's state size, one line per recipe file through its widths, from
+/// the best learning rate of each. Writes `accuracy_vs_state_T{len}.{png,svg}` into `out`.
+pub fn plot_suite(rows: &[SuiteRow], out: &Path) -> Result<Vec<PathBuf>> {
+    let mut lengths: Vec<usize> = rows.iter().flat_map(|r| r.results.iter().map(|s| s.seq_len)).collect();
+    lengths.sort();
+    lengths.dedup();
+    let mut files: Vec<String> = rows.iter().map(|r| r.file.clone()).collect();
+    files.dedup();
+    let mut written = Vec::new();
+    for len in lengths {
+        let lines: Vec<ember_scaling::Line> = files
+            .iter()
+            .map(|file| {
+                let points = rows
+                    .iter()
+                    .filter(|r| &r.file == file && r.best)
+                    .filter_map(|r| {
+                        let at: Vec<f64> = r.results.iter().filter(|s| s.seq_len == len).map(|s| s.accuracy).collect();
+                        (!at.is_empty()).then(|| (r.state_floats as f64, at.iter().sum::<f64>() / at.len() as f64))
+                    })
+                    .collect();
+                ember_scaling::Line { label: file.clone(), points }
+            })
+            .filter(|l| !l.points.is_empty())
+            .collect();
+        let title = format!("MQAR, T = {len}: accuracy against state size (best learning rate)");
+        let axes = ("generation state per sequence (floats)", "accuracy");
+        let files = ember_scaling::plot_lines(out, &format!("accuracy_vs_state_T{len}"), title, axes, (0.0, 1.02), &lines)?;
+        written.extend([files.png, files.svg]);
+    }
+    Ok(written)
+}
+
+/// Writes `results.md`, `results.csv` (one line per model and segment), `results.jsonl` (one
+/// object per model) and the figures of [`plot_suite`] into `out`; returns the paths.
 pub fn write_suite(rows: &[SuiteRow], out: &Path, command: &str) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let md = out.join("results.md");
@@ -311,5 +345,7 @@ pub fn write_suite(rows: &[SuiteRow], out: &Path, command: &str) -> Result<Vec<P
     let jsonl = out.join("results.jsonl");
     let lines: Vec<String> = rows.iter().map(|r| serde_json::to_string(r).expect("rows serialize")).collect();
     std::fs::write(&jsonl, lines.join("\n") + "\n").with_context(|| format!("cannot write {}", jsonl.display()))?;
-    Ok(vec![md, csv, jsonl])
+    let mut written = vec![md, csv, jsonl];
+    written.extend(plot_suite(rows, out)?);
+    Ok(written)
 }

@@ -286,6 +286,12 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     let written = write_suite(&rows, &dir.path().join("out"), "ember eval mqar --suite x").unwrap();
     let csv = std::fs::read_to_string(&written[1]).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 * rows.len());
+    // One figure per test length (32 and 48), PNG and SVG, with a line per recipe file.
+    let names: Vec<String> = written[3..].iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["accuracy_vs_state_T32.png", "accuracy_vs_state_T32.svg", "accuracy_vs_state_T48.png", "accuracy_vs_state_T48.svg"]);
+    let svg: String = std::fs::read_to_string(&written[4]).unwrap().split_whitespace().collect();
+    assert!(svg.contains(">attention<") && svg.contains(">gla<"), "legend labels in the SVG: {svg}");
+    assert!(std::fs::metadata(&written[3]).unwrap().len() > 1000);
 }
 
 #[test]
