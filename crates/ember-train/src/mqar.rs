@@ -151,6 +151,13 @@ where
         let overrides: Vec<String> = opts.overrides.iter().cloned().chain(extra).collect();
         Recipe::load(path, &overrides).map_err(|e| anyhow::anyhow!("{e}"))
     };
+    // A repeated value would train two runs into one directory at once.
+    if let Some(w) = opts.widths.iter().enumerate().find(|(i, w)| opts.widths[..*i].contains(w)) {
+        bail!("--widths lists {} twice", w.1);
+    }
+    if let Some(lr) = opts.lrs.iter().enumerate().find(|(i, lr)| opts.lrs[..*i].contains(lr)) {
+        bail!("--lrs lists {:e} twice", lr.1);
+    }
     let mut runs = Vec::new();
     for path in recipes {
         let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
@@ -173,7 +180,8 @@ where
                     sets.push(format!("model.d_model={w}"));
                 }
                 if let Some(lr) = lr {
-                    suffix += &format!("-lr{lr:.1e}");
+                    // `{:e}` is the shortest exact form: distinct rates never share a run directory.
+                    suffix += &format!("-lr{lr:e}");
                     sets.push(format!("optim.lr={lr:e}"));
                 }
                 let name = format!("{stem}{suffix}");
@@ -274,7 +282,7 @@ pub fn suite_markdown(rows: &[SuiteRow]) -> String {
         // The best learning rate of a recipe and width is in bold (only marked when there was a choice).
         let rivals = rows.iter().filter(|o| o.file == r.file && o.d_model == r.d_model).count();
         let name = if r.best && rivals > 1 { format!("**{}**", r.recipe) } else { r.recipe.clone() };
-        let _ = write!(t, "| {name} | {} | {} | {:.1e} | {} | {} |", r.layers, r.d_model, r.lr, r.params, r.state_floats);
+        let _ = write!(t, "| {name} | {} | {} | {:e} | {} | {} |", r.layers, r.d_model, r.lr, r.params, r.state_floats);
         for c in &columns {
             match r.results.iter().find(|s| (s.seq_len, s.pairs) == *c) {
                 Some(s) => {

@@ -247,8 +247,8 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     let names: Vec<&str> = rows.iter().map(|r| r.recipe.as_str()).collect();
     assert_eq!(
         names,
-        ["attention-d16-lr3.0e-3", "attention-d16-lr3.0e-2", "attention-d32-lr3.0e-3", "attention-d32-lr3.0e-2",
-         "gla-d16-lr3.0e-3", "gla-d16-lr3.0e-2", "gla-d32-lr3.0e-3", "gla-d32-lr3.0e-2"]
+        ["attention-d16-lr3e-3", "attention-d16-lr3e-2", "attention-d32-lr3e-3", "attention-d32-lr3e-2",
+         "gla-d16-lr3e-3", "gla-d16-lr3e-2", "gla-d32-lr3e-3", "gla-d32-lr3e-2"]
     );
     // Each run trained at its own rate, in its own directory, and exactly one rate wins per
     // recipe and width: the one with the best mean accuracy.
@@ -270,7 +270,7 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     }
     // Wider models hold more state.
     assert!(rows[2].state_floats > rows[0].state_floats && rows[6].state_floats > rows[4].state_floats);
-    let metrics = dir.path().join("runs/gla-d32-lr3.0e-2/metrics.jsonl");
+    let metrics = dir.path().join("runs/gla-d32-lr3e-2/metrics.jsonl");
     let before = std::fs::read_to_string(&metrics).unwrap();
     // A second run finds every run finished: it only evaluates, with the same results.
     let again = run_suite::<B>(&recipes, &opts, &device).unwrap();
@@ -281,6 +281,10 @@ fn the_suite_trains_evaluates_and_skips_finished_runs() {
     }
     let table = suite_markdown(&rows);
     assert_eq!(table.matches("**").count(), 2 * 4, "one bold winner per recipe and width: {table}");
+    // A repeated rate would train two runs into one directory: refused.
+    let twice = SuiteOptions { lrs: vec![3e-3, 3e-3], ..opts.clone() };
+    let err = run_suite::<B>(&recipes, &twice, &device).unwrap_err().to_string();
+    assert!(err.contains("--lrs lists 3e-3 twice"), "{err}");
     assert!(table.contains("| T=32, 2 pairs | T=32, 4 pairs | T=48, 6 pairs |"), "{table}");
     assert_eq!(table.lines().count(), 2 + rows.len());
     let written = write_suite(&rows, &dir.path().join("out"), "ember eval mqar --suite x").unwrap();
