@@ -2,9 +2,10 @@
 //! models built on it (§5): Moneta (ℓp objective, ℓq retention), Yaad (Huber objective) and
 //! Memora (KL retention: weights on the scaled simplex).
 //!
-//! `x → [q | k | v] = x W` → causal depthwise conv → SiLU → ℓ2-normalised `q`, `k` per head →
-//! a memory MLP per head, written with `(k, v)` by gradient steps and read with `q`
-//! ([`ember_ops::titans`]) → per-head RMSNorm ⊙ SiLU(x W_g) → `W_o`. The gates come from one
+//! `x → [q | k | v] = x W` → causal depthwise conv → SiLU → ℓ2-normalised `q`, `k` per head
+//! (`qk_norm`) → a memory MLP per head, written with `(k, v)` by gradient steps on a summed or
+//! averaged inner loss (`loss_reduction`) and read with `q` ([`ember_ops::titans`]) → per-head
+//! RMSNorm (`output_norm`) ⊙ SiLU(x W_g) → `W_o`. The gates come from one
 //! linear map of `x` per head: θ = θ_max·σ(·), η = σ(·), α = σ(·) and Huber's δ = softplus(·).
 //! Optional persistent memory (§4.3): `N_p` learned tokens the memory reads before the
 //! sequence (in generation, before the first token).
@@ -110,7 +111,34 @@ pub struct MemoryConfig {
     pub persistent: usize,
     /// Multiply the normalised read by `SiLU(x W_g)`.
     pub output_gate: bool,
+    /// The inner loss over a value's channels: "sum" (the paper's `‖M(k) − v‖²`) or "mean"
+    /// (titans-pytorch's `mean((M(k) − v)²)`, writes `1/d_head` as large at the same θ).
+    pub loss_reduction: LossReduction,
+    /// Unit-ℓ2 queries and keys per head (the paper; titans-pytorch has none by default).
+    pub qk_norm: bool,
+    /// Per-head RMSNorm of the reads (ember's choice, as GLA's; titans-pytorch's
+    /// `post_rmsnorm` is off by default).
+    pub output_norm: bool,
+    /// How the learned initial memory `M_0` starts: "xavier" (titans-pytorch) or "zero" (with
+    /// `depth = 1` and `residual = false`, an empty matrix memory: the delta rule's start).
+    pub initial_memory: InitialMemory,
     pub norm_eps: f64,
+}
+
+/// The initialisation of the learned initial memory `M_0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialMemory {
+    Xavier,
+    Zero,
+}
+
+/// How the inner loss combines a value's channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossReduction {
+    Sum,
+    Mean,
 }
 
 impl Default for MemoryConfig {
@@ -145,6 +173,10 @@ impl Default for MemoryConfig {
             delta_init: 1.0,
             persistent: 0,
             output_gate: true,
+            loss_reduction: LossReduction::Sum,
+            qk_norm: true,
+            output_norm: true,
+            initial_memory: InitialMemory::Xavier,
             norm_eps: 1e-6,
         }
     }
@@ -187,6 +219,7 @@ impl MemoryConfig {
             momentum: self.momentum.unwrap_or(momentum),
             eta_max: self.eta_max,
             grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
+            mean_loss: self.loss_reduction == LossReduction::Mean,
         }
     }
 
@@ -238,7 +271,8 @@ impl MemoryConfig {
         let d = d_model;
         let gates = self.gates(preset) * self.heads;
         let gate = if self.output_gate { d * d } else { 0 };
-        3 * d * d + 3 * d * self.conv_kernel + (d + 1) * gates + self.memory_floats(d) + self.head_dim(d) + gate + d * d + self.persistent * d
+        let norm = if self.output_norm { self.head_dim(d) } else { 0 };
+        3 * d * d + 3 * d * self.conv_kernel + (d + 1) * gates + self.memory_floats(d) + norm + gate + d * d + self.persistent * d
     }
 
     /// Projections, convolution, and per head and token: one inner gradient (forward and
@@ -291,7 +325,10 @@ impl MemoryConfig {
             .into_iter()
             .map(|(i, o)| {
                 let std = (2.0 / (i + o) as f64).sqrt(); // Xavier
-                Param::from_tensor(Tensor::random([h, i, o], Distribution::Normal(0.0, std), device))
+                Param::from_tensor(match self.initial_memory {
+                    InitialMemory::Xavier => Tensor::random([h, i, o], Distribution::Normal(0.0, std), device),
+                    InitialMemory::Zero => Tensor::zeros([h, i, o], device),
+                })
             })
             .collect();
         Memory {
@@ -301,7 +338,8 @@ impl MemoryConfig {
             memory,
             persistent: (self.persistent > 0)
                 .then(|| Param::from_tensor(Tensor::random([self.persistent, d_model], Distribution::Normal(0.0, INIT_STD), device))),
-            norm_gain: Param::from_tensor(Tensor::ones([dh], device)),
+            norm_gain: self.output_norm.then(|| Param::from_tensor(Tensor::ones([dh], device))),
+            qk_norm: self.qk_norm,
             gate: self.output_gate.then(|| linear(d_model, d_model, false, INIT_STD, device)),
             out: linear(d_model, d_model, false, out_std, device),
             heads: h,
@@ -324,8 +362,10 @@ pub struct Memory<B: Backend> {
     pub memory: Vec<Param<Tensor<B, 3>>>,
     /// Persistent memory tokens `[N_p, D]`.
     pub persistent: Option<Param<Tensor<B, 2>>>,
-    /// Per-head RMSNorm gain `[d_head]`.
-    pub norm_gain: Param<Tensor<B, 1>>,
+    /// Per-head RMSNorm gain `[d_head]` (none without `output_norm`).
+    pub norm_gain: Option<Param<Tensor<B, 1>>>,
+    /// Unit-ℓ2 queries and keys.
+    pub qk_norm: bool,
     pub gate: Option<Linear<B>>,
     pub out: Linear<B>,
     pub heads: usize,
@@ -350,7 +390,7 @@ impl<B: Backend> TitansState<B> {
 
 impl<B: Backend> Memory<B> {
     fn head_dim(&self) -> usize {
-        self.norm_gain.dims()[0]
+        self.memory[0].dims()[1] // the first layer reads a head's key: [H, d_head, out]
     }
 
     /// A fresh state for `batch` sequences: `M_0` and an empty convolution history.
@@ -369,7 +409,10 @@ impl<B: Backend> Memory<B> {
         let mixed = silu(causal_conv(u.clone(), self.conv.val(), Some(conv.clone())));
         let history = next_history(conv, u);
         let part = |i: usize| mixed.clone().narrow(2, i * d, d).reshape([b, t, h, dh]);
-        let unit = |x: Tensor<B, 4>| x.clone() / (x.powi_scalar(2).sum_dim(3) + 1e-12).sqrt();
+        let unit = |x: Tensor<B, 4>| match self.qk_norm {
+            true => x.clone() / (x.powi_scalar(2).sum_dim(3) + 1e-12).sqrt(),
+            false => x,
+        };
         let g = self.gates.forward(x);
         let gate = |i: usize| g.clone().narrow(2, i * h, h);
         let delta = (g.dims()[2] == 4 * h).then(|| log_sigmoid(gate(3).neg()).neg()); // softplus
@@ -388,7 +431,10 @@ impl<B: Backend> Memory<B> {
     /// Per-head RMSNorm, output gate and `W_o` of the reads `y: [B, T, H, d_head]`.
     fn output(&self, x: Tensor<B, 3>, y: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, t, h, dh] = y.dims();
-        let y = srms_norm(y, self.norm_eps) * self.norm_gain.val().reshape([1, 1, 1, dh]);
+        let y = match &self.norm_gain {
+            Some(gain) => srms_norm(y, self.norm_eps) * gain.val().reshape([1, 1, 1, dh]),
+            None => y,
+        };
         let y = y.reshape([b, t, h * dh]);
         let y = match &self.gate {
             Some(gate) => y * silu(gate.forward(x)),

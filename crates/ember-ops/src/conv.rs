@@ -12,8 +12,12 @@ pub fn causal_conv<B: Backend>(
 ) -> Tensor<B, 3> {
     let [b, t, c] = u.dims();
     let [_, k] = weight.dims();
-    let history = history.unwrap_or_else(|| Tensor::zeros([b, k - 1, c], (&u.device(), u.dtype())));
-    let padded = Tensor::cat(vec![history, u], 1); // [B, T+K-1, C]
+    // A kernel of 1 has no history (a per-channel scale); Burn cannot narrow to length 0.
+    let padded = match (k, history) {
+        (1, _) => u,
+        (_, Some(history)) => Tensor::cat(vec![history, u], 1), // [B, T+K-1, C]
+        (_, None) => Tensor::cat(vec![Tensor::zeros([b, k - 1, c], (&u.device(), u.dtype())), u], 1),
+    };
     let mut y: Option<Tensor<B, 3>> = None;
     for j in 0..k {
         let tap = weight.clone().narrow(1, j, 1).reshape([1, 1, c]);
@@ -29,6 +33,9 @@ pub fn causal_conv<B: Backend>(
 /// The last `K-1` inputs of `history ‖ u`: the convolution state after consuming `u`.
 pub fn next_history<B: Backend>(history: Tensor<B, 3>, u: Tensor<B, 3>) -> Tensor<B, 3> {
     let keep = history.dims()[1];
+    if keep == 0 {
+        return history;
+    }
     let all = Tensor::cat(vec![history, u], 1);
     let len = all.dims()[1];
     all.narrow(1, len - keep, keep)

@@ -150,6 +150,10 @@ pub struct MemoryRule {
     /// Soft bound on each token's inner gradient norm (all memory layers together):
     /// `u ← u·c·tanh(‖u‖/c)/‖u‖` (the reference implementation's soft clamp). `None`: no bound.
     pub grad_clip: Option<f64>,
+    /// The inner loss averages over the value's `d` channels (titans-pytorch's
+    /// `(pred − target)².mean(−1)`) instead of summing them (the paper's `‖M(k) − v‖²`): every
+    /// write is `1/d` as large at the same θ.
+    pub mean_loss: bool,
 }
 
 /// Per-token inputs, `[B, T, H, d]` for `q, k, v` and `[B, T, H]` for the gates.
@@ -326,7 +330,11 @@ pub fn inner_gradients<B: Backend>(
     delta: Option<Tensor<B, 3>>,
 ) -> InnerGradients<B> {
     let Pass { inputs, pre, output } = mlp(rule, weights, k);
+    let d = v.dims()[3];
     let mut g = error(rule.objective, output - v, delta);
+    if rule.mean_loss {
+        g = g / d as f64;
+    }
     let mut errors = vec![g.clone()];
     for l in (1..weights.len()).rev() {
         g = g.matmul(weights[l].clone().swap_dims(2, 3)) * rule.activation.derivative(pre[l - 1].clone());

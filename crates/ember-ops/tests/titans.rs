@@ -22,7 +22,7 @@ const H: usize = 2;
 const DH: usize = 4;
 
 fn rule(depth_residual: bool, objective: Objective, retention: Retention, update: Update, chunk: usize, momentum: bool) -> MemoryRule {
-    MemoryRule { residual: depth_residual, activation: Activation::Gelu, objective, retention, update, chunk, momentum, eta_max: 0.9, grad_clip: None }
+    MemoryRule { residual: depth_residual, activation: Activation::Gelu, objective, retention, update, chunk, momentum, eta_max: 0.9, grad_clip: None, mean_loss: false }
 }
 
 fn normal<Bk: Backend, const N: usize>(rng: &mut TensorRng, shape: [usize; N], std: f64) -> Tensor<Bk, N> {
@@ -288,7 +288,7 @@ fn analytic_inner_gradients_equal_autodiff() {
         for residual in [false, true] {
             for depth in [1, 2, 3] {
                 for objective in [Objective::L2, Objective::Huber { sharpness: a }] {
-                    let rule = MemoryRule { residual, activation, objective, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
+                    let rule = MemoryRule { residual, activation, objective, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
                     let w: Vec<Tensor<A, 4>> = weights::<A>(&mut rng, depth).into_iter().map(|w| w.require_grad()).collect();
                     // Six tokens per (batch, head): the loss summed over them has the sum of
                     // the per-token gradients.
@@ -327,7 +327,7 @@ fn lp_error_is_the_derivative_of_the_smoothed_loss() {
     // differences of a numerical integral, per element.
     let (p, a, eps) = (3.0f64, 10.0f64, 1e-6f64);
     let integrand = |r: f64| p * (a * r).tanh() * (r * r + eps).powf((p - 1.0) / 2.0);
-    let rule = MemoryRule { residual: false, activation: Activation::Gelu, objective: Objective::Lp { p, sharpness: a }, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
+    let rule = MemoryRule { residual: false, activation: Activation::Gelu, objective: Objective::Lp { p, sharpness: a }, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
     // A depth-1 memory with W = I and k = e_0 has residual r = k − v, error e = ∂ℓ/∂p.
     let eye = Tensor::<D, 2>::eye(DH, &Default::default()).reshape([1, 1, DH, DH]);
     for r0 in [-1.3, -0.2, -0.01, 0.0, 0.03, 0.5, 2.0] {
@@ -488,7 +488,7 @@ fn outer_gradients_match_finite_differences() {
 #[test]
 fn gradient_clamp_bounds_each_token() {
     let mut rng = TensorRng::new(10);
-    let plain = MemoryRule { residual: false, activation: Activation::Silu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None };
+    let plain = MemoryRule { residual: false, activation: Activation::Silu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
     let w = weights::<D>(&mut rng, 2);
     let x = inputs::<D>(&mut rng, 8, false);
     let (k, v) = (x.k.swap_dims(1, 2), x.v.swap_dims(1, 2));
@@ -503,6 +503,28 @@ fn gradient_clamp_bounds_each_token() {
         for (raw, got) in norms(&plain, v.clone() * 50.0).into_iter().zip(norms(&clipped, v.clone() * 50.0)) {
             assert!(got <= c * (1.0 + 1e-9), "clamp {c}: norm {got} from {raw}");
             assert!((got - c * (raw / c).tanh()).abs() < 1e-9 * (1.0 + raw), "clamp {c}: {got} vs c·tanh(n/c) from {raw}");
+        }
+    }
+}
+
+/// titans-pytorch's mean inner loss `mean_c (M(k) − v)_c²` is the paper's summed loss divided by
+/// the value width `d`, so each token's inner gradient (every layer's error) is `1/d` as large.
+#[test]
+fn mean_loss_divides_each_gradient_by_the_value_width() {
+    let mut rng = TensorRng::new(11);
+    let sum = MemoryRule { residual: true, activation: Activation::Gelu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
+    let mean = MemoryRule { mean_loss: true, ..sum };
+    let w = weights::<D>(&mut rng, 2);
+    let x = inputs::<D>(&mut rng, 8, false);
+    let (k, v) = (x.k.swap_dims(1, 2), x.v.swap_dims(1, 2));
+    let d = v.dims()[3] as f64;
+    let a = inner_gradients(&sum, &w, k.clone(), v.clone(), None);
+    let b = inner_gradients(&mean, &w, k, v, None);
+    for (l, (ea, eb)) in a.errors.into_iter().zip(b.errors).enumerate() {
+        let (ea, eb) = (ea.into_data().to_vec::<f64>().unwrap(), eb.into_data().to_vec::<f64>().unwrap());
+        assert!(ea.iter().any(|e| e.abs() > 1e-6), "layer {l}: the summed loss's errors are all zero");
+        for (s, m) in ea.iter().zip(&eb) {
+            assert!((s / d - m).abs() < 1e-12 * (1.0 + s.abs()), "layer {l}: mean-loss error {m} is not {s} / {d}");
         }
     }
 }

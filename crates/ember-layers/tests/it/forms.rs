@@ -16,7 +16,7 @@ use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
 use ember_layers::seeded::build_seeded;
 use ember_layers::transnormer::TransNormerConfig;
-use ember_layers::titans::{MacConfig, MagConfig, MemoryConfig, ObjectiveKind};
+use ember_layers::titans::{InitialMemory, LossReduction, MacConfig, MagConfig, MemoryConfig, ObjectiveKind};
 use ember_ops::titans::Update;
 use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
@@ -63,6 +63,21 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("titans", MixerConfig::Titans(MemoryConfig { heads: 2, chunk_size: 8, persistent: 3, ..Default::default() })),
         ("titans_chunk_update", MixerConfig::Titans(MemoryConfig { heads: 4, depth: 1, chunk_size: 5, update: Update::Chunk, ..Default::default() })),
         ("moneta", MixerConfig::Moneta(MemoryConfig { heads: 2, chunk_size: 4, ..Default::default() })),
+        // titans-pytorch's choices: mean inner loss, no q/k or read norm, strong steps, no clamp;
+        // and a zero matrix memory (the delta rule's start).
+        ("titans_reference_choices", MixerConfig::Titans(MemoryConfig {
+            heads: 2,
+            chunk_size: 8,
+            loss_reduction: LossReduction::Mean,
+            qk_norm: false,
+            output_norm: false,
+            theta_max: 1.0,
+            theta_init: 0.5,
+            grad_clip: 0.0,
+            ..Default::default()
+        })),
+        // A kernel of 1 has no convolution history (it crashed the step path once).
+        ("titans_zero_matrix_memory", MixerConfig::Titans(MemoryConfig { heads: 2, chunk_size: 4, depth: 1, residual: false, initial_memory: InitialMemory::Zero, conv_kernel: 1, ..Default::default() })),
         ("titans_mag", MixerConfig::TitansMag(MagConfig {
             attention: AttentionConfig { heads: 4, window: Some(6), persistent: 2, ..Default::default() },
             memory: MemoryConfig { heads: 2, chunk_size: 8, persistent: 2, ..Default::default() },

@@ -3,7 +3,7 @@
 //! sizes 1, 4 and 16 and a length none of them divides; recipes' defaults per kind.
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::Tensor;
-use ember_layers::titans::{MemoryConfig, Preset};
+use ember_layers::titans::{InitialMemory, LossReduction, MemoryConfig, Preset};
 use ember_layers::seeded::build_seeded;
 use ember_layers::LayerContext;
 use ember_ops::random::TensorRng;
@@ -64,4 +64,39 @@ fn kinds_set_the_miras_defaults_and_keys_override_them() {
     assert_eq!((memora.objective, memora.retention, memora.momentum), (Objective::L2, Retention::Softmax { scale: 3.0 }, false));
     let custom = MemoryConfig { momentum: Some(true), p: 2.5, ..Default::default() }.rule(Preset::Moneta);
     assert_eq!((custom.objective, custom.momentum), (Objective::Lp { p: 2.5, sharpness: 10.0 }, true));
+}
+
+/// titans-pytorch's mean inner loss at step bound `d_head·θ_max` is the paper's summed loss at
+/// `θ_max`: the same layer (same seed, same gate logits) computes the same outputs.
+#[test]
+fn mean_loss_at_d_head_times_the_step_is_the_summed_loss() {
+    let device = Default::default();
+    let dh = D / 2;
+    // No soft clamp: it bounds the unweighted gradient, which the reduction scales.
+    let sum = MemoryConfig { heads: 2, chunk_size: 4, theta_max: 0.2, theta_init: 0.1, grad_clip: 0.0, ..Default::default() };
+    let mean = MemoryConfig { loss_reduction: LossReduction::Mean, theta_max: 0.2 * dh as f64, theta_init: 0.1 * dh as f64, ..sum.clone() };
+    let x = TensorRng::new(5).normal::<B, 3>([2, 11, D], 1.0, &device);
+    let out = |c: &MemoryConfig| build_seeded(7, &device, || c.init::<B>(LayerContext::single(D), 0.1, Preset::Titans, &device)).forward(x.clone()).inner();
+    let (a, b) = (out(&sum), out(&mean));
+    assert!(rel_err(b.clone(), a.clone()) < 1e-5, "mean at d_head·θ vs sum at θ: rel err {}", rel_err(b, a.clone()));
+    // And the reduction is not a no-op: the mean loss at the same θ writes d_head times less.
+    let weak = MemoryConfig { loss_reduction: LossReduction::Mean, ..sum.clone() };
+    assert!(rel_err(out(&weak), a) > 1e-3, "loss_reduction = mean changed nothing");
+}
+
+/// The optional pieces are counted in `params` exactly as the module holds them, and a zero
+/// initial memory starts at zero.
+#[test]
+fn reference_choices_count_their_parameters_and_zero_memory_starts_empty() {
+    use burn::module::Module;
+    let device = Default::default();
+    for output_norm in [true, false] {
+        for initial_memory in [InitialMemory::Xavier, InitialMemory::Zero] {
+            let c = MemoryConfig { heads: 2, depth: 1, residual: false, output_norm, qk_norm: !output_norm, initial_memory, ..Default::default() };
+            let layer = c.init::<B>(LayerContext::single(D), 0.1, Preset::Titans, &device);
+            assert_eq!(c.params(D, Preset::Titans), layer.num_params(), "output_norm {output_norm}");
+            let m0 = layer.memory[0].val().abs().max().into_scalar();
+            assert_eq!(m0 == 0.0, initial_memory == InitialMemory::Zero, "{initial_memory:?}: max |M_0| = {m0}");
+        }
+    }
 }
