@@ -65,6 +65,11 @@ pub struct MqarArgs {
     /// accuracy_vs_state_T{len}.png/.svg (accuracy against state size, best learning rate) to --out.
     #[arg(long, conflicts_with = "checkpoint")]
     suite: Option<PathBuf>,
+    /// Train and tabulate only these recipes of the suite (file names without .toml,
+    /// comma-separated), e.g. to run a long suite in parts; a later run without --only skips the
+    /// finished runs and tabulates them all.
+    #[arg(long, value_delimiter = ',', requires = "suite")]
+    only: Vec<String>,
     /// Suite runs trained at once (each uses about one CPU core on the cpu backend).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -116,7 +121,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
     }
     let device = backend::resolve(&args.device, Default::default());
     if let Some(dir) = &args.suite {
-        let recipes = mqar::suite_recipes(dir)?;
+        let recipes = mqar::select_recipes(mqar::suite_recipes(dir)?, &args.only)?;
         let mut overrides = args.overrides.clone();
         if args.device != "auto" {
             overrides.push(format!("train.device={:?}", args.device));

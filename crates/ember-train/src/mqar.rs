@@ -265,6 +265,21 @@ pub fn suite_recipes(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// The recipes among `recipes` whose file names (without `.toml`) are listed in `only`, in the
+/// suite's order; all of them when `only` is empty. A name that matches no recipe is an error,
+/// so a typo never silently drops a mixer from a suite run in parts.
+pub fn select_recipes(recipes: Vec<PathBuf>, only: &[String]) -> Result<Vec<PathBuf>> {
+    if only.is_empty() {
+        return Ok(recipes);
+    }
+    let stem = |p: &PathBuf| p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    if let Some(missing) = only.iter().find(|name| !recipes.iter().any(|p| &stem(p) == *name)) {
+        let known: Vec<String> = recipes.iter().map(stem).collect();
+        bail!("--only names {missing:?}, which is not a recipe of the suite (it has: {})", known.join(", "));
+    }
+    Ok(recipes.into_iter().filter(|p| only.contains(&stem(p))).collect())
+}
+
 /// The suite's results as a Markdown table: one row per model, one accuracy column per test
 /// segment `(seq_len, pairs)` found in any row.
 pub fn suite_markdown(rows: &[SuiteRow]) -> String {

@@ -362,3 +362,37 @@ fn the_zoology_suite_keeps_zoologys_epochs() {
         assert!(mqar.random_non_queries && mqar.order == ember_data::synthetic::Order::Sequential, "{name}");
     }
 }
+
+#[test]
+fn the_cpu_suite_is_one_pass_of_the_zoology_suites_model_and_optimizer() {
+    // Each CPU recipe must train its Zoology twin's model with the same optimizer, one pass over
+    // its (smaller) mixture: only the data sizes, batch and schedule length may differ.
+    let cpu = ember_train::mqar::suite_recipes(&suite_dir("mqar")).unwrap();
+    let zoology = ember_train::mqar::suite_recipes(&suite_dir("mqar/zoology")).unwrap();
+    let names = |paths: &[PathBuf]| paths.iter().map(|p| p.file_name().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(names(&cpu), names(&zoology), "the two suites hold the same mixers");
+    for (c, z) in cpu.iter().zip(&zoology) {
+        let (c, z) = (Recipe::load(c, &[]).unwrap(), Recipe::load(z, &[]).unwrap());
+        let name = &c.train.name;
+        assert_eq!(c.model, z.model, "{name}: the model differs from its Zoology twin");
+        let (cd, zd) = (c.data.mqar.as_ref().unwrap(), z.data.mqar.as_ref().unwrap());
+        assert_eq!((cd.vocab_size, cd.random_non_queries, cd.order), (zd.vocab_size, zd.random_non_queries, zd.order), "{name}");
+        let shapes = |d: &ember_data::mqar::MqarConfig| d.train.iter().map(|s| (s.pairs, s.seq_len)).collect::<Vec<_>>();
+        assert_eq!(shapes(cd), shapes(zd), "{name}: the training mixture's segments differ");
+        let per_pass: usize = cd.train.iter().map(|s| s.examples.div_ceil(c.train.batch_size)).sum();
+        assert_eq!(c.steps(), per_pass, "{name}: not one pass over the mixture");
+        assert_eq!((c.optim.betas, c.optim.weight_decay, c.optim.grad_clip, c.optim.warmup_steps, &c.optim.no_decay), (z.optim.betas, z.optim.weight_decay, z.optim.grad_clip, z.optim.warmup_steps, &z.optim.no_decay), "{name}");
+        assert_eq!((c.train.stop_accuracy, c.train.seed), (z.train.stop_accuracy, z.train.seed), "{name}");
+    }
+}
+
+#[test]
+fn only_picks_suite_recipes_by_name_and_refuses_an_unknown_one() {
+    let all = ember_train::mqar::suite_recipes(&suite_dir("mqar")).unwrap();
+    let picked = ember_train::mqar::select_recipes(all.clone(), &["gla".into(), "attention".into()]).unwrap();
+    let stems: Vec<_> = picked.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(stems, ["attention", "gla"], "the suite's order, only the names given");
+    assert_eq!(ember_train::mqar::select_recipes(all.clone(), &[]).unwrap(), all);
+    let err = ember_train::mqar::select_recipes(all, &["glaa".into()]).unwrap_err().to_string();
+    assert!(err.contains("\"glaa\"") && err.contains("linear-attention"), "names the typo and the suite's recipes: {err}");
+}
