@@ -256,13 +256,20 @@ where
     Ok(chart)
 }
 
-/// Legend, top right, shared by every figure.
+/// Legend, top right, shared by every figure but [`plot_lines`]'.
 fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
 ) -> DrawResult<DB> {
+    draw_legend_at(chart, SeriesLabelPosition::UpperRight)
+}
+
+fn draw_legend_at<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult<DB> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT, 14))
@@ -310,7 +317,9 @@ impl Figure for Lines<'_> {
                 .legend(legend_line(c));
             chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
         }
-        draw_legend(&mut chart)
+        // Bottom right: a metric that grows with size (accuracy against state) leaves it empty,
+        // where the top right would hide the largest models' points.
+        draw_legend_at(&mut chart, SeriesLabelPosition::LowerRight)
     }
 }
 
