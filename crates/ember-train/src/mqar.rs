@@ -152,15 +152,15 @@ where
         Recipe::load(path, &overrides).map_err(|e| anyhow::anyhow!("{e}"))
     };
     // A repeated value would train two runs into one directory at once.
-    if let Some(w) = opts.widths.iter().enumerate().find(|(i, w)| opts.widths[..*i].contains(w)) {
-        bail!("--widths lists {} twice", w.1);
+    if let Some(w) = repeated(&opts.widths) {
+        bail!("--widths lists {w} twice");
     }
-    if let Some(lr) = opts.lrs.iter().enumerate().find(|(i, lr)| opts.lrs[..*i].contains(lr)) {
-        bail!("--lrs lists {:e} twice", lr.1);
+    if let Some(lr) = repeated(&opts.lrs) {
+        bail!("--lrs lists {lr:e} twice");
     }
     let mut runs = Vec::new();
     for path in recipes {
-        let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = recipe_name(path);
         let base = load(path, Vec::new())?;
         if base.data.mqar.is_none() {
             bail!("{} has no [data.mqar] section; an MQAR suite holds MQAR recipes only", path.display());
@@ -265,6 +265,16 @@ pub fn suite_recipes(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// The first value of `values` that an earlier one equals.
+fn repeated<T: PartialEq>(values: &[T]) -> Option<&T> {
+    values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)).map(|(_, v)| v)
+}
+
+/// A suite recipe's name: its file name without `.toml`.
+fn recipe_name(path: &Path) -> String {
+    path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+}
+
 /// The recipes among `recipes` whose file names (without `.toml`) are listed in `only`, in the
 /// suite's order; all of them when `only` is empty. A name that matches no recipe is an error,
 /// so a typo never silently drops a mixer from a suite run in parts.
@@ -272,12 +282,11 @@ pub fn select_recipes(recipes: Vec<PathBuf>, only: &[String]) -> Result<Vec<Path
     if only.is_empty() {
         return Ok(recipes);
     }
-    let stem = |p: &PathBuf| p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-    if let Some(missing) = only.iter().find(|name| !recipes.iter().any(|p| &stem(p) == *name)) {
-        let known: Vec<String> = recipes.iter().map(stem).collect();
+    if let Some(missing) = only.iter().find(|name| !recipes.iter().any(|p| recipe_name(p) == **name)) {
+        let known: Vec<String> = recipes.iter().map(|p| recipe_name(p)).collect();
         bail!("--only names {missing:?}, which is not a recipe of the suite (it has: {})", known.join(", "));
     }
-    Ok(recipes.into_iter().filter(|p| only.contains(&stem(p))).collect())
+    Ok(recipes.into_iter().filter(|p| only.contains(&recipe_name(p))).collect())
 }
 
 /// The suite's results as a Markdown table: one row per model, one accuracy column per test
