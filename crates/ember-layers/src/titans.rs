@@ -119,6 +119,10 @@ pub struct MemoryConfig {
     /// Per-head RMSNorm of the reads (ember's choice, as GLA's; titans-pytorch's
     /// `post_rmsnorm` is off by default).
     pub output_norm: bool,
+    /// `M(x) = x + LN(MLP(x))`: LayerNorm (no gain) on the memory MLP's output, inside the
+    /// memory, so writes descend through it (titans-pytorch's `ResidualNorm`, whose gain is
+    /// itself written by the inner loop; here it stays 1).
+    pub memory_layer_norm: bool,
     /// How the learned initial memory `M_0` starts: "xavier" (titans-pytorch) or "zero" (with
     /// `depth = 1` and `residual = false`, an empty matrix memory: the delta rule's start).
     pub initial_memory: InitialMemory,
@@ -176,6 +180,7 @@ impl Default for MemoryConfig {
             loss_reduction: LossReduction::Sum,
             qk_norm: true,
             output_norm: true,
+            memory_layer_norm: false,
             initial_memory: InitialMemory::Xavier,
             norm_eps: 1e-6,
         }
@@ -220,6 +225,7 @@ impl MemoryConfig {
             eta_max: self.eta_max,
             grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
             mean_loss: self.loss_reduction == LossReduction::Mean,
+            layer_norm: self.memory_layer_norm,
         }
     }
 

@@ -9,6 +9,10 @@
 //! S_t = η_t S_{t−1} − θ_t ∇ℓ(M_{t'}; k_t, v_t)      M_t = (1 − α_t) M_{t−1} + S_t
 //! ```
 //!
+//! The memory is `M(x) = MLP(x)`, `x + MLP(x)` (`residual`), or with a LayerNorm on the MLP's
+//! output, `x + LN(MLP(x))` (`layer_norm`: titans-pytorch's `ResidualNorm`), which bounds
+//! reads and inner errors whatever the weights' scale; every read and gradient passes through it.
+//!
 //! Inner gradients are taken at the weights `M_{t'}` of the last chunk boundary (the paper's
 //! mini-batch approximation; chunk size 1 is the exact per-token recurrence). They are written
 //! out analytically (backpropagation through the memory MLP by hand), so the outer gradients are
@@ -154,6 +158,10 @@ pub struct MemoryRule {
     /// `(pred − target)².mean(−1)`) instead of summing them (the paper's `‖M(k) − v‖²`): every
     /// write is `1/d` as large at the same θ.
     pub mean_loss: bool,
+    /// LayerNorm (no gain, no bias) on the MLP's output before the residual:
+    /// `M(x) = x + LN(MLP(x))`, titans-pytorch's `ResidualNorm` with its gain fixed at 1. It
+    /// bounds every read and every inner error, whatever the weights' scale.
+    pub layer_norm: bool,
 }
 
 /// Per-token inputs, `[B, T, H, d]` for `q, k, v` and `[B, T, H]` for the gates.
@@ -267,11 +275,41 @@ impl<B: Backend> Chunk<B> {
 }
 
 /// The memory MLP applied to rows `x: [B, H, N, d]`: the input of every layer, every
-/// pre-activation, and the output.
+/// pre-activation, the output, and (under [`MemoryRule::layer_norm`]) the normalised last layer
+/// with its `1/σ` per row.
 struct Pass<B: Backend> {
     inputs: Vec<Tensor<B, 4>>,
     pre: Vec<Tensor<B, 4>>,
     output: Tensor<B, 4>,
+    normed: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+}
+
+/// PyTorch's `nn.LayerNorm` default ε, which titans-pytorch's `ResidualNorm` uses.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// LayerNorm over the last axis without gain or bias: the normalised rows and `1/σ` per row.
+fn layer_norm<B: Backend>(h: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let centred = h.clone() - h.mean_dim(3);
+    let inv_std = centred.clone().powi_scalar(2).mean_dim(3).add_scalar(LAYER_NORM_EPS).powf_scalar(-0.5);
+    (centred * inv_std.clone(), inv_std)
+}
+
+/// `∂ℓ/∂h` from `e = ∂ℓ/∂y` through `y = layer_norm(h)`: `(e − mean(e) − y·mean(e ⊙ y)) / σ`.
+fn layer_norm_backward<B: Backend>(e: Tensor<B, 4>, y: Tensor<B, 4>, inv_std: Tensor<B, 4>) -> Tensor<B, 4> {
+    let along = (e.clone() * y.clone()).mean_dim(3);
+    (e.clone() - e.mean_dim(3) - y * along) * inv_std
+}
+
+/// The memory's output from its last layer's `h` and its input `x`: `[x +] [LN](h)`.
+fn finish<B: Backend>(rule: &MemoryRule, h: Tensor<B, 4>, x: Tensor<B, 4>) -> (Tensor<B, 4>, Option<(Tensor<B, 4>, Tensor<B, 4>)>) {
+    let (h, normed) = match rule.layer_norm {
+        true => {
+            let (y, inv_std) = layer_norm(h);
+            (y.clone(), Some((y, inv_std)))
+        }
+        false => (h, None),
+    };
+    (if rule.residual { h + x } else { h }, normed)
 }
 
 fn mlp<B: Backend>(rule: &MemoryRule, weights: &[Tensor<B, 4>], x: Tensor<B, 4>) -> Pass<B> {
@@ -287,8 +325,8 @@ fn mlp<B: Backend>(rule: &MemoryRule, weights: &[Tensor<B, 4>], x: Tensor<B, 4>)
             z
         };
     }
-    let output = if rule.residual { h + x } else { h };
-    Pass { inputs, pre, output }
+    let (output, normed) = finish(rule, h, x);
+    Pass { inputs, pre, output, normed }
 }
 
 /// `sign(x) ≈ tanh(a·x)`.
@@ -329,11 +367,14 @@ pub fn inner_gradients<B: Backend>(
     v: Tensor<B, 4>,
     delta: Option<Tensor<B, 3>>,
 ) -> InnerGradients<B> {
-    let Pass { inputs, pre, output } = mlp(rule, weights, k);
+    let Pass { inputs, pre, output, normed } = mlp(rule, weights, k);
     let d = v.dims()[3];
     let mut g = error(rule.objective, output - v, delta);
     if rule.mean_loss {
         g = g / d as f64;
+    }
+    if let Some((y, inv_std)) = normed {
+        g = layer_norm_backward(g, y, inv_std);
     }
     let mut errors = vec![g.clone()];
     for l in (1..weights.len()).rev() {
@@ -427,7 +468,7 @@ fn token_chunk<B: Backend>(rule: &MemoryRule, state: &MemoryState<B>, chunk: &Ch
         };
         r = if l + 1 < depth { rule.activation.apply(out) } else { out };
     }
-    let reads = if rule.residual { r + chunk.q.clone() } else { r };
+    let (reads, _) = finish(rule, r, chunk.q.clone());
     // The chunk's end: the last row of each transfer matrix.
     let last_row = |m: &Tensor<B, 4>| m.clone().narrow(2, c - 1, 1); // [B, H, 1, C]
     let written = |l: usize, w: Tensor<B, 4>| {

@@ -22,7 +22,7 @@ const H: usize = 2;
 const DH: usize = 4;
 
 fn rule(depth_residual: bool, objective: Objective, retention: Retention, update: Update, chunk: usize, momentum: bool) -> MemoryRule {
-    MemoryRule { residual: depth_residual, activation: Activation::Gelu, objective, retention, update, chunk, momentum, eta_max: 0.9, grad_clip: None, mean_loss: false }
+    MemoryRule { residual: depth_residual, activation: Activation::Gelu, objective, retention, update, chunk, momentum, eta_max: 0.9, grad_clip: None, mean_loss: false, layer_norm: false }
 }
 
 fn normal<Bk: Backend, const N: usize>(rng: &mut TensorRng, shape: [usize; N], std: f64) -> Tensor<Bk, N> {
@@ -90,6 +90,8 @@ fn rules(chunk: usize) -> Vec<(String, MemoryRule, usize)> {
             ("memora", rule(false, Objective::L2, Retention::Softmax { scale: 2.0 }, update, chunk, false), 2),
             ("memora momentum residual depth 1", rule(true, Objective::L2, Retention::Softmax { scale: 1.0 }, update, chunk, true), 1),
             ("titans clipped", MemoryRule { grad_clip: Some(0.3), ..rule(false, Objective::L2, Retention::Decay, update, chunk, true) }, 2),
+            ("titans residual layer norm", MemoryRule { layer_norm: true, ..rule(true, Objective::L2, Retention::Decay, update, chunk, true) }, 2),
+            ("matrix layer norm", MemoryRule { layer_norm: true, ..rule(false, Objective::L2, Retention::Decay, update, chunk, false) }, 1),
         ] {
             out.push((format!("{name}, {update:?} update, chunk {chunk}"), r, depth));
         }
@@ -260,7 +262,7 @@ fn memora_chunk_size_one_is_mirror_descent_on_the_simplex() {
 }
 
 /// The memory MLP's residual `M(k) − v`, written with Burn ops (autodiff differentiates it).
-fn residual_of<Bk: Backend>(w: &[Tensor<Bk, 4>], k: Tensor<Bk, 4>, v: Tensor<Bk, 4>, residual: bool, activation: Activation) -> Tensor<Bk, 4> {
+fn residual_of<Bk: Backend>(w: &[Tensor<Bk, 4>], k: Tensor<Bk, 4>, v: Tensor<Bk, 4>, residual: bool, layer_norm: bool, activation: Activation) -> Tensor<Bk, 4> {
     let mut h = k.clone();
     for (l, wl) in w.iter().enumerate() {
         h = h.matmul(wl.clone());
@@ -271,6 +273,11 @@ fn residual_of<Bk: Backend>(w: &[Tensor<Bk, 4>], k: Tensor<Bk, 4>, v: Tensor<Bk,
                 Activation::Silu => burn::tensor::activation::silu(h),
             };
         }
+    }
+    if layer_norm {
+        // PyTorch's LayerNorm: biased variance, ε = 1e-5.
+        let centred = h.clone() - h.mean_dim(3);
+        h = centred.clone() / (centred.powi_scalar(2).mean_dim(3) + 1e-5).sqrt();
     }
     let out = if residual { h + k } else { h };
     out - v
@@ -285,17 +292,17 @@ fn analytic_inner_gradients_equal_autodiff() {
     type A = Autodiff<D>;
     let a = 10.0;
     for activation in [Activation::Gelu, Activation::Silu] {
-        for residual in [false, true] {
+        for (residual, layer_norm) in [(false, false), (true, false), (false, true), (true, true)] {
             for depth in [1, 2, 3] {
                 for objective in [Objective::L2, Objective::Huber { sharpness: a }] {
-                    let rule = MemoryRule { residual, activation, objective, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
+                    let rule = MemoryRule { residual, activation, objective, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false, layer_norm };
                     let w: Vec<Tensor<A, 4>> = weights::<A>(&mut rng, depth).into_iter().map(|w| w.require_grad()).collect();
                     // Six tokens per (batch, head): the loss summed over them has the sum of
                     // the per-token gradients.
                     let x = inputs::<A>(&mut rng, 6, true);
                     let (k, v) = (x.k.swap_dims(1, 2), x.v.swap_dims(1, 2) * 3.0);
                     let delta = x.delta.unwrap().swap_dims(1, 2);
-                    let r = residual_of(&w, k.clone(), v.clone(), residual, activation);
+                    let r = residual_of(&w, k.clone(), v.clone(), residual, layer_norm, activation);
                     let loss = match objective {
                         Objective::Huber { .. } => {
                             let norm = r.clone().powi_scalar(2).sum_dim(3).sqrt();
@@ -313,7 +320,7 @@ fn analytic_inner_gradients_equal_autodiff() {
                         let mine = ours.inputs[l].clone().swap_dims(2, 3).matmul(ours.errors[l].clone());
                         let err = rel_err(mine, wl.grad(&grads).unwrap());
                         // f64 throughout, but NdArray's f64 tanh/exp/erf are good to about 1e-8.
-                        assert!(err < 1e-6, "{activation:?} residual {residual} depth {depth} {objective:?} layer {l}: rel err {err}");
+                        assert!(err < 1e-6, "{activation:?} residual {residual} layer norm {layer_norm} depth {depth} {objective:?} layer {l}: rel err {err}");
                     }
                 }
             }
@@ -327,7 +334,7 @@ fn lp_error_is_the_derivative_of_the_smoothed_loss() {
     // differences of a numerical integral, per element.
     let (p, a, eps) = (3.0f64, 10.0f64, 1e-6f64);
     let integrand = |r: f64| p * (a * r).tanh() * (r * r + eps).powf((p - 1.0) / 2.0);
-    let rule = MemoryRule { residual: false, activation: Activation::Gelu, objective: Objective::Lp { p, sharpness: a }, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
+    let rule = MemoryRule { residual: false, activation: Activation::Gelu, objective: Objective::Lp { p, sharpness: a }, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false, layer_norm: false };
     // A depth-1 memory with W = I and k = e_0 has residual r = k − v, error e = ∂ℓ/∂p.
     let eye = Tensor::<D, 2>::eye(DH, &Default::default()).reshape([1, 1, DH, DH]);
     for r0 in [-1.3, -0.2, -0.01, 0.0, 0.03, 0.5, 2.0] {
@@ -488,7 +495,7 @@ fn outer_gradients_match_finite_differences() {
 #[test]
 fn gradient_clamp_bounds_each_token() {
     let mut rng = TensorRng::new(10);
-    let plain = MemoryRule { residual: false, activation: Activation::Silu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
+    let plain = MemoryRule { residual: false, activation: Activation::Silu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false, layer_norm: false };
     let w = weights::<D>(&mut rng, 2);
     let x = inputs::<D>(&mut rng, 8, false);
     let (k, v) = (x.k.swap_dims(1, 2), x.v.swap_dims(1, 2));
@@ -512,7 +519,7 @@ fn gradient_clamp_bounds_each_token() {
 #[test]
 fn mean_loss_divides_each_gradient_by_the_value_width() {
     let mut rng = TensorRng::new(11);
-    let sum = MemoryRule { residual: true, activation: Activation::Gelu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false };
+    let sum = MemoryRule { residual: true, activation: Activation::Gelu, objective: Objective::L2, retention: Retention::Decay, update: Update::Token, chunk: 1, momentum: false, eta_max: 1.0, grad_clip: None, mean_loss: false, layer_norm: false };
     let mean = MemoryRule { mean_loss: true, ..sum };
     let w = weights::<D>(&mut rng, 2);
     let x = inputs::<D>(&mut rng, 8, false);

@@ -63,7 +63,8 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("titans", MixerConfig::Titans(MemoryConfig { heads: 2, chunk_size: 8, persistent: 3, ..Default::default() })),
         ("titans_chunk_update", MixerConfig::Titans(MemoryConfig { heads: 4, depth: 1, chunk_size: 5, update: Update::Chunk, ..Default::default() })),
         ("moneta", MixerConfig::Moneta(MemoryConfig { heads: 2, chunk_size: 4, ..Default::default() })),
-        // titans-pytorch's choices: mean inner loss, no q/k or read norm, strong steps, no clamp;
+        // titans-pytorch's choices: mean inner loss, no q/k or read norm, strong steps, no clamp,
+        // its ResidualNorm;
         // and a zero matrix memory (the delta rule's start).
         ("titans_reference_choices", MixerConfig::Titans(MemoryConfig {
             heads: 2,
@@ -74,6 +75,7 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
             theta_max: 1.0,
             theta_init: 0.5,
             grad_clip: 0.0,
+            memory_layer_norm: true,
             ..Default::default()
         })),
         // A kernel of 1 has no convolution history (it crashed the step path once).
