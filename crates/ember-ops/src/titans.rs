@@ -10,8 +10,9 @@
 //! ```
 //!
 //! The memory is `M(x) = MLP(x)`, `x + MLP(x)` (`residual`), or with a LayerNorm on the MLP's
-//! output, `x + LN(MLP(x))` (`layer_norm`: titans-pytorch's `ResidualNorm`), which bounds
-//! reads and inner errors whatever the weights' scale; every read and gradient passes through it.
+//! output, `x + LN(MLP(x))` (`layer_norm`: titans-pytorch's `ResidualNorm`), which fixes the
+//! scale of the MLP's part of every read whatever the weights' scale; every read and inner
+//! gradient passes through it.
 //!
 //! Inner gradients are taken at the weights `M_{t'}` of the last chunk boundary (the paper's
 //! mini-batch approximation; chunk size 1 is the exact per-token recurrence). They are written
@@ -159,8 +160,8 @@ pub struct MemoryRule {
     /// write is `1/d` as large at the same θ.
     pub mean_loss: bool,
     /// LayerNorm (no gain, no bias) on the MLP's output before the residual:
-    /// `M(x) = x + LN(MLP(x))`, titans-pytorch's `ResidualNorm` with its gain fixed at 1. It
-    /// bounds every read and every inner error, whatever the weights' scale.
+    /// `M(x) = x + LN(MLP(x))`, titans-pytorch's `ResidualNorm` with its gain fixed at 1. The
+    /// MLP's part of every read then has RMS 1 per row, whatever the weights' scale.
     pub layer_norm: bool,
 }
 
