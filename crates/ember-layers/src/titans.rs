@@ -322,7 +322,8 @@ impl MemoryConfig {
         bias.extend(vec![logit(self.eta_init / self.eta_max); h]);
         bias.extend(vec![logit(self.alpha_init); h]);
         if gates == 4 {
-            bias.extend(vec![(self.delta_init.exp() - 1.0).ln(); h]); // softplus⁻¹
+            // softplus⁻¹(x) = ln(eˣ − 1), written x + ln(1 − e⁻ˣ) so that a large δ does not overflow.
+            bias.extend(vec![self.delta_init + (-(-self.delta_init).exp()).ln_1p(); h]);
         }
         let gate_proj = Linear { bias: Some(Param::from_tensor(Tensor::from_floats(bias.as_slice(), device))), ..gate_proj };
         let bound = 1.0 / (self.conv_kernel as f64).sqrt();

@@ -100,3 +100,20 @@ fn reference_choices_count_their_parameters_and_zero_memory_starts_empty() {
         }
     }
 }
+
+/// Yaad's threshold starts at `delta_init` (softplus of the gate bias), also for a threshold so
+/// large that the Huber objective never leaves its ℓ2 branch (where `ln(eˣ − 1)` overflowed).
+#[test]
+fn yaads_threshold_starts_at_delta_init_even_when_large() {
+    let device = Default::default();
+    for delta in [0.5, 1.0, 20.0, 1000.0] {
+        let c = MemoryConfig { heads: 2, delta_init: delta, ..Default::default() };
+        let layer = c.init::<B>(LayerContext::single(D), 0.1, Preset::Yaad, &device);
+        let bias: Vec<f32> = layer.gates.bias.as_ref().unwrap().val().into_data().to_vec().unwrap();
+        // [θ | η | α | δ] blocks of `heads` logits each.
+        for &b in &bias[6..8] {
+            let softplus = (b as f64).max(0.0) + (-(b as f64).abs()).exp().ln_1p();
+            assert!((softplus - delta).abs() <= 1e-5 * delta, "delta_init {delta}: bias {b} gives δ = {softplus}");
+        }
+    }
+}
