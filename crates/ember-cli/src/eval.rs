@@ -73,6 +73,11 @@ pub struct MqarArgs {
     /// Suite runs trained at once (each uses about one CPU core on the cpu backend).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Rows of an earlier part of the suite (its results.jsonl; repeatable), tabulated and
+    /// plotted with this part's runs, for a suite run in parts whose run directories are gone.
+    /// A run of this part replaces an earlier row of the same name.
+    #[arg(long, requires = "suite")]
+    include: Vec<PathBuf>,
     /// Where --suite writes its results.
     #[arg(long, default_value = "checkpoints/mqar-suite")]
     out: PathBuf,
@@ -122,6 +127,11 @@ pub fn run(command: EvalCommand) -> Result<()> {
     let device = backend::resolve(&args.device, Default::default());
     if let Some(dir) = &args.suite {
         let recipes = mqar::select_recipes(mqar::suite_recipes(dir)?, &args.only)?;
+        // Read before training, so that a wrong path fails now and not hours from now.
+        let mut earlier = Vec::new();
+        for path in &args.include {
+            earlier.extend(mqar::read_suite_rows(path)?);
+        }
         let mut overrides = args.overrides.clone();
         if args.device != "auto" {
             overrides.push(format!("train.device={:?}", args.device));
@@ -129,6 +139,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
         let opts = SuiteOptions { overrides, widths: args.widths.clone(), lrs: args.lrs.clone(), batch_size: args.batch_size, jobs: args.jobs, quiet: args.quiet };
         println!("MQAR suite: {} recipes from {} on {device}", recipes.len(), dir.display());
         let rows = backend::with_backend!(&device, |B, dev| mqar::run_suite::<B>(&recipes, &opts, &dev))?;
+        let rows = mqar::merge_rows(rows, earlier);
         let command: Vec<String> = std::env::args().skip(1).collect();
         let written = mqar::write_suite(&rows, &args.out, &format!("ember {}", command.join(" ")))?;
         print!("\n{}", mqar::suite_markdown(&rows));

@@ -8,13 +8,13 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ember_data::mqar::{MqarConfig, MqarSegmentConfig, Split};
 use ember_models::Lm;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Accuracy on one test segment.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SegmentResult {
     pub seq_len: usize,
     pub pairs: usize,
@@ -95,7 +95,7 @@ pub fn results_table(results: &[SegmentResult]) -> String {
 }
 
 /// One trained suite model and its results.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SuiteRow {
     /// The run's name: the recipe file name without `.toml`, then `-dW` and `-lrX` when the
     /// suite sweeps widths or learning rates.
@@ -228,6 +228,30 @@ where
     })?;
     mark_best(&mut rows);
     Ok(rows)
+}
+
+/// The rows of an earlier part of a suite, from the `results.jsonl` that part wrote: a long
+/// suite run in parts on machines that do not keep the run directories still gets one table.
+pub fn read_suite_rows(path: &Path) -> Result<Vec<SuiteRow>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read suite results {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).with_context(|| format!("{} line {}: not a suite result row (results.jsonl of `ember eval mqar --suite`)", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// `rows` with the `earlier` rows of runs it does not hold (a run trained now replaces an earlier
+/// row of the same name), ordered by recipe file, width and learning rate, and the best learning
+/// rate of each recipe and width marked again over all of them.
+pub fn merge_rows(rows: Vec<SuiteRow>, earlier: Vec<SuiteRow>) -> Vec<SuiteRow> {
+    let mut all: Vec<SuiteRow> = earlier.into_iter().filter(|e| !rows.iter().any(|r| r.recipe == e.recipe)).collect();
+    all.extend(rows);
+    all.sort_by(|a, b| (&a.file, a.d_model).cmp(&(&b.file, b.d_model)).then(a.lr.total_cmp(&b.lr)));
+    mark_best(&mut all);
+    all
 }
 
 /// Mean accuracy over a row's test segments: what picks the best learning rate.

@@ -328,6 +328,49 @@ fn the_best_learning_rate_is_the_highest_mean_accuracy_per_recipe_and_width() {
     assert_eq!(best, [false, true, true, false, true]);
 }
 
+#[test]
+fn a_suite_run_in_parts_gets_one_table_from_the_earlier_parts_results() {
+    use ember_train::mqar::{merge_rows, read_suite_rows, SegmentResult, SuiteRow};
+    let row = |file: &str, lr: f64, accuracy: f64| SuiteRow {
+        recipe: format!("{file}-d64-lr{lr:e}"),
+        file: file.into(),
+        layers: "zoology_conv+gla".into(),
+        d_model: 64,
+        lr,
+        best: false,
+        params: 10,
+        state_floats: 20,
+        seq_len: 64,
+        steps: 7,
+        stopped_early: false,
+        train_secs: 1.5,
+        results: vec![SegmentResult { seq_len: 64, pairs: 4, examples: 8, accuracy, loss: 0.25 }],
+    };
+    // Part 1 ran gla at two rates and attention at one; its results.jsonl is all that is left.
+    let dir = tempfile::tempdir().unwrap();
+    let part1 = vec![row("gla", 1e-3, 0.9), row("gla", 1e-2, 0.5), row("attention", 1e-3, 0.3)];
+    let written = write_suite(&part1, &dir.path().join("part1"), "ember eval mqar --suite x --only gla,attention").unwrap();
+    let earlier = read_suite_rows(&written[2]).unwrap();
+    assert_eq!(earlier.len(), 3);
+    assert_eq!((earlier[0].recipe.as_str(), earlier[0].results[0].accuracy, earlier[0].train_secs), ("gla-d64-lr1e-3", 0.9, 1.5));
+    // Part 2 trains based and reruns gla at 1e-2, now better than part 1's gla at 1e-3.
+    let part2 = vec![row("based", 1e-3, 0.4), row("gla", 1e-2, 0.95)];
+    let merged = merge_rows(part2, earlier);
+    let names: Vec<&str> = merged.iter().map(|r| r.recipe.as_str()).collect();
+    assert_eq!(names, ["attention-d64-lr1e-3", "based-d64-lr1e-3", "gla-d64-lr1e-3", "gla-d64-lr1e-2"]);
+    let gla_rerun = &merged[3];
+    assert_eq!(gla_rerun.results[0].accuracy, 0.95, "the rerun replaces the earlier row");
+    let best: Vec<bool> = merged.iter().map(|r| r.best).collect();
+    assert_eq!(best, [true, true, false, true], "the best rate is chosen again over both parts");
+    // A file that is not a suite's results names itself and the line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"recipe\":\"x\"}\n").unwrap();
+    let err = format!("{:#}", read_suite_rows(&bad).unwrap_err());
+    assert!(err.contains("bad.jsonl line 1"), "{err}");
+    let err = format!("{:#}", read_suite_rows(&dir.path().join("missing.jsonl")).unwrap_err());
+    assert!(err.contains("missing.jsonl"), "{err}");
+}
+
 fn suite_dir(dir: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes").join(dir)
 }
