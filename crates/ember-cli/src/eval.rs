@@ -75,7 +75,7 @@ pub struct MqarArgs {
     jobs: usize,
     /// Rows of an earlier part of the suite (its results.jsonl; repeatable), tabulated and
     /// plotted with this part's runs, for a suite run in parts whose run directories are gone.
-    /// A run of this part replaces an earlier row of the same name.
+    /// A run of this part replaces an included row of the same name, a later file an earlier one.
     #[arg(long, requires = "suite")]
     include: Vec<PathBuf>,
     /// Where --suite writes its results.

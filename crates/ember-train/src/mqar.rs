@@ -243,12 +243,16 @@ pub fn read_suite_rows(path: &Path) -> Result<Vec<SuiteRow>> {
         .collect()
 }
 
-/// `rows` with the `earlier` rows of runs it does not hold (a run trained now replaces an earlier
-/// row of the same name), ordered by recipe file, width and learning rate, and the best learning
-/// rate of each recipe and width marked again over all of them.
+/// The `earlier` rows then `rows`, one per run name (a later row replaces an earlier one: a run
+/// trained now replaces an included row, a later included file an earlier one), ordered by recipe
+/// file, width and learning rate, with the best learning rate of each recipe and width marked
+/// again over all of them.
 pub fn merge_rows(rows: Vec<SuiteRow>, earlier: Vec<SuiteRow>) -> Vec<SuiteRow> {
-    let mut all: Vec<SuiteRow> = earlier.into_iter().filter(|e| !rows.iter().any(|r| r.recipe == e.recipe)).collect();
-    all.extend(rows);
+    let mut all: Vec<SuiteRow> = Vec::new();
+    for row in earlier.into_iter().chain(rows) {
+        all.retain(|r| r.recipe != row.recipe);
+        all.push(row);
+    }
     all.sort_by(|a, b| (&a.file, a.d_model).cmp(&(&b.file, b.d_model)).then(a.lr.total_cmp(&b.lr)));
     mark_best(&mut all);
     all

@@ -355,7 +355,9 @@ fn a_suite_run_in_parts_gets_one_table_from_the_earlier_parts_results() {
     assert_eq!((earlier[0].recipe.as_str(), earlier[0].results[0].accuracy, earlier[0].train_secs), ("gla-d64-lr1e-3", 0.9, 1.5));
     // Part 2 trains based and reruns gla at 1e-2, now better than part 1's gla at 1e-3.
     let part2 = vec![row("based", 1e-3, 0.4), row("gla", 1e-2, 0.95)];
-    let merged = merge_rows(part2, earlier);
+    // The same part included twice (two --include of one file) adds its rows once.
+    let twice: Vec<SuiteRow> = earlier.iter().chain(&earlier).cloned().collect();
+    let merged = merge_rows(part2, twice);
     let names: Vec<&str> = merged.iter().map(|r| r.recipe.as_str()).collect();
     assert_eq!(names, ["attention-d64-lr1e-3", "based-d64-lr1e-3", "gla-d64-lr1e-3", "gla-d64-lr1e-2"]);
     let gla_rerun = &merged[3];
