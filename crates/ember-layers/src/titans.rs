@@ -92,6 +92,11 @@ pub struct MemoryConfig {
     pub q: f64,
     /// `c` of the KL retention: each output unit's incoming weights sum to it.
     pub simplex_scale: f64,
+    /// `c` as a multiple of the head width instead (`c = this × d_head`; 0: use
+    /// `simplex_scale`). A weight's mean is `c / fan-in` and a write moves it by about
+    /// `c / fan-in` times the step on its logit; both fan-ins grow with `d_head`, so this keeps
+    /// the memory the same at every width, where a fixed `c` makes it weaker as `d_model` grows.
+    pub simplex_scale_per_channel: f64,
     /// Kernel of the causal depthwise convolution after the q/k/v projections.
     pub conv_kernel: usize,
     /// Upper bound of the inner learning rate: θ = θ_max·σ(·).
@@ -162,6 +167,7 @@ impl Default for MemoryConfig {
             retention: None,
             q: 4.0,
             simplex_scale: 1.0,
+            simplex_scale_per_channel: 0.0,
             conv_kernel: 4,
             // The reference implementation's θ_max = 1 scales a loss averaged over the d_head
             // output channels (÷64 at the papers' widths); ours is summed. At 1 the MAL, MAG
@@ -196,23 +202,37 @@ impl MemoryConfig {
         d_model / self.heads.max(1)
     }
 
-    /// The learning rule with this kind's defaults filled in.
-    pub fn rule(&self, preset: Preset) -> MemoryRule {
+    /// `c` of the KL retention for heads of `d_head` channels.
+    pub fn simplex_scale_at(&self, d_head: usize) -> f64 {
+        match self.simplex_scale_per_channel > 0.0 {
+            true => self.simplex_scale_per_channel * d_head as f64,
+            false => self.simplex_scale,
+        }
+    }
+
+    /// The objective, retention and momentum of this kind, with its defaults filled in.
+    fn choices(&self, preset: Preset) -> (ObjectiveKind, RetentionKind, bool) {
         let (objective, retention, momentum) = match preset {
             Preset::Titans => (ObjectiveKind::L2, RetentionKind::Decay, true),
             Preset::Moneta => (ObjectiveKind::Lp, RetentionKind::Lq, false),
             Preset::Yaad => (ObjectiveKind::Huber, RetentionKind::Decay, false),
             Preset::Memora => (ObjectiveKind::L2, RetentionKind::Kl, false),
         };
-        let objective = match self.objective.unwrap_or(objective) {
+        (self.objective.unwrap_or(objective), self.retention.unwrap_or(retention), self.momentum.unwrap_or(momentum))
+    }
+
+    /// The learning rule with this kind's defaults filled in, for heads of `d_head` channels.
+    pub fn rule(&self, preset: Preset, d_head: usize) -> MemoryRule {
+        let (objective, retention, momentum) = self.choices(preset);
+        let objective = match objective {
             ObjectiveKind::L2 => Objective::L2,
             ObjectiveKind::Lp => Objective::Lp { p: self.p, sharpness: self.sharpness },
             ObjectiveKind::Huber => Objective::Huber { sharpness: self.sharpness },
         };
-        let retention = match self.retention.unwrap_or(retention) {
+        let retention = match retention {
             RetentionKind::Decay => Retention::Decay,
             RetentionKind::Lq => Retention::Lq { q: self.q },
-            RetentionKind::Kl => Retention::Softmax { scale: self.simplex_scale },
+            RetentionKind::Kl => Retention::Softmax { scale: self.simplex_scale_at(d_head) },
         };
         MemoryRule {
             residual: self.residual,
@@ -221,7 +241,7 @@ impl MemoryConfig {
             retention,
             update: self.update,
             chunk: self.chunk_size,
-            momentum: self.momentum.unwrap_or(momentum),
+            momentum,
             eta_max: self.eta_max,
             grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
             mean_loss: self.loss_reduction == LossReduction::Mean,
@@ -253,6 +273,12 @@ impl MemoryConfig {
         if !(self.delta_init > 0.0 && self.sharpness > 0.0 && self.simplex_scale > 0.0) {
             return Err("delta_init, sharpness and simplex_scale must be positive".into());
         }
+        if !(self.simplex_scale_per_channel >= 0.0) {
+            return Err(format!("simplex_scale_per_channel must be ≥ 0 (0: use simplex_scale), got {}", self.simplex_scale_per_channel));
+        }
+        if self.simplex_scale_per_channel > 0.0 && self.simplex_scale != 1.0 {
+            return Err("set simplex_scale or simplex_scale_per_channel, not both".into());
+        }
         Ok(())
     }
 
@@ -266,7 +292,7 @@ impl MemoryConfig {
 
     /// Gates per head: θ, η, α (+ δ for Huber).
     fn gates(&self, preset: Preset) -> usize {
-        3 + matches!(self.rule(preset).objective, Objective::Huber { .. }) as usize
+        3 + (self.choices(preset).0 == ObjectiveKind::Huber) as usize
     }
 
     fn memory_floats(&self, d_model: usize) -> usize {
@@ -288,11 +314,11 @@ impl MemoryConfig {
         let d = d_model as f64;
         let gate = if self.output_gate { d * d } else { 0.0 };
         let matmuls = 2.0 * (3.0 * d * d + d * (self.gates(preset) * self.heads) as f64 + gate + d * d);
-        let momentum = self.rule(preset).momentum as usize as f64;
+        let momentum = self.choices(preset).2 as usize as f64;
         let c = self.chunk_size.min(seq_len.max(1)) as f64;
         // KL retention reads through the chunk-start softmax's Jacobian: per token, `C` products
         // `(r ⊙ x_i) p` of `in` entries by `in × out` (see `ember_ops::titans`).
-        let kl = matches!(self.rule(preset).retention, Retention::Softmax { .. }) as usize as f64;
+        let kl = (self.choices(preset).1 == RetentionKind::Kl) as usize as f64;
         let per_head: f64 = self
             .layer_dims(self.head_dim(d_model))
             .iter()
@@ -307,7 +333,7 @@ impl MemoryConfig {
     /// The memory (and its momentum), the convolution's history, and the inputs of the tokens
     /// since the last chunk boundary (`seq_len mod chunk_size` of them).
     pub fn state_size(&self, d_model: usize, seq_len: usize, preset: Preset) -> usize {
-        let copies = 1 + self.rule(preset).momentum as usize;
+        let copies = 1 + self.choices(preset).2 as usize;
         let pending = (seq_len % self.chunk_size) * (2 * d_model + self.gates(preset) * self.heads);
         copies * self.memory_floats(d_model) + (self.conv_kernel - 1) * 3 * d_model + pending
     }
@@ -352,7 +378,7 @@ impl MemoryConfig {
             heads: h,
             theta_max: self.theta_max,
             norm_eps: self.norm_eps,
-            rule: self.rule(preset),
+            rule: self.rule(preset, dh),
         }
     }
 }

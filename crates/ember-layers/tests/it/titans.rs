@@ -54,15 +54,15 @@ fn chunked_layer_equals_sequential_layer_with_gradients() {
 #[test]
 fn kinds_set_the_miras_defaults_and_keys_override_them() {
     let c = MemoryConfig::default();
-    let titans = c.rule(Preset::Titans);
+    let titans = c.rule(Preset::Titans, 8);
     assert_eq!((titans.objective, titans.retention, titans.momentum), (Objective::L2, Retention::Decay, true));
-    let moneta = c.rule(Preset::Moneta);
+    let moneta = c.rule(Preset::Moneta, 8);
     assert_eq!((moneta.objective, moneta.retention, moneta.momentum), (Objective::Lp { p: 3.0, sharpness: 10.0 }, Retention::Lq { q: 4.0 }, false));
-    let yaad = c.rule(Preset::Yaad);
+    let yaad = c.rule(Preset::Yaad, 8);
     assert_eq!((yaad.objective, yaad.retention, yaad.momentum), (Objective::Huber { sharpness: 10.0 }, Retention::Decay, false));
-    let memora = MemoryConfig { simplex_scale: 3.0, ..Default::default() }.rule(Preset::Memora);
+    let memora = MemoryConfig { simplex_scale: 3.0, ..Default::default() }.rule(Preset::Memora, 8);
     assert_eq!((memora.objective, memora.retention, memora.momentum), (Objective::L2, Retention::Softmax { scale: 3.0 }, false));
-    let custom = MemoryConfig { momentum: Some(true), p: 2.5, ..Default::default() }.rule(Preset::Moneta);
+    let custom = MemoryConfig { momentum: Some(true), p: 2.5, ..Default::default() }.rule(Preset::Moneta, 8);
     assert_eq!((custom.objective, custom.momentum), (Objective::Lp { p: 2.5, sharpness: 10.0 }, true));
 }
 
@@ -103,6 +103,25 @@ fn reference_choices_count_their_parameters_and_zero_memory_starts_empty() {
 
 /// Yaad's threshold starts at `delta_init` (softplus of the gate bias), also for a threshold so
 /// large that the Huber objective never leaves its ℓ2 branch (where `ln(eˣ − 1)` overflowed).
+/// `simplex_scale_per_channel = s` is Memora with `simplex_scale = s·d_head` at every width:
+/// the same layer (same seed) computes the same outputs.
+#[test]
+fn memoras_per_channel_simplex_scale_grows_with_the_head_width() {
+    let device = Default::default();
+    for d_model in [D, 2 * D] {
+        let dh = d_model / 2;
+        let per_channel = MemoryConfig { heads: 2, chunk_size: 4, simplex_scale_per_channel: 0.25, ..Default::default() };
+        let fixed = MemoryConfig { simplex_scale_per_channel: 0.0, simplex_scale: 0.25 * dh as f64, ..per_channel.clone() };
+        assert_eq!(per_channel.rule(Preset::Memora, dh).retention, Retention::Softmax { scale: 0.25 * dh as f64 });
+        let x = TensorRng::new(3).normal::<B, 3>([2, 9, d_model], 1.0, &device);
+        let out = |c: &MemoryConfig| build_seeded(11, &device, || c.init::<B>(LayerContext::single(d_model), 0.1, Preset::Memora, &device)).forward(x.clone()).inner();
+        let err = rel_err(out(&per_channel), out(&fixed));
+        assert!(err < 1e-6, "d_model {d_model}: rel err {err}");
+    }
+    let both = MemoryConfig { simplex_scale: 8.0, simplex_scale_per_channel: 0.25, ..Default::default() };
+    assert!(both.validate(D).unwrap_err().contains("not both"));
+}
+
 #[test]
 fn yaads_threshold_starts_at_delta_init_even_when_large() {
     let device = Default::default();
