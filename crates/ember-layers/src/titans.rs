@@ -277,7 +277,7 @@ impl MemoryConfig {
             return Err(format!("simplex_scale_per_channel must be ≥ 0 (0: use simplex_scale), got {}", self.simplex_scale_per_channel));
         }
         if self.simplex_scale_per_channel > 0.0 && self.simplex_scale != 1.0 {
-            return Err("set simplex_scale or simplex_scale_per_channel, not both".into());
+            return Err(format!("set simplex_scale ({}) or simplex_scale_per_channel ({}), not both", self.simplex_scale, self.simplex_scale_per_channel));
         }
         Ok(())
     }

@@ -101,8 +101,6 @@ fn reference_choices_count_their_parameters_and_zero_memory_starts_empty() {
     }
 }
 
-/// Yaad's threshold starts at `delta_init` (softplus of the gate bias), also for a threshold so
-/// large that the Huber objective never leaves its ℓ2 branch (where `ln(eˣ − 1)` overflowed).
 /// `simplex_scale_per_channel = s` is Memora with `simplex_scale = s·d_head` at every width:
 /// the same layer (same seed) computes the same outputs.
 #[test]
@@ -122,6 +120,8 @@ fn memoras_per_channel_simplex_scale_grows_with_the_head_width() {
     assert!(both.validate(D).unwrap_err().contains("not both"));
 }
 
+/// Yaad's threshold starts at `delta_init` (softplus of the gate bias), also for a threshold so
+/// large that the Huber objective never leaves its ℓ2 branch (where `ln(eˣ − 1)` overflowed).
 #[test]
 fn yaads_threshold_starts_at_delta_init_even_when_large() {
     let device = Default::default();
