@@ -203,7 +203,7 @@ impl MemoryConfig {
     }
 
     /// `c` of the KL retention for heads of `d_head` channels.
-    pub fn simplex_scale_at(&self, d_head: usize) -> f64 {
+    fn simplex_scale_at(&self, d_head: usize) -> f64 {
         match self.simplex_scale_per_channel > 0.0 {
             true => self.simplex_scale_per_channel * d_head as f64,
             false => self.simplex_scale,
