@@ -150,6 +150,43 @@ pub enum LossReduction {
     Mean,
 }
 
+/// How MAG and MAC combine the attention output `y` with the memory's read `m` (`combine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// `(RMSNorm(y) ⊙ σ(RMSNorm(m))) W_o`: the spec's normalise-and-gate for the paper's `⊗`.
+    #[default]
+    Gate,
+    /// `(RMSNorm(y) + RMSNorm(m)) W_o`: the read added (titans-pytorch, without its attention
+    /// gate, adds its read to the residual stream instead).
+    Add,
+    /// `y W_o`: the read unused at the output. An ablation: MAC's memory then reaches the output
+    /// only as attention context (`h`); MAG becomes its attention branch alone.
+    Attention,
+}
+
+impl Combine {
+    fn apply<B: Backend>(self, y: Tensor<B, 3>, m: Tensor<B, 3>, norm_y: &RmsNorm<B>, norm_m: &RmsNorm<B>, out: &Linear<B>) -> Tensor<B, 3> {
+        match self {
+            Combine::Gate => out.forward(norm_y.forward(y) * probability(norm_m.forward(m))),
+            Combine::Add => out.forward(norm_y.forward(y) + norm_m.forward(m)),
+            Combine::Attention => out.forward(y),
+        }
+    }
+}
+
+/// What MAC's memory consumes (`write`): the keys and values it stores and the token it reads
+/// for the output are projections of this.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MacWrite {
+    /// The attention output `y_t` (the paper: `M_t = M_{t−1}(y_t)`, `o_t = y_t ⊗ M_t(y_t)`).
+    #[default]
+    AttentionOutput,
+    /// The layer input `x_t` (titans-pytorch stores and retrieves with the same normed input).
+    Input,
+}
+
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
@@ -518,14 +555,15 @@ impl<B: Backend> Memory<B> {
 }
 
 /// `kind = "titans_mag"`: Titans' memory as a gate (LAYERS.md §4.4). A sliding-window attention
-/// branch and a memory branch read the same input; `o = (RMSNorm_a(y_attn) ⊙ σ(RMSNorm_b(y_mem)))
-/// W_o` (the spec's choice for the paper's unspecified `⊗`). Persistent tokens are set per
+/// branch and a memory branch read the same input; by default (`combine`) `o = (RMSNorm_a(y_attn)
+/// ⊙ σ(RMSNorm_b(y_mem))) W_o` (the spec's choice for the paper's unspecified `⊗`). Persistent tokens are set per
 /// branch (`attention.persistent`, `memory.persistent`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MagConfig {
     pub attention: AttentionConfig,
     pub memory: MemoryConfig,
+    pub combine: Combine,
     pub norm_eps: f64,
 }
 
@@ -534,6 +572,7 @@ impl Default for MagConfig {
         Self {
             attention: AttentionConfig { heads: 4, window: Some(64), persistent: 4, ..Default::default() },
             memory: MemoryConfig { persistent: 4, ..Default::default() },
+            combine: Combine::Gate,
             norm_eps: 1e-6,
         }
     }
@@ -566,6 +605,7 @@ impl MagConfig {
             norm_attention: rms_norm(d, self.norm_eps, device),
             norm_memory: rms_norm(d, self.norm_eps, device),
             out: linear(d, d, false, out_std, device),
+            combine: self.combine,
         }
     }
 }
@@ -577,6 +617,8 @@ pub struct Mag<B: Backend> {
     pub norm_attention: RmsNorm<B>,
     pub norm_memory: RmsNorm<B>,
     pub out: Linear<B>,
+    #[module(skip)]
+    pub combine: Combine,
 }
 
 /// MAG's generation state: the attention's (windowed) KV cache and the memory's state.
@@ -593,13 +635,12 @@ impl<B: Backend> MagState<B> {
 }
 
 impl<B: Backend> Mag<B> {
-    fn combine(&self, attention: Tensor<B, 3>, memory: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = probability(self.norm_memory.forward(memory));
-        self.out.forward(self.norm_attention.forward(attention) * gate)
+    fn output(&self, attention: Tensor<B, 3>, memory: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.combine.apply(attention, memory, &self.norm_attention, &self.norm_memory, &self.out)
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.combine(self.attention.forward(x.clone()), self.memory.forward(x))
+        self.output(self.attention.forward(x.clone()), self.memory.forward(x))
     }
 
     pub fn step(&self, x: Tensor<B, 3>, state: Option<MagState<B>>) -> (Tensor<B, 3>, MagState<B>) {
@@ -609,7 +650,7 @@ impl<B: Backend> Mag<B> {
         };
         let (a, attention) = self.attention.step(x.clone(), cache);
         let (m, memory) = self.memory.step(x, memory);
-        (self.combine(a, m), MagState { attention, memory })
+        (self.output(a, m), MagState { attention, memory })
     }
 }
 
@@ -617,7 +658,8 @@ impl<B: Backend> Mag<B> {
 /// segments of the memory's `chunk_size`. For each segment `S`: `h = M_{s−1}(S W_R)` reads the
 /// memory of the previous segments; attention runs over `[P; h; S]` (persistent keys, then the
 /// read-outs and the segment, each at its segment position); its outputs `y` write the memory
-/// token by token and read it back, `m_t = M_t(y_t)`; `o = (RMSNorm(y) ⊙ σ(RMSNorm(m))) W_o`.
+/// token by token and read it back, `m_t = M_t(y_t)`; by default (`combine`)
+/// `o = (RMSNorm(y) ⊙ σ(RMSNorm(m))) W_o`. `write = "input"` feeds the memory `x` instead of `y`.
 ///
 /// Causal where the paper is not explicit: token `t` sees `h` and `S` up to itself only (a
 /// read-out `h_j` is a function of token `j`), and reads `M_t`, which holds the writes of the
@@ -629,6 +671,8 @@ pub struct MacConfig {
     pub attention: AttentionConfig,
     /// The memory; its `chunk_size` is the segment length.
     pub memory: MemoryConfig,
+    pub combine: Combine,
+    pub write: MacWrite,
     pub norm_eps: f64,
 }
 
@@ -637,6 +681,8 @@ impl Default for MacConfig {
         Self {
             attention: AttentionConfig { heads: 4, persistent: 4, ..Default::default() },
             memory: MemoryConfig { chunk_size: 64, ..Default::default() },
+            combine: Combine::Gate,
+            write: MacWrite::AttentionOutput,
             norm_eps: 1e-6,
         }
     }
@@ -683,6 +729,8 @@ impl MacConfig {
             norm_attention: rms_norm(d, self.norm_eps, device),
             norm_memory: rms_norm(d, self.norm_eps, device),
             out: linear(d, d, false, out_std, device),
+            combine: self.combine,
+            write: self.write,
         }
     }
 }
@@ -696,6 +744,10 @@ pub struct Mac<B: Backend> {
     pub norm_attention: RmsNorm<B>,
     pub norm_memory: RmsNorm<B>,
     pub out: Linear<B>,
+    #[module(skip)]
+    pub combine: Combine,
+    #[module(skip)]
+    pub write: MacWrite,
 }
 
 /// MAC's generation state: the memory's, and the attention keys and values (`h` then `S`
@@ -728,7 +780,7 @@ impl<B: Backend> Mac<B> {
         let q = q.clone() / (q.powi_scalar(2).sum_dim(3) + 1e-12).sqrt();
         let read = op::read(&self.memory.rule, &state.memory.memory, q).reshape([b, n, d]);
         // Attention from the segment's tokens over [P; earlier h, S; this piece's h, S].
-        let (q, k_s, v_s) = self.attention.project(x, p);
+        let (q, k_s, v_s) = self.attention.project(x.clone(), p);
         let (_, k_h, v_h) = self.attention.project(read, p);
         let (k_new, v_new) = (Tensor::cat(vec![k_h, k_s], 1), Tensor::cat(vec![v_h, v_s], 1));
         let device = k_new.device();
@@ -745,9 +797,13 @@ impl<B: Backend> Mac<B> {
         let prefix = self.attention.prefix();
         let o = ember_ops::softmax_attention::masked(q, k.clone(), v.clone(), hidden, prefix.as_ref(), self.attention.scale());
         let y = self.attention.merge(o);
-        let (m, memory) = self.memory.step(y.clone(), Some(state.memory));
+        let written = match self.write {
+            MacWrite::AttentionOutput => y.clone(),
+            MacWrite::Input => x,
+        };
+        let (m, memory) = self.memory.step(written, Some(state.memory));
         let keys = (memory.memory.pending_len() > 0).then_some((k, v));
-        let out = self.out.forward(self.norm_attention.forward(y) * probability(self.norm_memory.forward(m)));
+        let out = self.combine.apply(y, m, &self.norm_attention, &self.norm_memory, &self.out);
         (out, MacState { memory, keys })
     }
 

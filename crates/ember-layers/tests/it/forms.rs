@@ -16,7 +16,7 @@ use ember_layers::rat::RatConfig;
 use ember_layers::moh::MohConfig;
 use ember_layers::seeded::build_seeded;
 use ember_layers::transnormer::TransNormerConfig;
-use ember_layers::titans::{InitialMemory, LossReduction, MacConfig, MagConfig, MemoryConfig, ObjectiveKind};
+use ember_layers::titans::{Combine, InitialMemory, LossReduction, MacConfig, MacWrite, MagConfig, MemoryConfig, ObjectiveKind};
 use ember_ops::titans::Update;
 use ember_layers::{LayerContext, MixerConfig};
 use ember_ops::taylor::FeatureMap;
@@ -88,6 +88,19 @@ fn mixers() -> Vec<(&'static str, MixerConfig)> {
         ("titans_mac", MixerConfig::TitansMac(MacConfig {
             attention: AttentionConfig { heads: 4, persistent: 2, ..Default::default() },
             memory: MemoryConfig { heads: 2, chunk_size: 8, ..Default::default() },
+            ..Default::default()
+        })),
+        ("titans_mac_input_add", MixerConfig::TitansMac(MacConfig {
+            attention: AttentionConfig { heads: 4, persistent: 2, ..Default::default() },
+            memory: MemoryConfig { heads: 2, chunk_size: 8, ..Default::default() },
+            combine: Combine::Add,
+            write: MacWrite::Input,
+            ..Default::default()
+        })),
+        ("titans_mac_attention_only", MixerConfig::TitansMac(MacConfig {
+            attention: AttentionConfig { heads: 4, persistent: 2, ..Default::default() },
+            memory: MemoryConfig { heads: 2, chunk_size: 8, ..Default::default() },
+            combine: Combine::Attention,
             ..Default::default()
         })),
         ("swa_persistent", MixerConfig::Attention(AttentionConfig { heads: 4, window: Some(5), persistent: 3, ..Default::default() })),
@@ -164,6 +177,29 @@ fn every_mixer_is_causal() {
         let mixer = build_seeded(104, &device, || config.init::<B>(LayerContext::single(D), 0.1, &device));
         assert_causal(input(t, 3), &[0, 17, 33, 39], 3.0, |x| mixer.forward(x), name);
     }
+}
+
+#[test]
+fn mag_combines_its_branches_as_configured() {
+    let device = Default::default();
+    let x = input(20, 12);
+    let config = |combine| MagConfig {
+        attention: AttentionConfig { heads: 4, window: Some(6), ..Default::default() },
+        memory: MemoryConfig { heads: 2, chunk_size: 8, ..Default::default() },
+        combine,
+        ..Default::default()
+    };
+    let build = |combine| build_seeded(106, &device, || config(combine).init::<B>(LayerContext::single(D), 0.1, &device));
+    // `attention`: the attention branch through W_o, the memory unused.
+    let mag = build(Combine::Attention);
+    let expected = mag.out.forward(mag.attention.forward(x.clone()));
+    assert!(rel_err(mag.forward(x.clone()), expected) < 1e-6);
+    // `add` and `gate`: the same weights, the two RMSNorms' outputs summed or gated.
+    let mag = build(Combine::Add);
+    let (a, m) = (mag.norm_attention.forward(mag.attention.forward(x.clone())), mag.norm_memory.forward(mag.memory.forward(x.clone())));
+    assert!(rel_err(mag.forward(x.clone()), mag.out.forward(a.clone() + m.clone())) < 1e-5);
+    let gated = build(Combine::Gate).forward(x.clone());
+    assert!(rel_err(gated, mag.out.forward(a * burn::tensor::activation::sigmoid(m))) < 1e-5);
 }
 
 #[test]
