@@ -368,8 +368,10 @@ fn train(args: TrainArgs) -> Result<()> {
 
 fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, device: &B::Device) -> Result<()> {
     let report = trainer::train::<B>(recipe, opts, device)?;
-    let last_loss = report.losses.last().map_or(f64::NAN, |l| l.1);
-    println!("step {}/{}: train loss {last_loss:.4}", report.final_step, report.total_steps);
+    match report.losses.last() {
+        Some(&(_, loss)) => println!("step {}/{}: train loss {loss:.4}", report.final_step, report.total_steps),
+        None => println!("step {}/{}: nothing to train (the run is finished: raise train.steps to extend it)", report.final_step, report.total_steps),
+    }
     if let (Some((step, val)), Some((_, accuracy))) = (report.val_losses.last(), report.val_accuracies.last()) {
         let versus = match report.unigram_entropy {
             Some(entropy) => format!("; unigram entropy of the corpus {entropy:.4}"),

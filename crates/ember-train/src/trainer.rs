@@ -371,6 +371,13 @@ pub fn train_from<B: AutodiffBackend>(recipe: &Recipe, opts: &TrainOptions, devi
         loader
             .restore(&state.loader)
             .with_context(|| format!("resuming the data loader from {}", ckpt.display()))?;
+        // A run that ended at its last step goes on when `train.steps` now asks for more (the
+        // schedule is then the one over the new total); one that stopped at its target accuracy
+        // stays finished while the target holds.
+        let goal_met = recipe.train.stop_accuracy.zip(state.last_val_accuracy).is_some_and(|(goal, accuracy)| accuracy >= goal);
+        if state.finished && state.step < recipe.steps() && !goal_met {
+            state.finished = false;
+        }
     }
     if let Some(patterns) = &trainable {
         model = crate::optim::set_trainable(model, |path| patterns.iter().any(|p| path.contains(p.as_str())));

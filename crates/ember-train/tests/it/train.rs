@@ -78,6 +78,23 @@ fn interrupted_and_resumed_equals_uninterrupted() {
 }
 
 #[test]
+fn a_finished_run_goes_on_only_when_train_steps_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let run = tiny(&dir.path().join("run"), &[]);
+    train::<B>(&run, &quiet(), &device).unwrap();
+    let resume = TrainOptions { resume: Some(run.train.out_dir.clone()), ..quiet() };
+    // At its own step count the run is over.
+    let again = train::<B>(&run, &resume, &device).unwrap();
+    assert_eq!((again.final_step, again.losses.len()), (8, 0));
+    // Asked for 12 steps, it trains the 4 after step 8 and checkpoints the last.
+    let longer = tiny(&dir.path().join("run"), &["train.steps=12"]);
+    let more = train::<B>(&longer, &resume, &device).unwrap();
+    assert_eq!((more.final_step, more.losses.first().map(|l| l.0), more.losses.len()), (12, Some(9), 4));
+    assert!(longer.train.out_dir.join("checkpoints/step-000012/model.safetensors").exists());
+}
+
+#[test]
 fn checkpoints_are_pruned_and_partial_ones_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = tiny(dir.path(), &["train.checkpoint_interval=2", "train.keep_last=2"]);
