@@ -370,7 +370,7 @@ fn train_cmd<B: burn::tensor::backend::AutodiffBackend>(recipe: &Recipe, opts: &
     let report = trainer::train::<B>(recipe, opts, device)?;
     match report.losses.last() {
         Some(&(_, loss)) => println!("step {}/{}: train loss {loss:.4}", report.final_step, report.total_steps),
-        None => println!("step {}/{}: nothing to train (the run is finished: raise train.steps to extend it)", report.final_step, report.total_steps),
+        None => println!("step {}/{}: nothing to train (the run is finished: it reached train.steps, or train.stop_accuracy with steps left; raise that setting to extend it)", report.final_step, report.total_steps),
     }
     if let (Some((step, val)), Some((_, accuracy))) = (report.val_losses.last(), report.val_accuracies.last()) {
         let versus = match report.unigram_entropy {
