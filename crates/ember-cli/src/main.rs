@@ -26,6 +26,28 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads for the CPU backends' parallel ops and matmuls (default: `RAYON_NUM_THREADS`,
+    /// else every core). Results do not depend on it: the threads split a matmul's output, never
+    /// a sum.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+}
+
+/// Sizes the two CPU thread pools the backends use: rayon's (burn-flex's matmuls, parallel ops)
+/// and matrixmultiply's (burn-ndarray's matmuls, which reads `MATMUL_NUM_THREADS` once, at its
+/// first matmul, and uses at most 4). `--threads` wins over `RAYON_NUM_THREADS`, which wins over
+/// the number of cores.
+fn size_thread_pools(threads: Option<usize>) -> Result<()> {
+    let from_env = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok());
+    let Some(n) = threads.or(from_env) else { return Ok(()) };
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    if threads.is_some() || std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        // Before any thread exists that could read the environment (the first thing `main` does).
+        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("sizing the CPU thread pool")
 }
 
 #[derive(Subcommand)]
@@ -243,7 +265,12 @@ fn main() -> ExitCode {
     // Keep freed pages rather than handing them back to the OS 10 ms later: every step
     // allocates the same large tensors again (3-13% faster CPU steps, see BENCHMARKS.md).
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(e) = size_thread_pools(cli.threads) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

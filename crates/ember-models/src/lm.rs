@@ -376,6 +376,15 @@ impl<B: Backend> Lm<B> {
         }
     }
 
+    /// The output head as `logits = h · weight + bias`: `weight: [d_model, vocab]` (the
+    /// embedding, transposed, when tied) and the untied head's bias, if it has one.
+    pub fn head_params(&self) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+        match &self.head {
+            Some(head) => (head.weight.val(), head.bias.as_ref().map(|b| b.val())),
+            None => (self.embed.weight.val().transpose(), None),
+        }
+    }
+
     /// Logits and the auxiliary loss (see [`Lm::hidden_aux`]).
     pub fn forward_aux(&self, tokens: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Option<Tensor<B, 1>>) {
         let (h, aux) = self.hidden_aux(tokens);

@@ -9,6 +9,7 @@
 pub mod aaren;
 pub mod conv;
 pub mod gated_linear_attention;
+pub mod head_loss;
 pub mod hybrid;
 pub mod kernels;
 pub mod linear_attention;

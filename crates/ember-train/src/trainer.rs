@@ -13,6 +13,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use ember_data::synthetic::{eval_batches, segment_batches, Dataset, Loader, Order, Split, Task};
 use ember_data::{open_source_with, Batch, PackedLoader, PrepareOptions, TokenShards, TrainLoader, IGNORE};
 use ember_models::Lm;
+use ember_ops::head_loss;
 use ember_ops::precision::{cast_params, supported, to_f32, Precision};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -73,32 +74,42 @@ impl<B: Backend> BatchLoss<B> {
     }
 }
 
-/// The output-head logits (f32) of the scored positions of a batch, their targets, the batch row
-/// each came from, and the mixers' auxiliary loss. When some targets are [`IGNORE`], only the
-/// scored positions go through the head (MQAR and NIAH score a few positions per sequence; the
-/// head dominates their cost).
+/// The final hidden states `[M, D]` of the scored positions of a batch, their targets, the
+/// batch row each came from, and the mixers' auxiliary loss. When some targets are [`IGNORE`],
+/// only the scored positions go on to the head (MQAR and NIAH score a few positions per
+/// sequence; the head dominates their cost).
 struct Scored<B: Backend> {
-    logits: Tensor<B, 2>,
+    hidden: Tensor<B, 2>,
     targets: Vec<i64>,
     rows: Vec<usize>,
     aux: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Scored<B> {
+    /// The targets as a tensor.
+    fn target_tensor(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+        Tensor::from_data(TensorData::new(self.targets.clone(), [self.targets.len()]), device)
+    }
+
+    /// The head's logits (f32), `[M, vocab]`.
+    fn logits(&self, model: &Lm<B>) -> Tensor<B, 2> {
+        to_f32(model.unembed(self.hidden.clone().unsqueeze::<3>())).squeeze_dim::<2>(0)
+    }
 }
 
 fn scored<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Scored<B> {
     let (hidden, aux) = model.hidden_aux(batch_tensor::<B>(&batch.inputs, batch, device));
     let [b, t, d] = hidden.dims();
     let positions: Vec<usize> = (0..b * t).filter(|&i| batch.targets[i] != IGNORE).collect();
+    let hidden = hidden.reshape([b * t, d]);
     let hidden = if positions.len() == b * t {
         hidden
     } else {
         let index: Vec<i64> = positions.iter().map(|&i| i as i64).collect();
-        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), device);
-        hidden.reshape([b * t, d]).select(0, rows).unsqueeze::<3>()
+        hidden.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(index, [positions.len()]), device))
     };
-    let logits = to_f32(model.unembed(hidden));
-    let [m, n, v] = logits.dims();
     Scored {
-        logits: logits.reshape([m * n, v]),
+        hidden,
         targets: positions.iter().map(|&i| batch.targets[i] as i64).collect(),
         rows: positions.iter().map(|&i| i / t).collect(),
         aux: aux.map(to_f32),
@@ -106,10 +117,31 @@ fn scored<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> Score
 }
 
 /// Cross-entropy and auxiliary loss of `model` on `batch`, computed in f32 whatever dtype the
-/// model computes in (only the scored targets count).
+/// model computes in (only the scored targets count). The head and its cross-entropy run a
+/// block of rows at a time ([`head_loss::cross_entropy`]).
 pub fn batch_losses<B: Backend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> BatchLoss<B> {
+    losses_with(model, batch, device, head_loss::cross_entropy)
+}
+
+/// [`batch_losses`] for a training step: the same values, with the head's backward pass
+/// written by hand ([`head_loss::cross_entropy_autodiff`]).
+pub fn training_losses<B: AutodiffBackend>(model: &Lm<B>, batch: &Batch, device: &B::Device) -> BatchLoss<B> {
+    losses_with(model, batch, device, head_loss::cross_entropy_autodiff)
+}
+
+/// The losses of `batch` with `head_ce(hidden, weight, bias, targets, rows per block)` as the
+/// head and its cross-entropy.
+fn losses_with<B: Backend>(
+    model: &Lm<B>,
+    batch: &Batch,
+    device: &B::Device,
+    head_ce: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>, Tensor<B, 1, Int>, usize) -> Tensor<B, 1>,
+) -> BatchLoss<B> {
     let s = scored(model, batch, device);
-    BatchLoss { ce: cross_entropy(s.logits, &s.targets, device), aux: s.aux }
+    let targets = s.target_tensor(device);
+    let (weight, bias) = model.head_params();
+    let rows = head_loss::block_rows(weight.dims()[1]);
+    BatchLoss { ce: head_ce(s.hidden, weight, bias, targets, rows), aux: s.aux }
 }
 
 /// Mean cross-entropy of `logits: [n, vocab]` against `targets` (n ids).
@@ -145,11 +177,12 @@ pub struct Start<B: AutodiffBackend> {
 pub fn distill_losses<B: AutodiffBackend>(model: &Lm<B>, batch: &Batch, d: &Distill<B::InnerBackend>, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
     use burn::tensor::activation::{log_softmax, softmax};
     let s = scored(model, batch, device);
-    let ce = cross_entropy(s.logits.clone(), &s.targets, device);
-    let teacher = Tensor::<B, 2>::from_inner(scored(&d.teacher, batch, device).logits);
+    let logits = s.logits(model);
+    let ce = cross_entropy(logits.clone(), &s.targets, device);
+    let teacher = Tensor::<B, 2>::from_inner(scored(&d.teacher, batch, device).logits(&d.teacher));
     let tau = d.temperature;
     let p = softmax(teacher.clone() / tau, 1);
-    let kl = (p * (log_softmax(teacher / tau, 1) - log_softmax(s.logits / tau, 1))).sum_dim(1).mean() * (tau * tau);
+    let kl = (p * (log_softmax(teacher / tau, 1) - log_softmax(logits / tau, 1))).sum_dim(1).mean() * (tau * tau);
     let mut total = ce.clone() * d.ce_weight + kl * d.kl_weight;
     if let Some(aux) = s.aux {
         total = total + aux;
@@ -184,7 +217,7 @@ pub fn accumulated_grads<B: AutodiffBackend>(
         let (total, ce) = match distill {
             Some(d) => distill_losses(&cast, &batch, d, device),
             None => {
-                let losses = batch_losses(&cast, &batch, device);
+                let losses = training_losses(&cast, &batch, device);
                 let ce = losses.ce.clone();
                 (losses.total(), ce)
             }
@@ -219,8 +252,9 @@ pub fn evaluate<B: Backend>(model: &Lm<B>, batches: &[Batch], device: &B::Device
         if n == 0 {
             continue;
         }
-        let predicted = s.logits.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
-        let ce = cross_entropy(s.logits, &s.targets, device);
+        let logits = s.logits(model);
+        let predicted = logits.clone().argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
+        let ce = cross_entropy(logits, &s.targets, device);
         loss_sum += ce.into_scalar().elem::<f64>() * n as f64;
         targets += n;
         // Per-row (correct, scored) counts; rows are in order.

@@ -6,6 +6,7 @@
 
 mod aaren;
 mod gated;
+mod head_loss;
 mod hybrid;
 mod kernels;
 mod precision;

@@ -169,19 +169,26 @@ fn the_loss_over_scored_positions_equals_the_full_masked_loss_with_its_gradients
     let onehot = Tensor::<B, 2>::from_data(TensorData::new(onehot, [b * t, vocab]), &device);
     let full = (log_p * onehot).sum().neg() / n as f64;
 
+    // The training step's form: the same blocked loss with the head's hand-written backward.
+    let fused = ember_train::trainer::training_losses(&model, &batch, &device).ce;
+
     let (a, e) = (scored.clone().into_scalar(), full.clone().into_scalar());
     assert!((a - e).abs() < 1e-5 * e.abs(), "loss {a} vs {e}");
-    let (ga, ge) = (scored.backward(), full.backward());
+    let f = fused.clone().into_scalar();
+    assert!((f - e).abs() < 1e-5 * e.abs(), "training loss {f} vs {e}");
+    let (ga, ge, gf) = (scored.backward(), full.backward(), fused.backward());
     let grads = |g: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
         let embed = model.embed.weight.grad(g).unwrap().into_data().to_vec::<f32>().unwrap();
         let ember_layers::Mixer::Gla(gla) = &model.blocks[1].mixer else { panic!("layer 1 is GLA") };
         let q = gla.q.weight.grad(g).unwrap().into_data().to_vec::<f32>().unwrap();
         [embed, q]
     };
-    for (x, y) in grads(&ga).iter().zip(grads(&ge).iter()) {
-        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-        assert!(scale > 0.0 && diff <= 1e-4 * scale, "gradients differ by {diff} (scale {scale})");
+    for g in [&ga, &gf] {
+        for (x, y) in grads(g).iter().zip(grads(&ge).iter()) {
+            let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(scale > 0.0 && diff <= 1e-4 * scale, "gradients differ by {diff} (scale {scale})");
+        }
     }
 }
 
