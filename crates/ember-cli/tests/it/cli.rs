@@ -21,6 +21,18 @@ fn recipe_check_reports_the_based_360m_reference_size() {
 }
 
 #[test]
+fn threads_flag_is_global_and_zero_is_refused() {
+    // `--threads` sits before or after the subcommand; 0 threads is an error naming the flag.
+    for args in [&["--threads", "1", "recipe", "check", "attn-tiny.toml"][..], &["recipe", "check", "attn-tiny.toml", "--threads", "2"]] {
+        let out = ember(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let out = ember(&["--threads", "0", "recipe", "check", "attn-tiny.toml"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--threads must be at least 1"), "{}", text(&out));
+}
+
+#[test]
 fn recipe_mistakes_name_file_line_and_key_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("run");
