@@ -6,7 +6,8 @@ RMSNorm -> causal softmax attention (4 heads of 32, RoPE base 10k, no biases) ->
 RMSNorm -> SwiGLU (hidden 256, no biases) -> residual, a final RMSNorm and an output head tied to
 the embedding: 1,705,088 parameters, as ember counts them. One training step is what ember's is:
 forward, mean next-token cross-entropy over every position, backward, global-norm clip at 1.0,
-AdamW (betas 0.9, 0.95, weight decay 0.1 on matrices). Inputs are random token ids (the speed
+AdamW (betas 0.9, 0.95, weight decay 0.1 on the layers' matrices; none on norms and the embedding,
+as ember's default `optim.no_decay`). Inputs are random token ids (the speed
 does not depend on them).
 
   python3 scripts/bench_peer_train.py --threads 2 --steps 6 --warmup 2
@@ -114,8 +115,8 @@ def main():
     torch.manual_seed(0)
     model = TinyLm()
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=5e-3, betas=(0.9, 0.95))
     ids = torch.randint(0, 8192, (a.batch, a.seq + 1))
     times = []

@@ -3,8 +3,8 @@
 //! block of logits at a time and turns it straight into `softmax − one-hot`, the gradient of the
 //! logits, so neither pass stores, copies or differentiates through a vocabulary-wide tensor the
 //! size of the batch. (A tiny model's step is dominated by its head: at vocabulary 8192 and
-//! 2048 tokens the logits alone are 64 MiB, and the op-by-op cross-entropy walked them a dozen
-//! times.)
+//! 2048 tokens the logits alone are 64 MiB, and the op-by-op cross-entropy and its backward
+//! walked them once per op.)
 //!
 //! [`cross_entropy`] is the forward alone, for evaluation (and, composed of Burn ops, correct
 //! under autodiff too); [`cross_entropy_autodiff`] is the training form, with the hand-written
@@ -21,7 +21,8 @@ use std::any::{Any, TypeId};
 
 mod host;
 
-/// Logits per block: rows · vocabulary ≤ this (4 MiB of f32; measured in docs/BENCHMARKS.md).
+/// Logits per block: rows · vocabulary ≤ this (4 MiB of f32, within a CPU's last-level cache;
+/// chosen, not tuned: no other size was measured).
 pub const BLOCK_ELEMENTS: usize = 1 << 20;
 
 /// Rows per block for a vocabulary of `vocab`.
